@@ -1,0 +1,17 @@
+"""One exception family, so the CLI can print a user's mistake as a message, not a traceback."""
+
+
+class SmokesegError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+class ConfigError(SmokesegError):
+    """A config key or value that is not allowed."""
+
+
+class DataError(SmokesegError):
+    """A dataset problem: a missing column, a bad RLE, an unreadable image."""
+
+
+class ModelError(SmokesegError):
+    """A model that cannot be built or loaded."""
