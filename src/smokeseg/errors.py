@@ -15,3 +15,7 @@ class DataError(SmokesegError):
 
 class ModelError(SmokesegError):
     """A model that cannot be built or loaded."""
+
+
+class TrainingInterrupted(SmokesegError):
+    """Ctrl-C during training; the last good checkpoint is kept for ``--resume``."""

@@ -1,0 +1,183 @@
+"""The ``smokeseg`` command: parsing and printing only; each command calls into one wing."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from smokeseg import __version__
+from smokeseg.errors import SmokesegError, TrainingInterrupted
+
+app = typer.Typer(
+    help="Find and outline smoke in camera images: train, evaluate, predict and export models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+console = Console()
+
+Overrides = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+]
+ConfigArgument = Annotated[Path, typer.Argument(help="Hydrogen Torch-style experiment YAML.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"smokeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+@config_app.command("show")
+def config_show(config: ConfigArgument, overrides: Overrides = None) -> None:
+    """Print the effective config: file values, overrides and defaults, paths resolved."""
+    from smokeseg.config.load import config_to_yaml, load_config
+
+    console.print(config_to_yaml(load_config(config, overrides)), markup=False, highlight=False)
+
+
+@data_app.command("check")
+def data_check(config: ConfigArgument, overrides: Overrides = None) -> None:
+    """Validate a dataset before training and print a summary."""
+    from smokeseg.config.load import load_config
+    from smokeseg.data.check import check_dataset, render_report
+
+    report = check_dataset(load_config(config, overrides))
+    console.print(render_report(report))
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="An images/ + masks/ folder, or a Parquet/CSV table.")],
+    output: Annotated[Path, typer.Argument(help="Folder to write the converted dataset to.")],
+    data_folder: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder (or zip) with the images, when SOURCE is a table."),
+    ] = None,
+    rle_order: Annotated[str, typer.Option(help="F: column-major (Hydrogen Torch); C: row-major.")] = "F",
+) -> None:
+    """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE), or a table back to folders."""
+    from smokeseg.config.schema import DatasetConfig
+    from smokeseg.data.formats import convert_folders_to_table, convert_table_to_folders
+
+    if source.is_dir():
+        written = convert_folders_to_table(source, output, rle_order=rle_order)
+    else:
+        dataset = DatasetConfig(rle_order=rle_order)
+        written = convert_table_to_folders(source, data_folder or source.parent, output, dataset)
+    console.print(f"Wrote {written}")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Folder for the demo dataset and its run.")] = Path("demo"),
+    train_model: Annotated[bool, typer.Option("--train/--no-train", help="Train on it too.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Generate the built-in synthetic smoke dataset, train on it, and write the report."""
+    from smokeseg.data.synthetic import generate_demo_dataset
+
+    config_path = generate_demo_dataset(output / "data")
+    console.print(f"Demo dataset and config: {config_path}")
+    if train_model:
+        _train_and_report(config_path, [], output / "run", progress)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML.")] = None,  # noqa: UP045
+    overrides: Overrides = None,
+    output_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Where outputs go (default: output/<experiment_name>)."),
+    ] = None,
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Continue an interrupted run from its output folder."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train and validate each selected fold; write checkpoints, charts, predictions and a report."""
+    if (config is None) == (resume is None):
+        raise SmokesegError("Give either a CONFIG file or --resume OUTPUT_DIR (not both).")
+    if resume is not None:
+        from smokeseg.training.run import resume as resume_run
+
+        _print_results(resume_run(resume, progress=progress))
+        return
+    _train_and_report(config, overrides or [], output_dir, progress)
+
+
+def _train_and_report(config: Path, overrides: list[str], output_dir: Path | None, progress: bool) -> None:
+    from smokeseg.config.load import load_config
+    from smokeseg.report.html import write_report
+    from smokeseg.training.run import experiment_dir_for
+    from smokeseg.training.run import train as run_training
+
+    experiment = load_config(config, overrides)
+    results = run_training(experiment, output_dir, progress=progress)
+    _print_results(results)
+    report = write_report(experiment_dir_for(experiment, output_dir))
+    console.print(f"Report: {report}")
+
+
+def _print_results(results: list) -> None:
+    table = Table(title="Results")
+    columns = ["fold", "validation_IoU", "validation_mean_image_IoU", "test_IoU", "test_mean_image_IoU", "wall_time_s"]
+    for column in columns:
+        table.add_column(column)
+    for result in results:
+        metrics = result.metrics
+        table.add_row(*(_format(metrics.get(column)) for column in columns))
+    console.print(table)
+    for result in results:
+        console.print(f"fold {result.fold}: {result.fold_dir}")
+
+
+def _format(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An experiment or fold folder from `smokeseg train`.")],
+) -> None:
+    """Write a self-contained HTML report: charts, metrics and a validation gallery."""
+    from smokeseg.report.html import write_report
+
+    console.print(f"Report: {write_report(run_dir)}")
+
+
+def main() -> None:
+    """Entry point: a user's mistake prints as one clear message, never as a traceback."""
+    try:
+        app()
+    except SmokesegError as error:
+        Console(stderr=True).print(Text.assemble(("Error: ", "bold red"), str(error)), highlight=False)
+        sys.exit(130 if isinstance(error, TrainingInterrupted) else 2)

@@ -1,0 +1,191 @@
+"""Hydrogen Torch experiment config as pydantic models: the single source of defaults and allowed values.
+
+Section and key names follow Hydrogen Torch's image segmentation YAML. Defaults equal the reference
+config (``smoke_segmentation.yaml``), so a config that only names its dataset paths runs.
+Hydrogen Torch writes null as the string ``None``; optional keys accept it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+
+def _none_string_to_null(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip() in {"None", ""} else value
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_none_string_to_null)]
+OptionalInt = Annotated[int | None, BeforeValidator(_none_string_to_null)]
+
+
+def _listify(value: Any) -> Any:
+    """Hydrogen Torch sometimes writes a one-element list as a bare scalar."""
+    if value is None or (isinstance(value, str) and value.strip() == "None"):
+        return []
+    return value if isinstance(value, list | tuple) else [value]
+
+
+StrList = Annotated[list[str], BeforeValidator(_listify)]
+
+# The identity of Hydrogen Torch's serialised albumentations pipelines: a plain resize.
+_RESIZE_ONLY_AUGMENTATIONS = (
+    '{"__version__": "1.1.0", "transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": '
+    '[{"__class_fullname__": "Resize", "always_apply": true, "p": 1, "height": IMAGE_HEIGHT, '
+    '"width": IMAGE_WIDTH, "interpolation": 1}], "bbox_params": null, "keypoint_params": null, '
+    '"additional_targets": {}}}'
+)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ArchitectureConfig(Section):
+    architecture: str = Field("Unet", description="smp architecture, case-insensitive (Unet, Unet++, FPN, ...)")
+    backbone: str = Field("resnet34", description="smp encoder name, or tu-<timm model name>")
+    pretrained: bool = Field(True, description="start the encoder from ImageNet weights")
+    pretrained_weights: OptionalPath = Field(None, description="a local weights file for the encoder")
+    init_from: OptionalPath = Field(
+        None, description="a checkpoint or experiment folder to start the whole model from"
+    )
+
+
+class AugmentationConfig(Section):
+    augmentations_strategy: Literal["None", "Soft", "Medium", "Hard", "Custom"] = Field(
+        "Soft", description="preset training augmentations; Custom reads custom_train_augmentations"
+    )
+    custom_inference_augmentations: str = _RESIZE_ONLY_AUGMENTATIONS
+    custom_train_augmentations: str = _RESIZE_ONLY_AUGMENTATIONS
+    cutmix_corner: bool = False
+    mix_concentration: float = Field(1.0, gt=0)
+    mix_image: Literal["Disabled", "Mixup", "Cutmix"] = "Disabled"
+    mix_iterations: int = Field(1, ge=1)
+    mix_probability: float = Field(1.0, ge=0, le=1)
+    mix_target: Literal["Ratio", "Max"] = "Ratio"
+
+    @field_validator("augmentations_strategy", mode="before")
+    @classmethod
+    def _null_strategy_is_none(cls, value: Any) -> Any:
+        return "None" if value is None else value
+
+
+class DatasetConfig(Section):
+    class_name_column: str = "class_id"
+    data_folder: Path = Field(Path("."), description="folder (or .zip) holding the training images")
+    data_folder_test: OptionalPath = Field(None, description="folder (or .zip) holding the test images")
+    data_sample: float = Field(1.0, gt=0, le=1, description="fraction of the data to use")
+    data_sample_choice: list[Literal["Train", "Validation"]] = ["Train", "Validation"]
+    folds: StrList = Field(
+        ["0"], validation_alias=AliasChoices("folds", "selected_folds"), description="folds to run"
+    )
+    group_fold_column: str | None = "image_id"
+    image_column: str = "image_id"
+    rle_mask_column: str = "rle_mask"
+    rle_order: Literal["F", "C"] = Field(
+        "F", description="F: column-major (Kaggle, Hydrogen Torch); C: row-major"
+    )
+    test_dataframe: OptionalPath = None
+    train_dataframe: Path | None = Field(None, description="Parquet or CSV table, or an image+mask folder")
+    validation_dataframe: OptionalPath = None
+    validation_size: float = Field(0.2, gt=0, lt=1)
+    validation_strategy: Literal["kfold", "custom", "automatic"] = "kfold"
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="error: stop at a bad image or mask; skip: leave it out with a warning"
+    )
+
+
+class EnvironmentConfig(Section):
+    gpus: StrList = ["0"]
+    mixed_precision_inference: bool = False
+    mixed_precision_training: bool = True
+    number_of_workers: int = Field(4, ge=0)
+    seed: int = Field(-1, ge=-1, description="-1 draws a seed and records it")
+    number_of_gpus_per_run: OptionalInt = Field(None, ge=1)
+
+
+class ImageConfig(Section):
+    image_channels: Literal[3] = 3
+    image_height: int = Field(256, ge=32)
+    image_width: int = Field(256, ge=32)
+    image_normalization: Literal["Simple", "Image", "ImageNet", "None"] = "Simple"
+
+    @field_validator("image_height", "image_width")
+    @classmethod
+    def _divisible_by_32(cls, value: int) -> int:
+        if value % 32:
+            lower, upper = value - value % 32, value - value % 32 + 32
+            raise ValueError(
+                f"must be divisible by 32 for the encoder's downsampling; use {lower or 32} or {upper}"
+            )
+        return value
+
+
+class LoggingConfig(Section):
+    logger: Literal["None", "Neptune", "TensorBoard", "CSV"] = "None"
+    neptune_project: str = ""
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _null_logger_is_none(cls, value: Any) -> Any:
+        return "None" if value is None else value
+
+
+TestTimeAugmentation = Literal["horizontal_flip", "vertical_flip", "transpose", "rotate90", "rotate180", "rotate270"]
+
+
+class PredictionConfig(Section):
+    metric: Literal["IoU", "Dice"] = "IoU"
+    probability_threshold: float = Field(0.5, ge=0, le=1)
+    test_time_augmentations: list[TestTimeAugmentation] = []
+    batch_size_inference: OptionalInt = Field(None, ge=1, description="defaults to training.batch_size")
+
+    @field_validator("test_time_augmentations", mode="before")
+    @classmethod
+    def _listify_tta(cls, value: Any) -> Any:
+        return _listify(value)
+
+
+class TrainingConfig(Section):
+    automatically_adjust_batch_size: bool = False
+    batch_size: int = Field(16, ge=1)
+    build_scoring_pipelines: bool = True
+    calculate_train_metric: bool = False
+    differential_learning_rate: float = Field(0.001, ge=0)
+    differential_learning_rate_layers: StrList = []
+    drop_last_batch: bool = True
+    epochs: int = Field(5, ge=1)
+    evaluation_epochs: float = Field(1.0, gt=0)
+    evaluate_before_training: bool = False
+    grad_accumulation: int = Field(1, ge=1)
+    gradient_clip: float = Field(0.0, ge=0)
+    learning_rate: float = Field(0.001, gt=0)
+    loss_function: str = Field("BCEDice", description="BCE, Dice, BCEDice, Focal, Lovasz, or a sum like BCELovasz")
+    bce_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    focal_weight: float = Field(1.0, ge=0)
+    lovasz_weight: float = Field(1.0, ge=0)
+    optimizer: Literal["AdamW", "Adam", "SGD", "RMSprop"] = "AdamW"
+    save_best_checkpoint: bool = False
+    schedule: Literal["Cosine", "Linear", "Constant"] = "Cosine"
+    train_validation_data: bool = False
+    warmup_epochs: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ExperimentConfig(Section):
+    """A whole experiment, as Hydrogen Torch writes it."""
+
+    experiment_name: str = "smoke_segmentation"
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
+    image: ImageConfig = ImageConfig()
+    logging: LoggingConfig = LoggingConfig()
+    prediction: PredictionConfig = PredictionConfig()
+    training: TrainingConfig = TrainingConfig()

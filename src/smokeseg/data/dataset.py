@@ -1,0 +1,83 @@
+"""A torch Dataset over loaded samples: decode once, augment each time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from smokeseg.data.formats import Sample
+from smokeseg.data.normalization import normalize
+
+
+def shrink_to_fit(image: np.ndarray, max_size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Downscale (never upscale) keeping the aspect ratio so that height, width <= ``max_size``."""
+    height, width = image.shape[:2]
+    scale = min(max_size[0] / height, max_size[1] / width)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+class SegmentationDataset(Dataset):
+    """Yields ``{"image": 3xHxW float, "mask": 1xHxW float, "index": int}`` at the model size.
+
+    Decoded images and masks are kept in memory: smoke datasets are small, and decoding multi-megapixel
+    camera JPEGs would otherwise dominate each epoch. With ``max_size`` the cached copies are shrunk
+    (area interpolation) to at most that size, since the pipeline resizes to the model size anyway.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: A.BasicTransform | A.Compose,
+        normalization: str,
+        max_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.normalization = normalization
+        self.max_size = max_size
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def preload(self, threads: int = 4) -> None:
+        """Decode everything up front (in threads: decoding releases the GIL), before workers fork."""
+        with ThreadPoolExecutor(threads) as pool:
+            for index, pair in zip(range(len(self)), pool.map(self._decode, range(len(self))), strict=True):
+                self._cache[index] = pair
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self.samples[index]
+        image = sample.load_image()
+        mask = sample.load_mask(*image.shape[:2])
+        mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
+        if self.max_size is not None:
+            image = shrink_to_fit(image, self.max_size, cv2.INTER_AREA)
+            mask = shrink_to_fit(mask, self.max_size, cv2.INTER_AREA)
+        return image, (mask > 127).astype(np.uint8)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (possibly shrunk) image, HxWx3 uint8, and its 0/1 mask, zeros where none is known."""
+        if index not in self._cache:
+            self._cache[index] = self._decode(index)
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.load(index)
+        out = self.transform(image=image, mask=mask)
+        pixels = normalize(out["image"], self.normalization)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(out["mask"][None].astype(np.float32)),
+            "index": index,
+        }

@@ -1,0 +1,143 @@
+"""The LightningModule: one training step, one validation step, the optimiser and its schedule.
+
+Everything else (devices, precision, checkpoints, logging, progress) belongs to the Lightning Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from smokeseg import __version__
+from smokeseg.config.schema import ExperimentConfig
+from smokeseg.data.augment import mix_batch
+from smokeseg.metrics import OverlapScores
+from smokeseg.model.factory import create_model
+from smokeseg.model.losses import create_loss
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "AdamW": torch.optim.AdamW,
+    "Adam": torch.optim.Adam,
+    "SGD": partial(torch.optim.SGD, momentum=0.9, nesterov=True),
+    "RMSprop": torch.optim.RMSprop,
+}
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "Cosine": _cosine,
+    "Linear": lambda progress: 1.0 - progress,
+    "Constant": lambda progress: 1.0,
+}
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Hydrogen Torch's per-batch schedule: linear warmup, then a decay that reaches 0 after the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return SCHEDULES[schedule](progress)
+
+
+class SmokeSegmentationModule(L.LightningModule):
+    """Binary smoke segmentation with an smp model, trained on logits against 0/1 masks."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, "smokeseg_version": __version__})
+        self.config = ExperimentConfig.model_validate(config)
+        self.model = create_model(self.config.architecture, load_pretrained=False)
+        self.loss = create_loss(self.config.training)
+        threshold = self.config.prediction.probability_threshold
+        self.validation_scores = OverlapScores(threshold)
+        self.train_scores = OverlapScores(threshold)
+        self.validation_losses: dict[int, float] = {}
+        self.samples_seen = 0
+        self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        images, masks = mix_batch(batch["image"], batch["mask"], self.config.augmentation, self.mix_generator)
+        logits = self(images)
+        loss = self.loss(logits, masks)
+        self.samples_seen += len(images)
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
+        if self.config.training.calculate_train_metric:
+            self.train_scores.update(torch.sigmoid(logits.detach()), masks)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.config.training.calculate_train_metric:
+            metric = self.config.prediction.metric
+            self.log(f"train_{metric}", self.train_scores.compute()[metric])
+            self.train_scores.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.validation_scores.reset()
+        self.validation_losses.clear()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        per_image_loss = torch.stack(
+            [self.loss(logits[i : i + 1], masks[i : i + 1]) for i in range(len(images))]
+        )
+        self.validation_scores.update(torch.sigmoid(logits), masks)
+        for index, loss in zip(batch["index"].tolist(), per_image_loss.tolist(), strict=True):
+            self.validation_losses[index] = loss
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.validation_losses:
+            return
+        scores = self.validation_scores.compute()
+        self.log("validation_loss", float(np.mean(list(self.validation_losses.values()))))
+        for name, value in scores.items():
+            self.log(f"validation_{name}", value, prog_bar=name == self.config.prediction.metric)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        training = self.config.training
+        optimizer = OPTIMIZERS[training.optimizer](
+            self._parameter_groups(), lr=training.learning_rate, weight_decay=training.weight_decay
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup_steps = round(training.warmup_epochs * total_steps / training.epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            partial(
+                learning_rate_factor,
+                total_steps=total_steps,
+                warmup_steps=warmup_steps,
+                schedule=training.schedule,
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """Layers named in ``differential_learning_rate_layers`` train at their own learning rate."""
+        training = self.config.training
+        prefixes = tuple(training.differential_learning_rate_layers)
+        named = list(self.model.named_parameters())
+        differential = [p for name, p in named if prefixes and name.startswith(prefixes)]
+        regular = [p for name, p in named if not (prefixes and name.startswith(prefixes))]
+        groups = [{"params": regular}]
+        if differential:
+            groups.append({"params": differential, "lr": training.differential_learning_rate})
+        return groups
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["samples_seen"] = self.samples_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.samples_seen = checkpoint.get("samples_seen", 0)

@@ -1,0 +1,396 @@
+"""Run an experiment: validate the config, load the data, train each selected fold, write its outputs.
+
+Output layout, per experiment: ``<output>/config.yaml``, ``metrics.json`` (all folds) and one
+``fold<k>/`` per fold with config.yaml, logs.log, charts.json, checkpoint.ckpt (+ last.ckpt for
+resuming), metrics.json, validation_predictions.parquet and, with a test table, test_predictions.parquet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from torch.utils.data import DataLoader
+
+from smokeseg.config.load import load_config, save_config
+from smokeseg.config.schema import ExperimentConfig
+from smokeseg.data.augment import build_inference_transform, build_train_transform
+from smokeseg.data.dataset import SegmentationDataset
+from smokeseg.data.formats import Sample, load_samples
+from smokeseg.data.splits import resolve_seed, split_train_validation
+from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
+from smokeseg.inference.predictor import CHECKPOINT_NAME, Predictor
+from smokeseg.inference.scoring import dataset_scores, prediction_row, write_table
+from smokeseg.model.factory import check_architecture, init_from_checkpoint
+from smokeseg.model.losses import check_loss_name
+from smokeseg.model.weights import load_pretrained_encoder
+from smokeseg.training.module import SmokeSegmentationModule
+from smokeseg.training.outputs import (
+    CHARTS_NAME,
+    CONFIG_NAME,
+    LAST_CHECKPOINT_NAME,
+    METRICS_NAME,
+    TEST_PREDICTIONS_NAME,
+    VALIDATION_PREDICTIONS_NAME,
+    AtomicCheckpointIO,
+    ChartsRecorder,
+    ExperimentLog,
+    open_experiment_log,
+    read_json,
+    write_json,
+)
+
+logger = logging.getLogger("smokeseg")
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    fold_dir: Path
+    metrics: dict[str, Any]
+
+
+@dataclass
+class FoldData:
+    train: list[Sample]
+    validation: list[Sample]
+
+
+def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
+    from lightning.pytorch import loggers
+
+    factories: dict[str, Callable[[], Any]] = {
+        "None": lambda: False,
+        "CSV": lambda: loggers.CSVLogger(fold_dir, name="csv_logs"),
+        "TensorBoard": lambda: loggers.TensorBoardLogger(fold_dir, name="tensorboard"),
+        "Neptune": lambda: loggers.NeptuneLogger(project=config.logging.neptune_project or None),
+    }
+    try:
+        return factories[config.logging.logger]()
+    except (ImportError, ModuleNotFoundError) as error:
+        raise ConfigError(
+            f"logging.logger={config.logging.logger} needs a package that is not installed ({error}). "
+            "Install it, or set logging.logger=None."
+        ) from None
+
+
+def experiment_dir_for(config: ExperimentConfig, output_dir: Path | None) -> Path:
+    return Path(output_dir) if output_dir else Path("output") / config.experiment_name
+
+
+def validate_before_training(config: ExperimentConfig) -> None:
+    """Fail in seconds, before any data is read, on names and settings that cannot work."""
+    check_architecture(config.architecture)
+    check_loss_name(config.training.loss_function)
+    build_train_transform(config.augmentation, config.image)
+    build_inference_transform(config.augmentation, config.image)
+    if config.dataset.train_dataframe is None:
+        raise ConfigError(
+            "dataset.train_dataframe is not set: point it at a Parquet/CSV table or an images+masks folder."
+        )
+    if config.dataset.validation_strategy == "custom" and config.dataset.validation_dataframe is None:
+        raise ConfigError("dataset.validation_strategy=custom needs dataset.validation_dataframe.")
+
+
+def train(
+    config: ExperimentConfig,
+    output_dir: Path | None = None,
+    *,
+    progress: bool = True,
+    accelerator: str = "auto",
+) -> list[FoldResult]:
+    """Train every selected fold of a new experiment."""
+    validate_before_training(config)
+    seed = resolve_seed(config.environment.seed)
+    config = config.model_copy(
+        update={"environment": config.environment.model_copy(update={"seed": seed})}
+    )
+    experiment_dir = experiment_dir_for(config, output_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, experiment_dir / CONFIG_NAME)
+    return _train_folds(config, experiment_dir, resume=False, progress=progress, accelerator=accelerator)
+
+
+def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -> list[FoldResult]:
+    """Continue an interrupted experiment (or one of its fold folders) from its last checkpoints."""
+    experiment_dir = run_dir.parent if run_dir.name.startswith("fold") else run_dir
+    if not (experiment_dir / CONFIG_NAME).is_file():
+        raise SmokesegError(
+            f"{run_dir} holds no {CONFIG_NAME}; give the output folder of an earlier `smokeseg train`."
+        )
+    config = load_config(experiment_dir / CONFIG_NAME)
+    validate_before_training(config)
+    return _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
+
+
+def _train_folds(
+    config: ExperimentConfig, experiment_dir: Path, *, resume: bool, progress: bool, accelerator: str
+) -> list[FoldResult]:
+    dataset_cfg = config.dataset
+    seed = config.environment.seed
+    samples = load_samples(dataset_cfg.train_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
+    samples = _subsample(samples, dataset_cfg.data_sample, seed)
+    validation_samples = (
+        load_samples(dataset_cfg.validation_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
+        if dataset_cfg.validation_strategy == "custom"
+        else []
+    )
+    test_samples = (
+        load_samples(
+            dataset_cfg.test_dataframe,
+            dataset_cfg.data_folder_test or dataset_cfg.data_folder,
+            dataset_cfg,
+            require_masks=False,
+        )
+        if dataset_cfg.test_dataframe is not None
+        else []
+    )
+    results = []
+    for fold in dataset_cfg.folds:
+        fold_dir = experiment_dir / f"fold{fold}"
+        if resume and (fold_dir / METRICS_NAME).is_file():
+            results.append(FoldResult(int(fold), fold_dir, read_json(fold_dir / METRICS_NAME)))
+            continue
+        train_idx, validation_idx = split_train_validation(
+            [s.group for s in samples], dataset_cfg, fold=int(fold), seed=seed
+        )
+        fold_data = FoldData(
+            train=[samples[i] for i in train_idx],
+            validation=validation_samples or [samples[i] for i in validation_idx],
+        )
+        if config.training.train_validation_data:
+            fold_data.train = fold_data.train + fold_data.validation
+        results.append(
+            _train_fold(config, int(fold), fold_dir, fold_data, test_samples, resume, progress, accelerator)
+        )
+    summary = {f"fold{r.fold}": r.metrics for r in results}
+    write_json(experiment_dir / METRICS_NAME, summary)
+    return results
+
+
+def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    if fraction >= 1:
+        return samples
+    keep = max(1, round(len(samples) * fraction))
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(samples))[:keep])
+    return [samples[i] for i in chosen]
+
+
+def _loader(dataset: SegmentationDataset, config: ExperimentConfig, batch_size: int, train: bool) -> DataLoader:
+    workers = min(config.environment.number_of_workers, os.cpu_count() or 1)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and config.training.drop_last_batch and len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(config.environment.seed) if train else None,
+    )
+
+
+def _evaluation_schedule(evaluation_epochs: float) -> dict[str, Any]:
+    """Hydrogen Torch's ``evaluation_epochs``: every N epochs, or a fraction of an epoch."""
+    if evaluation_epochs >= 1:
+        return {"check_val_every_n_epoch": round(evaluation_epochs)}
+    return {"val_check_interval": evaluation_epochs}
+
+
+def _train_fold(
+    config: ExperimentConfig,
+    fold: int,
+    fold_dir: Path,
+    data: FoldData,
+    test_samples: Sequence[Sample],
+    resume: bool,
+    progress: bool,
+    accelerator: str,
+) -> FoldResult:
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, fold_dir / CONFIG_NAME)
+    handler = open_experiment_log(fold_dir)
+    started = time.perf_counter()
+    try:
+        L.seed_everything(config.environment.seed, workers=True, verbose=False)
+        logger.info("Global random seed: %d", config.environment.seed)
+        logger.info("Fold: %d", fold)
+        logger.info("Number of observations in train dataset: %d", len(data.train))
+        logger.info("Number of observations in validation dataset: %d", len(data.validation))
+        if test_samples:
+            logger.info("Number of observations in test dataset: %d", len(test_samples))
+        module = SmokeSegmentationModule(config.model_dump(mode="json"))
+        last_checkpoint = fold_dir / LAST_CHECKPOINT_NAME
+        resume_from = last_checkpoint if resume and last_checkpoint.is_file() else None
+        if resume_from is None:
+            _initialise_weights(module, config)
+        else:
+            logger.info("Resuming from %s", resume_from)
+        trainer = _fit(module, config, fold_dir, data, resume_from, progress, accelerator)
+        metrics = _finish_fold(module, trainer, config, fold, fold_dir, data, test_samples)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_json(fold_dir / METRICS_NAME, metrics)
+    return FoldResult(fold, fold_dir, metrics)
+
+
+def _initialise_weights(module: SmokeSegmentationModule, config: ExperimentConfig) -> None:
+    architecture = config.architecture
+    if architecture.init_from is not None:
+        report = init_from_checkpoint(module.model, architecture.init_from)
+        logger.info("Initialised from %s: %s", architecture.init_from, report)
+    elif architecture.pretrained:
+        logger.info("Pretrained encoder weights: %s", load_pretrained_encoder(module.model, architecture))
+
+
+def _fit(
+    module: SmokeSegmentationModule,
+    config: ExperimentConfig,
+    fold_dir: Path,
+    data: FoldData,
+    resume_from: Path | None,
+    progress: bool,
+    accelerator: str,
+) -> L.Trainer:
+    """Fit with Lightning; with ``automatically_adjust_batch_size``, halve the batch on out-of-memory."""
+    training = config.training
+    train_set = SegmentationDataset(
+        data.train, build_train_transform(config.augmentation, config.image), config.image.image_normalization,
+        max_size=_cache_size(config),
+    )
+    validation_set = _validation_dataset(data.validation, config)
+    train_set.preload()
+    validation_set.preload()
+    batch_size = training.batch_size
+    while True:
+        trainer = _trainer(config, fold_dir, progress, accelerator)
+        validation_loader = _loader(validation_set, config, config.prediction.batch_size_inference or batch_size, False)
+        try:
+            if training.evaluate_before_training and resume_from is None:
+                trainer.validate(module, validation_loader, verbose=False)
+            trainer.fit(
+                module,
+                _loader(train_set, config, batch_size, True),
+                validation_loader,
+                ckpt_path=resume_from,
+            )
+        except torch.OutOfMemoryError:
+            if not training.automatically_adjust_batch_size or batch_size == 1:
+                raise
+            batch_size //= 2
+            logger.warning("Out of memory: batch size halved to %d, training goes on", batch_size)
+            last = fold_dir / LAST_CHECKPOINT_NAME
+            resume_from = last if last.is_file() else None
+            continue
+        except SystemExit:
+            if trainer.interrupted:
+                raise TrainingInterrupted(
+                    f"Training interrupted. The last good checkpoint is kept in {fold_dir}; "
+                    f"continue with `smokeseg train --resume {fold_dir.parent}`."
+                ) from None
+            raise
+        return trainer
+
+
+def _cache_size(config: ExperimentConfig) -> tuple[int, int]:
+    """Decoded images are cached at up to twice the model size: augmenting there loses nothing visible."""
+    return 2 * config.image.image_height, 2 * config.image.image_width
+
+
+def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> SegmentationDataset:
+    return SegmentationDataset(
+        samples, build_inference_transform(config.augmentation, config.image), config.image.image_normalization,
+        max_size=_cache_size(config),
+    )
+
+
+def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerator: str) -> L.Trainer:
+    training = config.training
+    metric = config.prediction.metric
+    checkpoint = ModelCheckpoint(
+        dirpath=fold_dir,
+        filename=Path(CHECKPOINT_NAME).stem,
+        monitor=f"validation_{metric}" if training.save_best_checkpoint else None,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [checkpoint, ChartsRecorder(fold_dir / CHARTS_NAME, metric), ExperimentLog(metric)]
+    if progress:
+        callbacks.append(RichProgressBar())
+    use_cuda = torch.cuda.is_available() and accelerator in {"auto", "gpu", "cuda"}
+    return L.Trainer(
+        max_epochs=training.epochs,
+        accelerator=accelerator,
+        devices=1,
+        precision="16-mixed" if use_cuda and config.environment.mixed_precision_training else "32-true",
+        callbacks=callbacks,
+        logger=_logger_factory(config, fold_dir),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=training.gradient_clip or None,
+        accumulate_grad_batches=training.grad_accumulation,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=fold_dir,
+        **_evaluation_schedule(training.evaluation_epochs),
+    )
+
+
+def _finish_fold(
+    module: SmokeSegmentationModule,
+    trainer: L.Trainer,
+    config: ExperimentConfig,
+    fold: int,
+    fold_dir: Path,
+    data: FoldData,
+    test_samples: Sequence[Sample],
+) -> dict[str, Any]:
+    """Score the kept checkpoint on validation (and test) at each image's own size; write the tables."""
+    checkpoint_path = fold_dir / CHECKPOINT_NAME
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    module.cpu()
+    logger.info("Checkpoint saved: %s", checkpoint_path)
+    validation_set = _validation_dataset(data.validation, config)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+        module, _loader(validation_set, config, config.training.batch_size, False), verbose=False
+    )
+    predictor = Predictor([module.model], config)
+    threshold = predictor.threshold
+    rle_order = config.dataset.rle_order
+    rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(data.validation)]
+    for index, row in enumerate(rows):
+        row["loss"] = module.validation_losses.get(index, float("nan"))
+    validation_table = write_table(rows, fold_dir / VALIDATION_PREDICTIONS_NAME)
+    metric = config.prediction.metric
+    metrics: dict[str, Any] = {
+        "fold": fold,
+        "seed": config.environment.seed,
+        "epochs": trainer.current_epoch,
+        "train_observations": len(data.train),
+        "validation_observations": len(data.validation),
+        "validation_loss": float(np.nanmean(validation_table["loss"])) if len(validation_table) else None,
+    }
+    metrics.update({f"validation_{k}": v for k, v in dataset_scores(validation_table).items()})
+    logger.info("Validation %s (at image size): %.5f", metric, metrics.get(f"validation_{metric}", float("nan")))
+    if test_samples:
+        test_rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(test_samples)]
+        test_table = write_table(test_rows, fold_dir / TEST_PREDICTIONS_NAME)
+        metrics["test_observations"] = len(test_samples)
+        test_scores = dataset_scores(test_table)
+        metrics.update({f"test_{k}": v for k, v in test_scores.items()})
+        if test_scores:
+            logger.info("Test %s: %.5f", metric, test_scores[metric])
+    return metrics

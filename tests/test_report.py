@@ -1,0 +1,177 @@
+"""The HTML report: built from a fake training output folder, no training needed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from smokeseg.config.load import save_config
+from smokeseg.config.schema import DatasetConfig, ExperimentConfig
+from smokeseg.data.rle import rle_encode
+from smokeseg.errors import SmokesegError
+from smokeseg.report import overlay_mask, write_report
+from smokeseg.report.overlay import mask_edge
+
+HEIGHT, WIDTH = 36, 48
+LOSSES = {"img_a.png": 0.2, "img_b.png": 0.9, "img_c.png": 0.5, "img_d.png": 0.05}
+
+
+def _blob(seed: int) -> np.ndarray:
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[5 + seed : 20 + seed, 10 + 2 * seed : 30 + 2 * seed] = True
+    return mask
+
+
+def _make_images(data_folder: Path) -> None:
+    data_folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in LOSSES:
+        pixels = rng.integers(0, 255, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data_folder / name)
+
+
+def _make_fold(fold_dir: Path, data_folder: Path, fold: int = 0) -> Path:
+    fold_dir.mkdir(parents=True)
+    config = ExperimentConfig(experiment_name="smoke_test", dataset=DatasetConfig(data_folder=data_folder))
+    save_config(config, fold_dir / "config.yaml")
+    steps = list(range(4, 404, 4))
+    charts = {
+        "train_loss": {"step": steps, "value": [1.0 / (1 + i / 10) + 0.05 * (i % 3) for i in range(100)]},
+        "learning_rate": {"step": steps, "value": [1e-3 * (1 - i / 100) for i in range(100)]},
+        "validation_loss": {"step": [200, 400], "value": [0.6, 0.4]},
+        "validation_IoU": {"step": [200, 400], "value": [0.5, 0.61]},
+    }
+    (fold_dir / "charts.json").write_text(json.dumps(charts))
+    metrics = {
+        "fold": fold,
+        "validation_IoU": 0.61 + fold / 100,
+        "validation_Dice": 0.7,
+        "validation_loss": 0.4,
+        "test_IoU": 0.5,
+        "epochs": 5,
+        "validation_observations": len(LOSSES),
+        "seed": 123,
+        "wall_time_s": 80.1,
+    }
+    (fold_dir / "metrics.json").write_text(json.dumps(metrics))
+    rows = []
+    for index, (name, loss) in enumerate(LOSSES.items()):
+        truth, predicted = _blob(index), _blob(index + 1)
+        rows.append(
+            {
+                "image_id": name,
+                "rle_mask": rle_encode(predicted, order="F"),
+                "true_rle_mask": rle_encode(truth, order="F"),
+                "height": HEIGHT,
+                "width": WIDTH,
+                "smoke_fraction": float(predicted.mean()),
+                "probability_max": 0.9,
+                "probability_mean": 0.2,
+                "iou": 0.5,
+                "dice": 0.6,
+                "loss": loss,
+            }
+        )
+    pd.DataFrame(rows).to_parquet(fold_dir / "validation_predictions.parquet")
+    return fold_dir
+
+
+@pytest.fixture
+def fold_dir(tmp_path: Path) -> Path:
+    _make_images(tmp_path / "images")
+    return _make_fold(tmp_path / "output" / "smoke_test" / "fold0", tmp_path / "images")
+
+
+def _gallery_order(page: str) -> list[str]:
+    return re.findall(r'<figure class="tile" data-image-id="([^"]+)"', page)
+
+
+def test_fold_report_has_charts_metrics_and_worst_first_gallery(fold_dir: Path) -> None:
+    report = write_report(fold_dir)
+    assert report == fold_dir / "report.html"
+    page = report.read_text(encoding="utf-8")
+    for title in ("Learning rate", "Train batch loss", "Validation loss", "Validation IoU"):
+        match = re.search(rf'<img src="data:image/png;base64,([^"]+)" alt="{title} chart', page)
+        assert match, title
+        assert Image.open(io.BytesIO(base64.b64decode(match.group(1)))).format == "PNG"
+    assert _gallery_order(page) == ["img_b.png", "img_c.png", "img_a.png", "img_d.png"]
+    assert "smoke_test" in page
+    assert "0.6100" in page and "1 min 20 s" in page and "test IoU" in page
+    pngs = sorted(path.name for path in (fold_dir / "report_png").glob("*.png"))
+    assert "fold0_validation_IoU.png" in pngs
+    assert sum("gallery" in name for name in pngs) == 4
+
+
+def test_gallery_size_limits_tiles_and_rerun_drops_stale_pngs(fold_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "elsewhere"
+    write_report(fold_dir, out_dir)
+    page = write_report(fold_dir, out_dir, gallery_size=2).read_text(encoding="utf-8")
+    assert _gallery_order(page) == ["img_b.png", "img_c.png"]
+    assert len(list((out_dir / "report_png").glob("*gallery*.png"))) == 2
+    assert not (fold_dir / "report.html").exists()
+
+
+def test_experiment_folder_gets_a_section_per_fold_and_a_summary(tmp_path: Path) -> None:
+    _make_images(tmp_path / "images")
+    experiment = tmp_path / "output" / "smoke_test"
+    for fold in (1, 0):
+        _make_fold(experiment / f"fold{fold}", tmp_path / "images", fold)
+    page = write_report(experiment).read_text(encoding="utf-8")
+    assert page.index('id="fold0"') < page.index('id="fold1"')
+    assert '<tr class="mean"><th>mean</th><td>0.6150</td>' in page
+    assert len(_gallery_order(page)) == 8
+
+
+def test_folder_without_outputs_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(SmokesegError, match=r"no charts\.json found.*smokeseg train CONFIG") as error:
+        write_report(tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_missing_image_gives_a_placeholder_tile(fold_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "images" / "img_c.png").unlink()
+    page = write_report(fold_dir).read_text(encoding="utf-8")
+    tile = page[page.index('data-image-id="img_c.png"') :].split("</figure>")[0]
+    assert 'class="placeholder"' in tile and "img_c.png" in tile
+    assert page.count('alt="img_') == 3
+
+
+def test_run_stopped_early_still_reports(fold_dir: Path) -> None:
+    (fold_dir / "charts.json").write_text(json.dumps({"train_loss": {"step": [], "value": []}}))
+    (fold_dir / "metrics.json").unlink()
+    (fold_dir / "validation_predictions.parquet").unlink()
+    (fold_dir / "config.yaml").unlink()
+    page = write_report(fold_dir).read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 4
+    assert "metrics.json is missing" in page and "no validation gallery" in page
+
+
+def test_overlay_tints_inside_outlines_edge_and_leaves_outside() -> None:
+    image = np.full((20, 20, 3), 100, dtype=np.uint8)
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:15, 5:15] = True
+    out = overlay_mask(image, mask, (255, 0, 0), alpha=0.5, line_width=1)
+    assert tuple(out[5, 10]) == (255, 0, 0)
+    assert tuple(out[10, 10]) == (178, 50, 50)
+    assert tuple(out[0, 0]) == (100, 100, 100)
+    assert image[10, 10, 0] == 100
+
+
+def test_mask_edge_ignores_the_image_border() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:, :5] = True
+    edge = mask_edge(mask)
+    assert edge[:, 4].all() and not edge[:, :4].any()
+
+
+def test_overlay_rejects_a_mask_of_another_size() -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        overlay_mask(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), bool), (0, 255, 0))
