@@ -30,17 +30,27 @@ def _blob(seed: int) -> np.ndarray:
     return mask
 
 
-def _make_images(data_folder: Path) -> None:
+def _make_dataset(data_folder: Path) -> None:
+    """Images plus the training table naming them, as the fold's config points at."""
     data_folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in LOSSES:
         pixels = rng.integers(0, 255, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(data_folder / name)
+    table = pd.DataFrame(
+        {
+            "image_id": list(LOSSES),
+            "class_id": "smoke",
+            "rle_mask": [rle_encode(_blob(i)) for i in range(len(LOSSES))],
+        }
+    )
+    table.to_parquet(data_folder / "train.pq")
 
 
 def _make_fold(fold_dir: Path, data_folder: Path, fold: int = 0) -> Path:
     fold_dir.mkdir(parents=True)
-    config = ExperimentConfig(experiment_name="smoke_test", dataset=DatasetConfig(data_folder=data_folder))
+    dataset = DatasetConfig(data_folder=data_folder, train_dataframe=data_folder / "train.pq")
+    config = ExperimentConfig(experiment_name="smoke_test", dataset=dataset)
     save_config(config, fold_dir / "config.yaml")
     steps = list(range(4, 404, 4))
     charts = {
@@ -48,6 +58,7 @@ def _make_fold(fold_dir: Path, data_folder: Path, fold: int = 0) -> Path:
         "learning_rate": {"step": steps, "value": [1e-3 * (1 - i / 100) for i in range(100)]},
         "validation_loss": {"step": [200, 400], "value": [0.6, 0.4]},
         "validation_IoU": {"step": [200, 400], "value": [0.5, 0.61]},
+        "validation_Dice": {"step": [200, 400], "value": [0.6, 0.7]},
     }
     (fold_dir / "charts.json").write_text(json.dumps(charts))
     metrics = {
@@ -86,7 +97,7 @@ def _make_fold(fold_dir: Path, data_folder: Path, fold: int = 0) -> Path:
 
 @pytest.fixture
 def fold_dir(tmp_path: Path) -> Path:
-    _make_images(tmp_path / "images")
+    _make_dataset(tmp_path / "images")
     return _make_fold(tmp_path / "output" / "smoke_test" / "fold0", tmp_path / "images")
 
 
@@ -98,7 +109,7 @@ def test_fold_report_has_charts_metrics_and_worst_first_gallery(fold_dir: Path) 
     report = write_report(fold_dir)
     assert report == fold_dir / "report.html"
     page = report.read_text(encoding="utf-8")
-    for title in ("Learning rate", "Train batch loss", "Validation loss", "Validation IoU"):
+    for title in ("Learning rate", "Train batch loss", "Validation loss", "Validation IoU and Dice"):
         match = re.search(rf'<img src="data:image/png;base64,([^"]+)" alt="{title} chart', page)
         assert match, title
         assert Image.open(io.BytesIO(base64.b64decode(match.group(1)))).format == "PNG"
@@ -106,7 +117,7 @@ def test_fold_report_has_charts_metrics_and_worst_first_gallery(fold_dir: Path) 
     assert "smoke_test" in page
     assert "0.6100" in page and "1 min 20 s" in page and "test IoU" in page
     pngs = sorted(path.name for path in (fold_dir / "report_png").glob("*.png"))
-    assert "fold0_validation_IoU.png" in pngs
+    assert "fold0_validation_metric.png" in pngs
     assert sum("gallery" in name for name in pngs) == 4
 
 
@@ -120,7 +131,7 @@ def test_gallery_size_limits_tiles_and_rerun_drops_stale_pngs(fold_dir: Path, tm
 
 
 def test_experiment_folder_gets_a_section_per_fold_and_a_summary(tmp_path: Path) -> None:
-    _make_images(tmp_path / "images")
+    _make_dataset(tmp_path / "images")
     experiment = tmp_path / "output" / "smoke_test"
     for fold in (1, 0):
         _make_fold(experiment / f"fold{fold}", tmp_path / "images", fold)

@@ -25,10 +25,15 @@ def _listify(value: Any) -> Any:
     """Hydrogen Torch sometimes writes a one-element list as a bare scalar."""
     if value is None or (isinstance(value, str) and value.strip() == "None"):
         return []
-    return value if isinstance(value, list | tuple) else [value]
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
-StrList = Annotated[list[str], BeforeValidator(_listify)]
+def _string_list(value: Any) -> Any:
+    """Lists of names (folds, GPUs, layers): Hydrogen Torch writes ``'0'``, users write ``0``."""
+    return [str(item) if isinstance(item, int) else item for item in _listify(value)]
+
+
+StrList = Annotated[list[str], BeforeValidator(_string_list)]
 
 # The identity of Hydrogen Torch's serialised albumentations pipelines: a plain resize.
 _RESIZE_ONLY_AUGMENTATIONS = (

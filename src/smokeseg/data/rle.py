@@ -48,13 +48,12 @@ def rle_decode(rle: object, height: int, width: int, order: Order = "F", where: 
             f"image ({pixels} pixels). The mask was encoded for a larger image: check that the row names "
             "the right image file."
         )
-    # +1 at each run start, -1 one past its end: a running sum > 0 marks pixels inside any run,
-    # which also unions runs that overlap.
-    marks = np.zeros(pixels + 1, np.int32)
-    np.add.at(marks, starts, 1)
-    np.add.at(marks, ends, -1)
-    inside = np.cumsum(marks[:pixels], dtype=np.int32) > 0
-    return inside.reshape((height, width), order=order)
+    starts, ends = _merge_overlaps(starts, ends)
+    # Alternate background and smoke stretches: gap, run, gap, run, ..., final gap.
+    lengths = np.diff(np.concatenate(([0], np.column_stack((starts, ends)).ravel(), [pixels])))
+    is_smoke = np.zeros(lengths.size, bool)
+    is_smoke[1::2] = True
+    return np.repeat(is_smoke, lengths).reshape((height, width), order=order)
 
 
 def validate_rle(rle: object, where: str = "") -> None:
@@ -135,8 +134,21 @@ def _runs(rle: object, where: str) -> tuple[np.ndarray, np.ndarray]:
             "(the first pixel is 1). If the table was written 0-indexed, add 1 to every start."
         )
     if (lengths < 1).any():
-        raise DataError(f"{_label(where)}: run length {lengths[lengths < 1][0]} is below 1; lengths must be >= 1.")
+        raise DataError(
+            f"{_label(where)}: run length {lengths[lengths < 1][0]} is below 1; lengths must be >= 1."
+        )
     return starts - 1, starts - 1 + lengths
+
+
+def _merge_overlaps(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, disjoint runs covering the same pixels: the union of several RLE strings may overlap."""
+    if starts.size < 2:
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    opens_run = np.concatenate(([True], starts[1:] > ends[:-1]))
+    closes_run = np.concatenate((opens_run[1:], [True]))
+    return starts[opens_run], ends[closes_run]
 
 
 def _edge_length(mask: np.ndarray) -> int:

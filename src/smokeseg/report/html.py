@@ -12,10 +12,10 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,7 @@ from PIL import Image
 from smokeseg import __version__
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
-from smokeseg.data.formats import open_store
-from smokeseg.data.images import read_image
+from smokeseg.data.formats import Sample, collect_samples
 from smokeseg.data.rle import rle_decode
 from smokeseg.errors import SmokesegError
 from smokeseg.report.overlay import overlay_mask
@@ -45,7 +44,7 @@ GALLERY_COLUMNS = ("image_id", "rle_mask", "true_rle_mask", "height", "width", "
 class MetricSpec:
     key: str
     label: str
-    kind: str  # "score" (averaged across folds), "count", or "seconds"
+    kind: Literal["score", "count", "seconds"]  # only scores get a mean across folds
 
 
 METRICS = (
@@ -67,17 +66,23 @@ METRICS = (
 
 @dataclass(frozen=True)
 class ChartSpec:
-    key: str
+    name: str
     title: str
     ylabel: str
-    color: str
+    series: tuple[tuple[str, str], ...]  # (charts.json key, colour)
 
 
 CHARTS = (
-    ChartSpec("learning_rate", "Learning rate", "learning rate", "#6a3d9a"),
-    ChartSpec("train_loss", "Train batch loss", "loss", "#1f77b4"),
-    ChartSpec("validation_loss", "Validation loss", "loss", "#d62728"),
-    ChartSpec("validation_IoU", "Validation IoU", "IoU", "#2ca02c"),
+    ChartSpec("learning_rate", "Learning rate", "learning rate", (("learning_rate", "#6a3d9a"),)),
+    ChartSpec("train_loss", "Train batch loss", "loss", (("train_loss", "#1f77b4"),)),
+    ChartSpec("validation_loss", "Validation loss", "loss", (("validation_loss", "#d62728"),)),
+    # Training records validation_<prediction.metric> and validation_Dice, so IoU may be absent.
+    ChartSpec(
+        "validation_metric",
+        "Validation IoU and Dice",
+        "score",
+        (("validation_IoU", "#2ca02c"), ("validation_Dice", "#ff7f0e")),
+    ),
 )
 
 
@@ -101,6 +106,7 @@ class FoldReport:
     notes: list[str] = field(default_factory=list)
     config: ExperimentConfig | None = None
     image_problem: str | None = None
+    dataset_source: str = ""
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None, gallery_size: int = 24) -> Path:
@@ -114,7 +120,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, gallery_size: int =
     experiment = _experiment_name(run_dir, folds)
 
     png_dir = out_dir / PNG_FOLDER
-    written = set()
+    written: set[str] = set()
     for fold in folds:
         for name, png in _pngs(fold):
             write_bytes_atomic(png_dir / name, png)
@@ -181,7 +187,7 @@ def _build_fold(fold_dir: Path, gallery_size: int) -> FoldReport:
         fold.notes.append("metrics.json is missing or empty: the run may have stopped before validation.")
     _load_config(fold)
     charts = _read_json(fold_dir / "charts.json")
-    fold.charts = {spec.key: _chart_png(spec, charts) for spec in CHARTS}
+    fold.charts = {spec.name: _chart_png(spec, charts) for spec in CHARTS}
     _build_gallery(fold, gallery_size)
     return fold
 
@@ -209,7 +215,6 @@ def _moving_average(values: np.ndarray) -> np.ndarray | None:
 
 
 def _chart_png(spec: ChartSpec, charts: dict[str, Any]) -> bytes:
-    steps, values = _series(charts, spec.key)
     figure = Figure(figsize=(6.0, 3.4), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     axes.set_title(spec.title, loc="left", fontsize=12, fontweight="bold")
@@ -219,36 +224,36 @@ def _chart_png(spec: ChartSpec, charts: dict[str, Any]) -> bytes:
     axes.grid(True, color="#e4e4e4", linewidth=0.8)
     axes.set_axisbelow(True)
     axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
-    if len(values) == 0:
-        axes.text(
-            0.5,
-            0.5,
-            f"no {spec.key} recorded in charts.json",
-            transform=axes.transAxes,
-            ha="center",
-            va="center",
-            color="#888888",
-        )
+    drawn = [(key, color, *_series(charts, key)) for key, color in spec.series]
+    drawn = [entry for entry in drawn if len(entry[3])]
+    if not drawn:
+        keys = " / ".join(key for key, _ in spec.series)
+        axes.text(0.5, 0.5, f"no {keys} in charts.json", transform=axes.transAxes, ha="center", color="#888")
         axes.set_xticks([])
         axes.set_yticks([])
-    elif spec.key == "train_loss":
-        _draw_train_loss(axes, steps, values, spec.color)
-    else:
-        _plot_line(axes, steps, values, spec.color)
-        if spec.key == "learning_rate":
-            axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-            axes.set_ylim(bottom=0)
-        if spec.key == "validation_IoU":
-            _mark_best(axes, steps, values, spec.color)
+    for index, (key, color, steps, values) in enumerate(drawn):
+        if key == "train_loss":
+            _draw_train_loss(axes, steps, values, color)
+            continue
+        _plot_line(axes, steps, values, color, label=key.removeprefix("validation_"))
+        if spec.name == "validation_metric" and index == 0:
+            _mark_best(axes, steps, values, color)
+    if spec.name == "learning_rate" and drawn:
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        axes.set_ylim(bottom=0)
+    if len(drawn) > 1:
+        axes.legend(frameon=False, loc="lower right")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", facecolor="white")
     return buffer.getvalue()
 
 
-def _plot_line(axes: Axes, steps: np.ndarray, values: np.ndarray, color: str) -> None:
+def _plot_line(
+    axes: Axes, steps: np.ndarray, values: np.ndarray, color: str, label: str | None = None
+) -> None:
     """A line, with markers while there are few points (validation runs once an epoch)."""
     marker = "o" if len(values) <= 60 else None
-    axes.plot(steps, values, color=color, linewidth=1.8, marker=marker, markersize=4)
+    axes.plot(steps, values, color=color, linewidth=1.8, marker=marker, markersize=4, label=label)
 
 
 def _draw_train_loss(axes: Axes, steps: np.ndarray, values: np.ndarray, color: str) -> None:
@@ -298,45 +303,60 @@ def _build_gallery(fold: FoldReport, gallery_size: int) -> None:
         return
     fold.validation_images = len(table)
     worst = table.sort_values("loss", ascending=False, na_position="last", kind="stable").head(gallery_size)
-    reader = _image_reader(fold)
-    if reader is None:
+    samples = _validation_images(fold)
+    if samples is None:
         fold.notes.append(f"Validation images not shown: {fold.image_problem}")
     for rank, row in enumerate(worst.itertuples(index=False), start=1):
-        fold.tiles.append(_tile(fold, rank, row, reader))
+        fold.tiles.append(_tile(fold, rank, row, samples))
 
 
-def _image_reader(fold: FoldReport) -> Callable[[str], np.ndarray] | None:
-    """A function reading a validation image by id; None (and ``fold.image_problem`` set) if there is none."""
+def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
+    """The fold's validation samples by image id, found the way training found them; None if they can't be.
+
+    Going through the dataset loader rather than ``data_folder`` alone keeps images/ + masks/ folders,
+    tables inside archives and custom validation tables working.
+    """
     if fold.config is None:
         return None
-    data_folder = fold.config.dataset.data_folder
-    try:
-        store = open_store(data_folder)
-    except (SmokesegError, OSError) as error:
-        fold.image_problem = f"data folder {data_folder} cannot be opened: {error}"
+    dataset = fold.config.dataset
+    custom = dataset.validation_strategy == "custom"
+    source = dataset.validation_dataframe if custom else dataset.train_dataframe
+    if source is None:
+        fold.image_problem = f"{fold.folder / 'config.yaml'} names no dataset table or folder"
         return None
-    return lambda name: read_image(store.read(name), name)
+    try:
+        samples, _ = collect_samples(source, dataset.data_folder, dataset, require_masks=False)
+    except SmokesegError as error:
+        fold.image_problem = f"the dataset {source} cannot be read: {error}"
+        return None
+    fold.dataset_source = str(source)
+    return {sample.image_id: sample for sample in samples}
 
 
-def _tile(fold: FoldReport, rank: int, row: Any, reader: Callable[[str], np.ndarray] | None) -> Tile:
+def _tile(fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None) -> Tile:
     image_id = str(row.image_id)
     tile = Tile(image_id=image_id, caption=_caption(row))
-    if reader is None:
+    if samples is None or fold.config is None:
         tile.problem = "image not available: see the note above"
         return tile
+    sample = samples.get(image_id)
+    if sample is None:
+        tile.problem = f"{image_id} is not in {fold.dataset_source}; has the dataset changed since training?"
+        return tile
     height, width = int(row.height), int(row.width)
+    rle_order = fold.config.dataset.rle_order  # training encodes its prediction tables in this order
     try:
-        truth = rle_decode(row.true_rle_mask, height, width, order="F", where=f"{image_id} true_rle_mask")
-        predicted = rle_decode(row.rle_mask, height, width, order="F", where=f"{image_id} rle_mask")
-        image = reader(image_id)
+        truth = rle_decode(row.true_rle_mask, height, width, rle_order, where=f"{image_id} true_rle_mask")
+        predicted = rle_decode(row.rle_mask, height, width, rle_order, where=f"{image_id} rle_mask")
+        image = sample.load_image()
     # One unreadable image or mask must not cost the user the rest of the report.
-    except (SmokesegError, OSError, ValueError, KeyError) as error:
-        tile.problem = f"cannot show {image_id}: {error}"
+    except SmokesegError as error:
+        tile.problem = str(error)
         return tile
     if image.shape[:2] != (height, width):
         tile.problem = (
             f"{image_id} is {image.shape[1]}x{image.shape[0]} px but its masks are {width}x{height}; "
-            "has the data folder changed since training?"
+            "has the image changed since training?"
         )
         return tile
     tile.png = _tile_png(image, truth, predicted)
@@ -388,9 +408,9 @@ def _pngs(fold: FoldReport) -> list[tuple[str, bytes]]:
 
 
 def _number(value: Any, digits: int = 4) -> str:
-    if value is None or isinstance(value, bool):
-        return "n/a" if value is None else str(value)
-    if isinstance(value, int | np.integer):
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool | int | np.integer):
         return str(value)
     try:
         number = float(value)
@@ -436,8 +456,8 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     rows += [(key, _number(value)) for key, value in metrics.items() if key not in known and key != "fold"]
     if not rows:
         return ""
-    body = "".join(f"<tr><th>{_e(label)}</th><td>{_e(value)}</td></tr>" for label, value in rows)
-    return f'<table class="metrics">{body}</table>'
+    cards = "".join(f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in rows)
+    return f'<dl class="metrics">{cards}</dl>'
 
 
 def _summary_table(folds: Sequence[FoldReport]) -> str:
@@ -474,7 +494,7 @@ def _fold_mean(folds: Sequence[FoldReport], spec: MetricSpec) -> str:
 
 def _chart_grid(fold: FoldReport) -> str:
     images = "".join(
-        f'<img src="{_data_uri(fold.charts[spec.key])}" alt="{_e(spec.title)} chart of {_e(fold.name)}">'
+        f'<img src="{_data_uri(fold.charts[spec.name])}" alt="{_e(spec.title)} chart of {_e(fold.name)}">'
         for spec in CHARTS
     )
     return f'<div class="charts">{images}</div>'
@@ -486,13 +506,15 @@ def _gallery(fold: FoldReport) -> str:
     tiles = []
     for tile in fold.tiles:
         if tile.png is not None:
-            body = f'<img src="{_data_uri(tile.png)}" alt="{_e(tile.image_id)}: truth and prediction">'
+            body = (
+                '<div class="panels"><span>ground truth</span><span>prediction</span></div>'
+                f'<img src="{_data_uri(tile.png)}" alt="{_e(tile.image_id)}: truth and prediction">'
+            )
         else:
             body = f'<div class="placeholder">{_e(tile.problem)}</div>'
         tiles.append(
-            f'<figure class="tile" data-image-id="{_e(tile.image_id)}">'
-            '<div class="panels"><span>ground truth</span><span>prediction</span></div>'
-            f"{body}<figcaption><b>{_e(tile.image_id)}</b><br>{_e(tile.caption)}</figcaption></figure>"
+            f'<figure class="tile" data-image-id="{_e(tile.image_id)}">{body}'
+            f"<figcaption><b>{_e(tile.image_id)}</b><br>{_e(tile.caption)}</figcaption></figure>"
         )
     shown = f"{len(fold.tiles)} of {fold.validation_images}"
     legend = (
@@ -524,12 +546,15 @@ h3 { margin: 24px 0 8px; }
 section.fold, section.summary { background: #fff; border-radius: 8px; padding: 8px 20px 20px;
                                 margin-top: 20px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }
 table { border-collapse: collapse; font-size: 14px; }
-table.metrics th { text-align: left; font-weight: normal; color: #555; padding: 3px 24px 3px 0; }
-table.metrics td { text-align: right; font-variant-numeric: tabular-nums; padding: 3px 0; }
+dl.metrics { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 8px;
+             margin: 12px 0; }
+dl.metrics div { background: #f6f7f9; border-radius: 6px; padding: 6px 10px; }
+dl.metrics dt { font-size: 12px; color: #666; }
+dl.metrics dd { margin: 2px 0 0; font-size: 18px; font-variant-numeric: tabular-nums; }
 table.summary th, table.summary td { padding: 4px 10px; border-bottom: 1px solid #eee;
-                                     font-variant-numeric: tabular-nums; }
+                                     font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.summary td { text-align: right; }
-table.summary tr:first-child th { font-size: 12px; color: #555; vertical-align: bottom; }
+table.summary tr:first-child th { font-size: 12px; color: #555; vertical-align: bottom; white-space: normal; }
 table.summary tr.mean { font-weight: bold; }
 .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 12px; }
 .charts img { width: 100%; border: 1px solid #eee; border-radius: 4px; }

@@ -85,7 +85,7 @@ class ChartsRecorder(L.Callback):
         self._add("train_loss", step, loss.item())
         self._add("learning_rate", step, trainer.optimizers[0].param_groups[0]["lr"])
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         step = pl_module.samples_seen
@@ -103,11 +103,12 @@ class ExperimentLog(L.Callback):
 
     def __init__(self, metric: str) -> None:
         self.metric = metric
+        self.last_saved_epoch = -1
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger.info("Training Epoch: %d / %d", trainer.current_epoch + 1, trainer.max_epochs)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "validation_loss" not in trainer.callback_metrics:
             return
         metrics = trainer.callback_metrics
@@ -115,4 +116,6 @@ class ExperimentLog(L.Callback):
         logger.info("Validation %s: %.5f", self.metric, metrics[f"validation_{self.metric}"].item())
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: Any) -> None:
-        logger.info("Checkpoint saved after epoch %d", trainer.current_epoch + 1)
+        if trainer.current_epoch != self.last_saved_epoch:  # the kept and the last checkpoint: one line
+            self.last_saved_epoch = trainer.current_epoch
+            logger.info("Checkpoint saved after epoch %d", trainer.current_epoch + 1)

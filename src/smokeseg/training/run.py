@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,7 +162,11 @@ def _train_folds(
             results.append(FoldResult(int(fold), fold_dir, read_json(fold_dir / METRICS_NAME)))
             continue
         train_idx, validation_idx = split_train_validation(
-            [s.group for s in samples], dataset_cfg, fold=int(fold), seed=seed
+            [s.group for s in samples],
+            dataset_cfg,
+            fold=int(fold),
+            seed=seed,
+            validation_groups=[s.group for s in validation_samples] if validation_samples else None,
         )
         fold_data = FoldData(
             train=[samples[i] for i in train_idx],
@@ -293,6 +298,8 @@ def _fit(
             resume_from = last if last.is_file() else None
             continue
         except SystemExit:
+            # Lightning ignores further Ctrl-C while it shuts down; give the user their Ctrl-C back.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             if trainer.interrupted:
                 raise TrainingInterrupted(
                     f"Training interrupted. The last good checkpoint is kept in {fold_dir}; "

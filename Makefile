@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine: `make demo` (set up + run the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test test-slow lint benchmark
+
+$(BIN)/smokeseg: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/smokeseg
+
+demo: setup
+	$(BIN)/smokeseg demo
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+benchmark: setup
+	$(BIN)/python benchmarks/run.py

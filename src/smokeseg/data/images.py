@@ -1,0 +1,101 @@
+"""Decode images and masks to numpy the same way everywhere, so training, checking and prediction agree.
+
+Every image becomes HxWx3 uint8 RGB in its displayed orientation (EXIF applied), whatever its mode:
+grayscale, palette, RGBA, 16-bit. A file Pillow cannot read becomes a DataError that names it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from smokeseg.errors import DataError
+
+# Modes whose values span 0..65535; Pillow's own convert("RGB") would clip them instead of scaling.
+_WIDE_INTEGER_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# EXIF orientations that swap width and height (the transposing and the 90-degree rotations).
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION_TAG = 0x0112
+_SKIP_HINT = (
+    "Re-export the file (e.g. open and save it again), or set dataset.on_bad_sample: skip to leave it out."
+)
+
+
+def read_image(data: bytes | Path, name: str) -> np.ndarray:
+    """Decode to HxWx3 uint8 RGB, upright as a viewer shows it; ``name`` identifies the file in errors."""
+    image = _decode(data, name)
+    if image.mode in _WIDE_INTEGER_MODES:
+        gray = _scale_to_uint8(np.asarray(image))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    return np.asarray(image.convert("RGB"))
+
+
+def read_mask(data: bytes | Path, name: str) -> np.ndarray:
+    """Decode a mask image to HxW bool: gray value > 127 is smoke (colour masks are taken as gray)."""
+    image = _decode(data, name)
+    if image.mode in _WIDE_INTEGER_MODES:
+        return _scale_to_uint8(np.asarray(image)) > 127
+    return np.asarray(image.convert("L")) > 127
+
+
+def image_size(data: bytes | Path, name: str) -> tuple[int, int]:
+    """(height, width) as ``read_image`` will return it, from the header alone: no pixel decoding."""
+    with _opened(data, name) as image:
+        width, height = image.size
+        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def encode_png(mask_or_image: np.ndarray) -> bytes:
+    """Lossless PNG bytes: a bool mask as 0/255 gray, uint8 HxW as gray, HxWx3 as RGB, HxWx4 as RGBA."""
+    array = np.asarray(mask_or_image)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(
+            f"encode_png takes a bool or uint8 HxW, HxWx3 or HxWx4 array, not {array.dtype} {array.shape}"
+        )
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode(data: bytes | Path, name: str) -> Image.Image:
+    """Fully decoded and upright, so a truncated file fails here rather than half-way through training."""
+    with _opened(data, name) as image:
+        try:
+            image.load()
+            return ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise DataError(f"Image {name} is truncated or corrupt ({error}). {_SKIP_HINT}") from None
+
+
+def _opened(data: bytes | Path, name: str) -> Image.Image:
+    if isinstance(data, Path):
+        try:
+            data = data.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"Image {name} does not exist. Check the dataset paths in the config.") from None
+        except OSError as error:
+            raise DataError(f"Image {name} cannot be read: {error}.") from None
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"Image {name} is too large to decode safely ({error}). If it is a genuine photo, downscale it "
+            "(smoke segmentation trains at a few hundred pixels), or set dataset.on_bad_sample: skip."
+        ) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        kind = "is empty" if not data else f"is not an image Pillow can read ({error})"
+        raise DataError(f"Image {name} {kind}. {_SKIP_HINT}") from None
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 onto 0..255 with rounding (x * 257 maps back to x)."""
+    wide = np.clip(values, 0, 65535).astype(np.uint32)
+    return ((wide + 128) // 257).astype(np.uint8)

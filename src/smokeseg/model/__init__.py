@@ -1,0 +1,31 @@
+"""Segmentation networks, their pretrained weights, and their losses."""
+
+from smokeseg.model.factory import (
+    ARCHITECTURES,
+    build_model,
+    check_architecture,
+    create_model,
+    find_checkpoint,
+    init_from_checkpoint,
+    resolve_architecture,
+    resolve_backbone,
+)
+from smokeseg.model.losses import LOSS_PARTS, check_loss_name, create_loss, parse_loss_name
+from smokeseg.model.weights import InitReport, load_pretrained_encoder
+
+__all__ = [
+    "ARCHITECTURES",
+    "LOSS_PARTS",
+    "InitReport",
+    "build_model",
+    "check_architecture",
+    "check_loss_name",
+    "create_loss",
+    "create_model",
+    "find_checkpoint",
+    "init_from_checkpoint",
+    "load_pretrained_encoder",
+    "parse_loss_name",
+    "resolve_architecture",
+    "resolve_backbone",
+]

@@ -1,0 +1,170 @@
+"""End-to-end training on a tiny generated dataset: outputs, resume, schedules, early errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from smokeseg.config.load import load_config
+from smokeseg.data.synthetic import generate_demo_dataset
+from smokeseg.errors import ConfigError, TrainingInterrupted
+from smokeseg.inference.predictor import Predictor
+from smokeseg.training import outputs, run
+from smokeseg.training.module import learning_rate_factor
+
+TINY = [
+    "architecture.backbone=resnet18",
+    "image.image_height=64",
+    "image.image_width=64",
+    "training.batch_size=4",
+    "environment.number_of_workers=0",
+    "environment.seed=7",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    return generate_demo_dataset(folder, n_train=12, n_test=4, size=(64, 96), seed=3)
+
+
+def _config(config_path: Path, *extra: str):
+    return load_config(config_path, [*TINY, *extra])
+
+
+def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
+    results = run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
+    assert [r.fold for r in results] == [0]
+    fold_dir = tmp_path / "exp/fold0"
+    for name in ("config.yaml", "logs.log", "charts.json", "checkpoint.ckpt", "last.ckpt", "metrics.json",
+                 "validation_predictions.parquet", "test_predictions.parquet"):
+        assert (fold_dir / name).is_file(), name
+    assert not list(fold_dir.glob("*.tmp")), "no temporary files are left behind"
+
+    log = (fold_dir / "logs.log").read_text()
+    for line in ("Global random seed: 7", "Number of observations in train dataset:",
+                 "Number of observations in validation dataset:", "Number of observations in test dataset: 4",
+                 "Training Epoch: 1 / 1", "Mean validation loss:", "Validation IoU:", "Test IoU:",
+                 "Checkpoint saved"):
+        assert line in log, line
+
+    charts = json.loads((fold_dir / "charts.json").read_text())
+    assert set(charts) >= {"train_loss", "learning_rate", "validation_loss", "validation_IoU"}
+    train_steps = charts["train_loss"]["step"]
+    assert train_steps == sorted(train_steps) and train_steps[0] == 4, "step counts samples seen"
+
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    assert metrics["train_observations"] + metrics["validation_observations"] == 12
+    assert 0.0 <= metrics["validation_IoU"] <= 1.0 and 0.0 <= metrics["test_IoU"] <= 1.0
+
+    validation = pd.read_parquet(fold_dir / "validation_predictions.parquet")
+    assert len(validation) == metrics["validation_observations"]
+    assert {"image_id", "rle_mask", "true_rle_mask", "iou", "loss", "probability_max"} <= set(validation)
+    assert validation["loss"].notna().all()
+    test = pd.read_parquet(fold_dir / "test_predictions.parquet")
+    assert len(test) == 4 and (test["height"] == 64).all() and (test["width"] == 96).all()
+
+    effective = load_config(fold_dir / "config.yaml")
+    assert effective.environment.seed == 7 and effective.training.epochs == 1
+
+
+def test_checkpoint_scores_without_the_training_data(tiny_dataset: Path, tmp_path: Path):
+    run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
+    moved = tmp_path / "elsewhere.ckpt"
+    (tmp_path / "exp/fold0/checkpoint.ckpt").rename(moved)
+    predictor = Predictor.from_path(moved)
+    probabilities = predictor.predict_images([__import__("numpy").zeros((50, 70, 3), "uint8")])[0]
+    assert probabilities.shape == (50, 70)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_random_seed_is_drawn_and_recorded(tiny_dataset: Path, tmp_path: Path):
+    config = _config(tiny_dataset, "training.epochs=1", "environment.seed=-1", "dataset.data_sample=0.5")
+    run.train(config, tmp_path / "exp", progress=False)
+    recorded = load_config(tmp_path / "exp/config.yaml").environment.seed
+    assert recorded >= 0
+    assert f"Global random seed: {recorded}" in (tmp_path / "exp/fold0/logs.log").read_text()
+
+
+def test_interrupted_run_resumes_to_the_same_number_of_steps(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    config = _config(tiny_dataset, "training.epochs=2")
+    run.train(config, tmp_path / "full", progress=False)
+    full_steps = json.loads((tmp_path / "full/fold0/charts.json").read_text())["train_loss"]["step"]
+
+    original = outputs.ExperimentLog.on_train_epoch_start
+
+    def interrupt_in_second_epoch(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(outputs.ExperimentLog, "on_train_epoch_start", interrupt_in_second_epoch)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run.train(config, tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut/fold0/last.ckpt").is_file()
+    assert not (tmp_path / "cut/fold0/metrics.json").exists(), "an unfinished fold does not look finished"
+    monkeypatch.setattr(outputs.ExperimentLog, "on_train_epoch_start", original)
+
+    run.resume(tmp_path / "cut", progress=False)
+    resumed_steps = json.loads((tmp_path / "cut/fold0/charts.json").read_text())["train_loss"]["step"]
+    assert resumed_steps == full_steps
+    assert "Resuming from" in (tmp_path / "cut/fold0/logs.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("architecture.architecture=UNetX", "UNetX"),
+        ("architecture.backbone=resnet35", "resnet35"),
+        ("training.loss_function=BCEJaccard", "BCEJaccard"),
+    ],
+)
+def test_bad_names_fail_before_any_training(tiny_dataset: Path, tmp_path: Path, override: str, expected: str):
+    with pytest.raises(ConfigError, match=expected):
+        run.train(_config(tiny_dataset, override), tmp_path / "exp", progress=False)
+    assert not (tmp_path / "exp").exists(), "nothing is written for a config that cannot run"
+
+
+@pytest.mark.parametrize(("override", "expected"), [("training.epochs=0", "epochs"),
+                                                    ("image.image_width=100", "divisible by 32")])
+def test_bad_values_fail_at_load(tiny_dataset: Path, override: str, expected: str):
+    with pytest.raises(ConfigError, match=expected):
+        _config(tiny_dataset, override)
+
+
+@pytest.mark.parametrize("schedule", ["Cosine", "Linear", "Constant"])
+def test_schedules_warm_up_then_decay(schedule: str):
+    factors = [learning_rate_factor(step, 100, 10, schedule) for step in range(101)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == pytest.approx(1.0)
+    if schedule == "Constant":
+        assert factors[-1] == 1.0
+    else:
+        assert factors[-1] == pytest.approx(0.0, abs=1e-12), "decays to 0 after the last step"
+        assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    if schedule == "Cosine":
+        assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["training.optimizer=SGD", "training.schedule=Linear", "training.loss_function=BCE"],
+        ["training.optimizer=Adam", "training.schedule=Constant", "training.loss_function=Lovasz",
+         "training.warmup_epochs=1"],
+        ["training.optimizer=RMSprop", "training.loss_function=Focal", "training.gradient_clip=1.0",
+         "training.grad_accumulation=2", "augmentation.mix_image=Cutmix"],
+        ["training.loss_function=Dice", "training.differential_learning_rate_layers=[encoder]",
+         "training.differential_learning_rate=0.0001", "augmentation.mix_image=Mixup",
+         "training.calculate_train_metric=true", "training.evaluate_before_training=true",
+         "training.save_best_checkpoint=true", "augmentation.augmentations_strategy=Hard"],
+    ],
+)
+def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, extra: list[str]):
+    config = _config(tiny_dataset, "training.epochs=1", "dataset.test_dataframe=None", *extra)
+    results = run.train(config, tmp_path / "exp", progress=False)
+    assert math.isfinite(results[0].metrics["validation_loss"])
