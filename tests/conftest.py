@@ -13,10 +13,9 @@ from PIL import Image
 
 from smokeseg.data.rle import rle_encode
 
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
 # --- data I/O: tiny generated datasets in every supported shape (test_rle, test_formats, test_check) ---
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @dataclass(frozen=True)

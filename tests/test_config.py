@@ -75,8 +75,13 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
 def test_newer_hydrogen_torch_keys_and_aliases():
     config = ExperimentConfig.model_validate(
         {
-            "training": {"bce_weight": 2, "dice_weight": 0.5, "focal_weight": 0, "lovasz_weight": 1,
-                         "evaluate_before_training": True},
+            "training": {
+                "bce_weight": 2,
+                "dice_weight": 0.5,
+                "focal_weight": 0,
+                "lovasz_weight": 1,
+                "evaluate_before_training": True,
+            },
             "dataset": {"selected_folds": [0, 1]},
             "prediction": {"batch_size_inference": 4},
             "environment": {"number_of_gpus_per_run": 1},
@@ -90,8 +95,13 @@ def test_newer_hydrogen_torch_keys_and_aliases():
 def test_overrides_parse_values_as_yaml(tmp_path: Path):
     config = load_config(
         None,
-        ["training.epochs=10", "architecture.backbone=resnet50", "training.drop_last_batch=false",
-         "dataset.folds=[0, 2]", "dataset.validation_dataframe=None"],
+        [
+            "training.epochs=10",
+            "architecture.backbone=resnet50",
+            "training.drop_last_batch=false",
+            "dataset.folds=[0, 2]",
+            "dataset.validation_dataframe=None",
+        ],
         base_dir=tmp_path,
     )
     assert config.training.epochs == 10
@@ -109,7 +119,7 @@ def test_unknown_key_names_section_and_closest_key():
 
 
 def test_unknown_section_is_named():
-    with pytest.raises(ConfigError, match="unknown key 'trainng'.*Did you mean 'training'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainng'.*Did you mean 'training'"):
         load_config(None, ["trainng.epochs=3"])
 
 
@@ -129,11 +139,11 @@ def test_wrong_value_names_key_value_and_what_is_allowed(override: str, expected
 
 
 def test_bad_override_syntax_and_bad_yaml(tmp_path: Path):
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_config(None, ["training.epochs"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("training: [unclosed\n")
-    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml is not valid YAML"):
         load_config(broken)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

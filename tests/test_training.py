@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -40,16 +41,31 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
     results = run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
     assert [r.fold for r in results] == [0]
     fold_dir = tmp_path / "exp/fold0"
-    for name in ("config.yaml", "logs.log", "charts.json", "checkpoint.ckpt", "last.ckpt", "metrics.json",
-                 "validation_predictions.parquet", "test_predictions.parquet"):
+    for name in (
+        "config.yaml",
+        "logs.log",
+        "charts.json",
+        "checkpoint.ckpt",
+        "last.ckpt",
+        "metrics.json",
+        "validation_predictions.parquet",
+        "test_predictions.parquet",
+    ):
         assert (fold_dir / name).is_file(), name
     assert not list(fold_dir.glob("*.tmp")), "no temporary files are left behind"
 
     log = (fold_dir / "logs.log").read_text()
-    for line in ("Global random seed: 7", "Number of observations in train dataset:",
-                 "Number of observations in validation dataset:", "Number of observations in test dataset: 4",
-                 "Training Epoch: 1 / 1", "Mean validation loss:", "Validation IoU:", "Test IoU:",
-                 "Checkpoint saved"):
+    for line in (
+        "Global random seed: 7",
+        "Number of observations in train dataset:",
+        "Number of observations in validation dataset:",
+        "Number of observations in test dataset: 4",
+        "Training Epoch: 1 / 1",
+        "Mean validation loss:",
+        "Validation IoU:",
+        "Test IoU:",
+        "Checkpoint saved",
+    ):
         assert line in log, line
 
     charts = json.loads((fold_dir / "charts.json").read_text())
@@ -129,8 +145,9 @@ def test_bad_names_fail_before_any_training(tiny_dataset: Path, tmp_path: Path, 
     assert not (tmp_path / "exp").exists(), "nothing is written for a config that cannot run"
 
 
-@pytest.mark.parametrize(("override", "expected"), [("training.epochs=0", "epochs"),
-                                                    ("image.image_width=100", "divisible by 32")])
+@pytest.mark.parametrize(
+    ("override", "expected"), [("training.epochs=0", "epochs"), ("image.image_width=100", "divisible by 32")]
+)
 def test_bad_values_fail_at_load(tiny_dataset: Path, override: str, expected: str):
     with pytest.raises(ConfigError, match=expected):
         _config(tiny_dataset, override)
@@ -145,7 +162,7 @@ def test_schedules_warm_up_then_decay(schedule: str):
         assert factors[-1] == 1.0
     else:
         assert factors[-1] == pytest.approx(0.0, abs=1e-12), "decays to 0 after the last step"
-        assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     if schedule == "Cosine":
         assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
@@ -154,14 +171,29 @@ def test_schedules_warm_up_then_decay(schedule: str):
     "extra",
     [
         ["training.optimizer=SGD", "training.schedule=Linear", "training.loss_function=BCE"],
-        ["training.optimizer=Adam", "training.schedule=Constant", "training.loss_function=Lovasz",
-         "training.warmup_epochs=1"],
-        ["training.optimizer=RMSprop", "training.loss_function=Focal", "training.gradient_clip=1.0",
-         "training.grad_accumulation=2", "augmentation.mix_image=Cutmix"],
-        ["training.loss_function=Dice", "training.differential_learning_rate_layers=[encoder]",
-         "training.differential_learning_rate=0.0001", "augmentation.mix_image=Mixup",
-         "training.calculate_train_metric=true", "training.evaluate_before_training=true",
-         "training.save_best_checkpoint=true", "augmentation.augmentations_strategy=Hard"],
+        [
+            "training.optimizer=Adam",
+            "training.schedule=Constant",
+            "training.loss_function=Lovasz",
+            "training.warmup_epochs=1",
+        ],
+        [
+            "training.optimizer=RMSprop",
+            "training.loss_function=Focal",
+            "training.gradient_clip=1.0",
+            "training.grad_accumulation=2",
+            "augmentation.mix_image=Cutmix",
+        ],
+        [
+            "training.loss_function=Dice",
+            "training.differential_learning_rate_layers=[encoder]",
+            "training.differential_learning_rate=0.0001",
+            "augmentation.mix_image=Mixup",
+            "training.calculate_train_metric=true",
+            "training.evaluate_before_training=true",
+            "training.save_best_checkpoint=true",
+            "augmentation.augmentations_strategy=Hard",
+        ],
     ],
 )
 def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, extra: list[str]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,8 +49,6 @@ def _main(
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
-    logging.getLogger("lightning").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 
 @config_app.command("show")
@@ -129,9 +128,18 @@ def train(
     if resume is not None:
         from smokeseg.training.run import resume as resume_run
 
+        _quiet_lightning()
         _print_results(resume_run(resume, progress=progress))
         return
     _train_and_report(config, overrides or [], output_dir, progress)
+
+
+def _quiet_lightning() -> None:
+    """Lightning sets its own loggers to INFO when imported: keep its tips out of the user's run log."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def _train_and_report(config: Path, overrides: list[str], output_dir: Path | None, progress: bool) -> None:
@@ -140,6 +148,7 @@ def _train_and_report(config: Path, overrides: list[str], output_dir: Path | Non
     from smokeseg.training.run import experiment_dir_for
     from smokeseg.training.run import train as run_training
 
+    _quiet_lightning()
     experiment = load_config(config, overrides)
     results = run_training(experiment, output_dir, progress=progress)
     _print_results(results)
@@ -149,7 +158,14 @@ def _train_and_report(config: Path, overrides: list[str], output_dir: Path | Non
 
 def _print_results(results: list) -> None:
     table = Table(title="Results")
-    columns = ["fold", "validation_IoU", "validation_mean_image_IoU", "test_IoU", "test_mean_image_IoU", "wall_time_s"]
+    columns = [
+        "fold",
+        "validation_IoU",
+        "validation_mean_image_IoU",
+        "test_IoU",
+        "test_mean_image_IoU",
+        "wall_time_s",
+    ]
     for column in columns:
         table.add_column(column)
     for result in results:

@@ -51,7 +51,9 @@ class Section(BaseModel):
 
 
 class ArchitectureConfig(Section):
-    architecture: str = Field("Unet", description="smp architecture, case-insensitive (Unet, Unet++, FPN, ...)")
+    architecture: str = Field(
+        "Unet", description="smp architecture, case-insensitive (Unet, Unet++, FPN, ...)"
+    )
     backbone: str = Field("resnet34", description="smp encoder name, or tu-<timm model name>")
     pretrained: bool = Field(True, description="start the encoder from ImageNet weights")
     pretrained_weights: OptionalPath = Field(None, description="a local weights file for the encoder")
@@ -140,7 +142,9 @@ class LoggingConfig(Section):
         return "None" if value is None else value
 
 
-TestTimeAugmentation = Literal["horizontal_flip", "vertical_flip", "transpose", "rotate90", "rotate180", "rotate270"]
+TestTimeAugmentation = Literal[
+    "horizontal_flip", "vertical_flip", "transpose", "rotate90", "rotate180", "rotate270"
+]
 
 
 class PredictionConfig(Section):
@@ -169,7 +173,9 @@ class TrainingConfig(Section):
     grad_accumulation: int = Field(1, ge=1)
     gradient_clip: float = Field(0.0, ge=0)
     learning_rate: float = Field(0.001, gt=0)
-    loss_function: str = Field("BCEDice", description="BCE, Dice, BCEDice, Focal, Lovasz, or a sum like BCELovasz")
+    loss_function: str = Field(
+        "BCEDice", description="BCE, Dice, BCEDice, Focal, Lovasz, or a sum like BCELovasz"
+    )
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
     focal_weight: float = Field(1.0, ge=0)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -391,7 +391,9 @@ class _MergedRows:
     rles: list[str] = field(default_factory=list)
 
 
-def samples_from_folders(root: str | Path | ImageStore, on_bad_sample: str = "error") -> list[Sample]:
+def samples_from_folders(
+    root: str | Path | ImageStore, on_bad_sample: Literal["error", "skip"] = "error"
+) -> list[Sample]:
     """Pair ``images/**/X.<image suffix>`` with ``masks/**/X.<image suffix>`` at the same sub-path."""
     store = root if isinstance(root, ImageStore) else open_store(root)
     samples, problems = _folder_samples(store, require_masks=True)
@@ -430,11 +432,14 @@ def _folder_samples(store: ImageStore, require_masks: bool) -> tuple[list[Sample
 
 
 def _by_image_key(store: ImageStore, kind: str) -> dict[str, str]:
-    """Image files keyed by sub-path without suffix (``train/X``), the key an image shares with its mask."""
+    """Image files keyed by sub-path without suffix (``train/X``), the key an image shares with its mask.
+
+    Hidden files are skipped: macOS leaves ``._X.jpg`` metadata files beside images on copied drives.
+    """
     by_key: dict[str, str] = {}
     for name in store.names():
         path = PurePosixPath(name)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
             continue
         key = path.with_suffix("").as_posix()
         if key in by_key:
@@ -526,7 +531,7 @@ def _screen(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
     return kept, problems
 
 
-def _apply_bad_sample_policy(problems: list[str], on_bad_sample: str) -> None:
+def _apply_bad_sample_policy(problems: list[str], on_bad_sample: Literal["error", "skip"]) -> None:
     if not problems:
         return
     if on_bad_sample == "skip":

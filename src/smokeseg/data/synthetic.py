@@ -138,8 +138,7 @@ def _scene(rng: np.random.Generator, height: int, width: int, smoky: bool) -> tu
         for _ in range(int(np.sum(source_layers == layer))):
             x0 = rng.uniform(0.1, 0.9) * width
             alpha = _plume(rng, height, width, x0, ridge[int(x0)] + 2)
-            grey = rng.uniform(190, 240) if rng.random() < 0.85 else rng.uniform(110, 150)  # white or dark
-            tint = grey + rng.uniform(-12, 12) * np.array([1, 0.5, -0.5])
+            tint = rng.uniform(180, 240) + rng.uniform(-12, 12) * np.array([1, 0.5, -0.5])  # grey-white
             shade = 0.85 + 0.3 * _fractal_noise(rng, height, width, (5, 7), octaves=3)
             image = _blend(image, tint * shade[..., None], alpha)
             smoke = 1 - (1 - smoke) * (1 - alpha)

@@ -90,7 +90,9 @@ class Predictor:
         self.config = config
         self.device = torch.device(device)
         self.batch_size = batch_size or config.prediction.batch_size_inference or config.training.batch_size
-        self.augmentations = [TEST_TIME_AUGMENTATIONS[name] for name in config.prediction.test_time_augmentations]
+        self.augmentations = [
+            TEST_TIME_AUGMENTATIONS[name] for name in config.prediction.test_time_augmentations
+        ]
 
     @classmethod
     def from_path(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:

@@ -31,7 +31,9 @@ def prediction_row(prediction: Prediction, threshold: float, rle_order: str = "F
     }
     truth = prediction.sample.load_mask(*predicted.shape) if prediction.sample.has_mask else None
     if truth is not None:
-        counts = np.array([[(predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()]])
+        counts = np.array(
+            [[(predicted & truth).sum(), (predicted & ~truth).sum(), (~predicted & truth).sum()]]
+        )
         row["true_rle_mask"] = rle_encode(truth, rle_order)
         row["iou"] = float(iou_from_counts(counts)[0])
         row["dice"] = float(dice_from_counts(counts)[0])

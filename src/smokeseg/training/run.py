@@ -112,12 +112,8 @@ def train(
     """Train every selected fold of a new experiment."""
     validate_before_training(config)
     seed = resolve_seed(config.environment.seed)
-    config = config.model_copy(
-        update={"environment": config.environment.model_copy(update={"seed": seed})}
-    )
+    config = config.model_copy(update={"environment": config.environment.model_copy(update={"seed": seed})})
     experiment_dir = experiment_dir_for(config, output_dir)
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, experiment_dir / CONFIG_NAME)
     return _train_folds(config, experiment_dir, resume=False, progress=progress, accelerator=accelerator)
 
 
@@ -133,53 +129,89 @@ def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -
     return _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
 
 
+@dataclass
+class ExperimentData:
+    """The experiment's samples: train table, custom validation table and test table."""
+
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+
+    @classmethod
+    def load(cls, config: ExperimentConfig) -> ExperimentData:
+        dataset_cfg = config.dataset
+        train = load_samples(
+            dataset_cfg.train_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
+        )
+        validation = (
+            load_samples(
+                dataset_cfg.validation_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
+            )
+            if dataset_cfg.validation_strategy == "custom"
+            else []
+        )
+        test = (
+            load_samples(
+                dataset_cfg.test_dataframe,
+                dataset_cfg.data_folder_test or dataset_cfg.data_folder,
+                dataset_cfg,
+                require_masks=False,
+            )
+            if dataset_cfg.test_dataframe is not None
+            else []
+        )
+        return cls(_subsample(train, dataset_cfg.data_sample, config.environment.seed), validation, test)
+
+    def fold(self, config: ExperimentConfig, fold: int) -> FoldData:
+        train_idx, validation_idx = split_train_validation(
+            [s.group for s in self.train],
+            config.dataset,
+            fold=fold,
+            seed=config.environment.seed,
+            validation_groups=[s.group for s in self.validation] if self.validation else None,
+        )
+        train = [self.train[i] for i in train_idx]
+        validation = self.validation or [self.train[i] for i in validation_idx]
+        if config.training.train_validation_data:
+            train = train + validation
+        return FoldData(train, validation)
+
+
 def _train_folds(
     config: ExperimentConfig, experiment_dir: Path, *, resume: bool, progress: bool, accelerator: str
 ) -> list[FoldResult]:
-    dataset_cfg = config.dataset
-    seed = config.environment.seed
-    samples = load_samples(dataset_cfg.train_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
-    samples = _subsample(samples, dataset_cfg.data_sample, seed)
-    validation_samples = (
-        load_samples(dataset_cfg.validation_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
-        if dataset_cfg.validation_strategy == "custom"
-        else []
-    )
-    test_samples = (
-        load_samples(
-            dataset_cfg.test_dataframe,
-            dataset_cfg.data_folder_test or dataset_cfg.data_folder,
-            dataset_cfg,
-            require_masks=False,
-        )
-        if dataset_cfg.test_dataframe is not None
-        else []
-    )
+    data: ExperimentData | None = None
     results = []
-    for fold in dataset_cfg.folds:
+    for fold in map(int, config.dataset.folds):
         fold_dir = experiment_dir / f"fold{fold}"
         if resume and (fold_dir / METRICS_NAME).is_file():
-            results.append(FoldResult(int(fold), fold_dir, read_json(fold_dir / METRICS_NAME)))
+            results.append(FoldResult(fold, fold_dir, read_json(fold_dir / METRICS_NAME)))
             continue
-        train_idx, validation_idx = split_train_validation(
-            [s.group for s in samples],
-            dataset_cfg,
-            fold=int(fold),
-            seed=seed,
-            validation_groups=[s.group for s in validation_samples] if validation_samples else None,
-        )
-        fold_data = FoldData(
-            train=[samples[i] for i in train_idx],
-            validation=validation_samples or [samples[i] for i in validation_idx],
-        )
-        if config.training.train_validation_data:
-            fold_data.train = fold_data.train + fold_data.validation
-        results.append(
-            _train_fold(config, int(fold), fold_dir, fold_data, test_samples, resume, progress, accelerator)
-        )
+        # The model (and its pretrained weights) comes before the data: a missing download fails in seconds.
+        module, resume_from = _fold_module(config, fold_dir, resume)
+        if not resume:
+            save_config(config, experiment_dir / CONFIG_NAME)
+        data = data or ExperimentData.load(config)
+        results.append(_train_fold(module, resume_from, config, fold, fold_dir, data, progress, accelerator))
     summary = {f"fold{r.fold}": r.metrics for r in results}
     write_json(experiment_dir / METRICS_NAME, summary)
     return results
+
+
+def _fold_module(
+    config: ExperimentConfig, fold_dir: Path, resume: bool
+) -> tuple[SmokeSegmentationModule, Path | None]:
+    """A fresh module with its starting weights, or one to be filled from the fold's last checkpoint."""
+    module = SmokeSegmentationModule(config.model_dump(mode="json"))
+    last_checkpoint = fold_dir / LAST_CHECKPOINT_NAME
+    if resume and last_checkpoint.is_file():
+        return module, last_checkpoint
+    architecture = config.architecture
+    if architecture.init_from is not None:
+        module.init_report = init_from_checkpoint(module.model, architecture.init_from)
+    elif architecture.pretrained:
+        module.weights_source = load_pretrained_encoder(module.model, architecture)
+    return module, None
 
 
 def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
@@ -190,7 +222,9 @@ def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample
     return [samples[i] for i in chosen]
 
 
-def _loader(dataset: SegmentationDataset, config: ExperimentConfig, batch_size: int, train: bool) -> DataLoader:
+def _loader(
+    dataset: SegmentationDataset, config: ExperimentConfig, batch_size: int, train: bool
+) -> DataLoader:
     workers = min(config.environment.number_of_workers, os.cpu_count() or 1)
     return DataLoader(
         dataset,
@@ -211,12 +245,12 @@ def _evaluation_schedule(evaluation_epochs: float) -> dict[str, Any]:
 
 
 def _train_fold(
+    module: SmokeSegmentationModule,
+    resume_from: Path | None,
     config: ExperimentConfig,
     fold: int,
     fold_dir: Path,
-    data: FoldData,
-    test_samples: Sequence[Sample],
-    resume: bool,
+    data: ExperimentData,
     progress: bool,
     accelerator: str,
 ) -> FoldResult:
@@ -224,38 +258,29 @@ def _train_fold(
     save_config(config, fold_dir / CONFIG_NAME)
     handler = open_experiment_log(fold_dir)
     started = time.perf_counter()
+    fold_data = data.fold(config, fold)
     try:
         L.seed_everything(config.environment.seed, workers=True, verbose=False)
         logger.info("Global random seed: %d", config.environment.seed)
         logger.info("Fold: %d", fold)
-        logger.info("Number of observations in train dataset: %d", len(data.train))
-        logger.info("Number of observations in validation dataset: %d", len(data.validation))
-        if test_samples:
-            logger.info("Number of observations in test dataset: %d", len(test_samples))
-        module = SmokeSegmentationModule(config.model_dump(mode="json"))
-        last_checkpoint = fold_dir / LAST_CHECKPOINT_NAME
-        resume_from = last_checkpoint if resume and last_checkpoint.is_file() else None
-        if resume_from is None:
-            _initialise_weights(module, config)
-        else:
+        logger.info("Number of observations in train dataset: %d", len(fold_data.train))
+        logger.info("Number of observations in validation dataset: %d", len(fold_data.validation))
+        if data.test:
+            logger.info("Number of observations in test dataset: %d", len(data.test))
+        if resume_from is not None:
             logger.info("Resuming from %s", resume_from)
-        trainer = _fit(module, config, fold_dir, data, resume_from, progress, accelerator)
-        metrics = _finish_fold(module, trainer, config, fold, fold_dir, data, test_samples)
+        elif config.architecture.init_from is not None:
+            logger.info("Initialised from %s: %s", config.architecture.init_from, module.init_report)
+        elif config.architecture.pretrained:
+            logger.info("Pretrained encoder weights: %s", module.weights_source)
+        trainer = _fit(module, config, fold_dir, fold_data, resume_from, progress, accelerator)
+        metrics = _finish_fold(module, trainer, config, fold, fold_dir, fold_data, data.test)
     finally:
         logger.removeHandler(handler)
         handler.close()
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(fold_dir / METRICS_NAME, metrics)
     return FoldResult(fold, fold_dir, metrics)
-
-
-def _initialise_weights(module: SmokeSegmentationModule, config: ExperimentConfig) -> None:
-    architecture = config.architecture
-    if architecture.init_from is not None:
-        report = init_from_checkpoint(module.model, architecture.init_from)
-        logger.info("Initialised from %s: %s", architecture.init_from, report)
-    elif architecture.pretrained:
-        logger.info("Pretrained encoder weights: %s", load_pretrained_encoder(module.model, architecture))
 
 
 def _fit(
@@ -270,7 +295,9 @@ def _fit(
     """Fit with Lightning; with ``automatically_adjust_batch_size``, halve the batch on out-of-memory."""
     training = config.training
     train_set = SegmentationDataset(
-        data.train, build_train_transform(config.augmentation, config.image), config.image.image_normalization,
+        data.train,
+        build_train_transform(config.augmentation, config.image),
+        config.image.image_normalization,
         max_size=_cache_size(config),
     )
     validation_set = _validation_dataset(data.validation, config)
@@ -279,7 +306,9 @@ def _fit(
     batch_size = training.batch_size
     while True:
         trainer = _trainer(config, fold_dir, progress, accelerator)
-        validation_loader = _loader(validation_set, config, config.prediction.batch_size_inference or batch_size, False)
+        validation_loader = _loader(
+            validation_set, config, config.prediction.batch_size_inference or batch_size, False
+        )
         try:
             if training.evaluate_before_training and resume_from is None:
                 trainer.validate(module, validation_loader, verbose=False)
@@ -316,7 +345,9 @@ def _cache_size(config: ExperimentConfig) -> tuple[int, int]:
 
 def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> SegmentationDataset:
     return SegmentationDataset(
-        samples, build_inference_transform(config.augmentation, config.image), config.image.image_normalization,
+        samples,
+        build_inference_transform(config.augmentation, config.image),
+        config.image.image_normalization,
         max_size=_cache_size(config),
     )
 
@@ -333,7 +364,11 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerat
         save_last=True,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [checkpoint, ChartsRecorder(fold_dir / CHARTS_NAME, metric), ExperimentLog(metric)]
+    callbacks: list[L.Callback] = [
+        checkpoint,
+        ChartsRecorder(fold_dir / CHARTS_NAME, metric),
+        ExperimentLog(metric),
+    ]
     if progress:
         callbacks.append(RichProgressBar())
     use_cuda = torch.cuda.is_available() and accelerator in {"auto", "gpu", "cuda"}
@@ -371,9 +406,9 @@ def _finish_fold(
     module.cpu()
     logger.info("Checkpoint saved: %s", checkpoint_path)
     validation_set = _validation_dataset(data.validation, config)
-    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
-        module, _loader(validation_set, config, config.training.batch_size, False), verbose=False
-    )
+    L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    ).validate(module, _loader(validation_set, config, config.training.batch_size, False), verbose=False)
     predictor = Predictor([module.model], config)
     threshold = predictor.threshold
     rle_order = config.dataset.rle_order
@@ -391,7 +426,9 @@ def _finish_fold(
         "validation_loss": float(np.nanmean(validation_table["loss"])) if len(validation_table) else None,
     }
     metrics.update({f"validation_{k}": v for k, v in dataset_scores(validation_table).items()})
-    logger.info("Validation %s (at image size): %.5f", metric, metrics.get(f"validation_{metric}", float("nan")))
+    logger.info(
+        "Validation %s (at image size): %.5f", metric, metrics.get(f"validation_{metric}", float("nan"))
+    )
     if test_samples:
         test_rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(test_samples)]
         test_table = write_table(test_rows, fold_dir / TEST_PREDICTIONS_NAME)
