@@ -83,13 +83,13 @@ def convert(
 ) -> None:
     """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE), or a table back to folders."""
     from smokeseg.config.schema import DatasetConfig
-    from smokeseg.data.formats import convert_folders_to_table, convert_table_to_folders
+    from smokeseg.data.formats import TABLE_SUFFIXES, convert_folders_to_table, convert_table_to_folders
 
-    if source.is_dir():
-        written = convert_folders_to_table(source, output, rle_order=rle_order)
-    else:
+    if source.suffix.lower() in TABLE_SUFFIXES:
         dataset = DatasetConfig(rle_order=rle_order)
         written = convert_table_to_folders(source, data_folder or source.parent, output, dataset)
+    else:
+        written = convert_folders_to_table(source, output, rle_order=rle_order)
     console.print(f"Wrote {written}")
 
 
