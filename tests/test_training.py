@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from smokeseg.config.load import load_config
 from smokeseg.data.synthetic import generate_demo_dataset
@@ -46,13 +47,15 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
         "logs.log",
         "charts.json",
         "checkpoint.ckpt",
-        "last.ckpt",
         "metrics.json",
         "validation_predictions.parquet",
         "test_predictions.parquet",
     ):
         assert (fold_dir / name).is_file(), name
     assert not list(fold_dir.glob("*.tmp")), "no temporary files are left behind"
+    assert not (fold_dir / "last.ckpt").exists(), "a finished fold keeps one checkpoint"
+    checkpoint = torch.load(fold_dir / "checkpoint.ckpt", weights_only=True)
+    assert {"state_dict", "hyper_parameters"} <= set(checkpoint) and "optimizer_states" not in checkpoint
 
     log = (fold_dir / "logs.log").read_text()
     for line in (

@@ -157,20 +157,14 @@ def _train_and_report(config: Path, overrides: list[str], output_dir: Path | Non
 
 
 def _print_results(results: list) -> None:
+    """One column per fold, one row per metric: readable however many metrics a run reports."""
     table = Table(title="Results")
-    columns = [
-        "fold",
-        "validation_IoU",
-        "validation_mean_image_IoU",
-        "test_IoU",
-        "test_mean_image_IoU",
-        "wall_time_s",
-    ]
-    for column in columns:
-        table.add_column(column)
+    table.add_column("metric")
     for result in results:
-        metrics = result.metrics
-        table.add_row(*(_format(metrics.get(column)) for column in columns))
+        table.add_column(f"fold {result.fold}", justify="right")
+    names = dict.fromkeys(name for result in results for name in result.metrics if name != "fold")
+    for name in names:
+        table.add_row(name, *(_format(result.metrics.get(name)) for result in results))
     console.print(table)
     for result in results:
         console.print(f"fold {result.fold}: {result.fold_dir}")

@@ -1,21 +1,31 @@
-"""Overlap metrics shared by training, prediction and evaluation, so a number means the same everywhere.
+"""Metrics shared by training, prediction, evaluation and tuning, so a number means the same everywhere.
 
 Two views of the same pixel counts:
 - dataset-level: true positives, false positives and false negatives summed over all images, then one
   ratio (large plumes weigh more);
 - mean per image: one ratio per image, then the mean (every image weighs the same).
-Rule for empty masks: when an image has neither true nor predicted smoke, its IoU and Dice are 1.0
-(a correct "no smoke"); dataset-level scores with no smoke anywhere are 1.0 for the same reason.
+Rule for empty masks: when an image has neither true nor predicted smoke, every score is 1.0 (a correct
+"no smoke"); dataset-level scores with no smoke anywhere are 1.0 for the same reason. Any other ratio
+with nothing to count (precision with no predicted pixel, recall with no true pixel) is 0.0, because
+the image holds an error.
+
+F-beta uses beta^2 = 0.3, as the smoke and salient-object segmentation literature reports it:
+precision weighs more than recall. Smoke size bins (fraction of the image that is truly smoke):
+small under 1%, medium 1% up to 10%, large 10% or more; images without true smoke are in no bin.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 METRIC_NAMES = ("IoU", "Dice")
+FBETA_SQUARED = 0.3
+# Upper edges of the size bins, as fractions of the image; the last bin is open-ended.
+SIZE_BINS: dict[str, float] = {"small": 0.01, "medium": 0.10, "large": np.inf}
 
 
 def overlap_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -28,16 +38,129 @@ def overlap_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack([tp, fp, fn], dim=1).long()
 
 
+def threshold_counts(probabilities: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """(len(thresholds), 3) tp/fp/fn of ``probabilities > t`` for each sorted threshold, in one pass.
+
+    Each pixel is binned by how many thresholds lie below it, so a grid search costs one histogram
+    per image instead of one thresholding per grid value; the counts are exact, not binned.
+    """
+    grid = np.asarray(thresholds, dtype=probabilities.dtype)
+    if np.any(np.diff(grid) <= 0):
+        raise ValueError("thresholds must be strictly increasing")
+    below = np.searchsorted(grid, probabilities.ravel(), side="left")
+    truth = truth.ravel().astype(bool)
+    positives = np.bincount(below[truth], minlength=len(grid) + 1)
+    negatives = np.bincount(below[~truth], minlength=len(grid) + 1)
+    # probability > grid[j] exactly when more than j thresholds lie below it
+    tp = positives[::-1].cumsum()[::-1][1:]
+    fp = negatives[::-1].cumsum()[::-1][1:]
+    return np.stack([tp, fp, positives.sum() - tp], axis=1)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """numerator / denominator; where nothing is counted, 1.0 for an image without error, else 0.0."""
+    _, fp, fn = counts
+    empty = np.where(fp + fn == 0, 1.0, 0.0)
+    return np.where(denominator > 0, numerator / np.maximum(denominator, 1e-12), empty)
+
+
+def _columns(counts: np.ndarray) -> np.ndarray:
+    return np.asarray(counts, dtype=np.float64).reshape(-1, 3).T
+
+
 def iou_from_counts(counts: np.ndarray) -> np.ndarray:
-    tp, fp, fn = np.asarray(counts, dtype=np.float64).T
-    union = tp + fp + fn
-    return np.where(union > 0, tp / np.maximum(union, 1), 1.0)
+    tp, fp, fn = columns = _columns(counts)
+    return _ratio(tp, tp + fp + fn, columns)
+
+
+def fbeta_from_counts(counts: np.ndarray, beta_squared: float = FBETA_SQUARED) -> np.ndarray:
+    """(1 + b²)·P·R / (b²·P + R), written in counts so it is defined wherever the image has any smoke."""
+    tp, fp, fn = columns = _columns(counts)
+    return _ratio((1 + beta_squared) * tp, (1 + beta_squared) * tp + beta_squared * fn + fp, columns)
 
 
 def dice_from_counts(counts: np.ndarray) -> np.ndarray:
-    tp, fp, fn = np.asarray(counts, dtype=np.float64).T
-    total = 2 * tp + fp + fn
-    return np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
+    return fbeta_from_counts(counts, beta_squared=1.0)
+
+
+def precision_from_counts(counts: np.ndarray) -> np.ndarray:
+    tp, fp, _ = columns = _columns(counts)
+    return _ratio(tp, tp + fp, columns)
+
+
+def recall_from_counts(counts: np.ndarray) -> np.ndarray:
+    tp, _, fn = columns = _columns(counts)
+    return _ratio(tp, tp + fn, columns)
+
+
+# Every score computed from (tp, fp, fn): the names evaluation reports and threshold tuning accepts.
+COUNT_METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "IoU": iou_from_counts,
+    "Dice": dice_from_counts,
+    "precision": precision_from_counts,
+    "recall": recall_from_counts,
+    "F-beta": fbeta_from_counts,
+}
+
+
+def summarize_counts(counts: np.ndarray, names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
+    """``name`` (dataset-level) and ``mean_image_<name>`` for each metric, from per-image counts (N, 3)."""
+    counts = np.asarray(counts).reshape(-1, 3)
+    total = counts.sum(0, keepdims=True)
+    scores = {name: float(COUNT_METRICS[name](total)[0]) for name in names}
+    scores.update({f"mean_image_{name}": float(COUNT_METRICS[name](counts).mean()) for name in names})
+    return scores
+
+
+def mean_absolute_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |probability - mask| over one image's pixels: how confident the map is, with no threshold."""
+    return float(np.abs(probabilities.astype(np.float64) - truth.astype(np.float64)).mean())
+
+
+def size_bins(true_fractions: np.ndarray) -> np.ndarray:
+    """The size bin name of each image from its true smoke fraction; ``""`` for an image without smoke."""
+    fractions = np.asarray(true_fractions, dtype=np.float64)
+    names = np.array(list(SIZE_BINS), dtype=object)
+    binned = names[np.searchsorted(list(SIZE_BINS.values()), fractions, side="right")]
+    return np.where(fractions > 0, binned, "")
+
+
+def scores_by_size(counts: np.ndarray, true_fractions: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """IoU of the images in each size bin (both views) and how many there are; empty bins give the count only.
+
+    Small plumes are the early fires a camera exists to catch, and the dataset-level IoU hides them.
+    """
+    counts = np.asarray(counts).reshape(-1, 3)
+    bins = size_bins(true_fractions)
+    result: dict[str, dict[str, float | int]] = {}
+    for name in SIZE_BINS:
+        members = counts[bins == name]
+        result[name] = {
+            "images": len(members),
+            **(summarize_counts(members, ("IoU",)) if len(members) else {}),
+        }
+    return result
+
+
+def detection_scores(true_smoke: np.ndarray, predicted_smoke: np.ndarray) -> dict[str, float | int | None]:
+    """Image-level smoke detection: does an image hold smoke at all, as a camera alarm would decide.
+
+    Precision and recall follow the empty rule above; the false-positive rate is the share of images
+    without true smoke that raise an alarm, None when every image holds smoke.
+    """
+    truth = np.asarray(true_smoke, dtype=bool)
+    predicted = np.asarray(predicted_smoke, dtype=bool)
+    counts = np.array([[(truth & predicted).sum(), (~truth & predicted).sum(), (truth & ~predicted).sum()]])
+    negatives = int((~truth).sum())
+    return {
+        "images_with_smoke": int(truth.sum()),
+        "images_without_smoke": negatives,
+        "precision": float(precision_from_counts(counts)[0]),
+        "recall": float(recall_from_counts(counts)[0]),
+        "false_positive_rate": float(counts[0, 1] / negatives) if negatives else None,
+        "false_alarms": int(counts[0, 1]),
+        "missed": int(counts[0, 2]),
+    }
 
 
 @dataclass
@@ -59,11 +182,4 @@ class OverlapScores:
     def compute(self) -> dict[str, float]:
         if not self.counts:
             return {}
-        counts = np.concatenate(self.counts)
-        total = counts.sum(0, keepdims=True)
-        return {
-            "IoU": float(iou_from_counts(total)[0]),
-            "Dice": float(dice_from_counts(total)[0]),
-            "mean_image_IoU": float(iou_from_counts(counts).mean()),
-            "mean_image_Dice": float(dice_from_counts(counts).mean()),
-        }
+        return summarize_counts(np.concatenate(self.counts))

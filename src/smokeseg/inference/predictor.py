@@ -2,6 +2,10 @@
 
 Validation inside training, ``predict``, ``evaluate`` and the exported package all produce their
 probabilities this way, so one image gets one answer everywhere.
+
+Two ways to score an image: Hydrogen Torch's (the default) resizes it to the model size and the
+probabilities back; tiling (``TileSpec``) scores it at native resolution in overlapping model-size
+tiles, so distant smoke a few hundred pixels wide is not shrunk away in a 3072x2048 frame.
 """
 
 from __future__ import annotations
@@ -16,11 +20,17 @@ import torch
 
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample
+from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
-from smokeseg.errors import ModelError
+from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.model.factory import create_model
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
+# Above this, resizing to the model size discards nearly every pixel and a batch of decoded frames
+# costs gigabytes: such images are scored tiled or not at all.
+MAX_UNTILED_PIXELS = 100_000_000
+# Encoders downsample by 32, so a tile padded up to a multiple of it maps back pixel for pixel.
+_SIZE_MULTIPLE = 32
 
 TensorMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,8 +86,45 @@ class Prediction:
     probabilities: np.ndarray
 
 
+@dataclass(frozen=True)
+class TileSpec:
+    """Score at native resolution in overlapping tiles, blended without seams.
+
+    ``size``: the tile side in pixels, a multiple of 32; None takes the model's training size, the
+    scale its filters learned. ``overlap``: below 1 a fraction of the tile, from 1 up pixels; at most
+    half a tile, since each tile fades out over the overlap on every side that has a neighbour.
+    """
+
+    size: int | None = None
+    overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (self.size < _SIZE_MULTIPLE or self.size % _SIZE_MULTIPLE):
+            raise SmokesegError(
+                f"Tile size {self.size} must be a positive multiple of {_SIZE_MULTIPLE} (the encoder "
+                f"downsamples by {_SIZE_MULTIPLE}): use {max(_SIZE_MULTIPLE, _round_up(self.size))}."
+            )
+        if self.overlap < 0:
+            raise SmokesegError(f"Tile overlap {self.overlap} must be >= 0 (a fraction below 1, or pixels).")
+
+    def geometry(self, model_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((tile height, tile width), (overlap height, overlap width)) in pixels."""
+        tile = (self.size, self.size) if self.size else model_size
+        overlap = (self._pixels(tile[0]), self._pixels(tile[1]))
+        if 2 * overlap[0] > tile[0] or 2 * overlap[1] > tile[1]:
+            raise SmokesegError(
+                f"Tile overlap {self.overlap} is more than half the {tile[1]}x{tile[0]} tile: "
+                "give at most 0.5 (or half the tile size in pixels)."
+            )
+        return tile, overlap
+
+    def _pixels(self, side: int) -> int:
+        return round(self.overlap * side) if self.overlap < 1 else int(self.overlap)
+
+
 class Predictor:
-    """Scores images of any size: resize to the model size, average TTA and folds, resize back."""
+    """Scores images of any size, averaging TTA and folds: resized to the model size (Hydrogen Torch's
+    way, the default) or, with ``tile``, tiled at native resolution."""
 
     def __init__(
         self,
@@ -85,6 +132,8 @@ class Predictor:
         config: ExperimentConfig,
         device: str | torch.device = "cpu",
         batch_size: int | None = None,
+        tile: TileSpec | None = None,
+        max_untiled_pixels: int = MAX_UNTILED_PIXELS,
     ) -> None:
         self.models = [model.to(device).eval() for model in models]
         self.config = config
@@ -93,11 +142,26 @@ class Predictor:
         self.augmentations = [
             TEST_TIME_AUGMENTATIONS[name] for name in config.prediction.test_time_augmentations
         ]
+        self.tile = tile
+        self.max_untiled_pixels = max_untiled_pixels
+        if tile is not None:
+            tile.geometry(self.model_size)  # a bad overlap fails now, not at the first image
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    def from_path(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        batch_size: int | None = None,
+        tile: TileSpec | None = None,
+    ) -> Predictor:
+        """A checkpoint, a fold folder, or an experiment folder (its folds averaged as an ensemble)."""
         loaded = [load_checkpoint(checkpoint) for checkpoint in find_checkpoints(path)]
-        return cls([model for model, _ in loaded], loaded[0][1], device=device)
+        return cls([model for model, _ in loaded], loaded[0][1], device, batch_size, tile)
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        return self.config.image.image_height, self.config.image.image_width
 
     @property
     def threshold(self) -> float:
@@ -110,7 +174,11 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities_at_model_size(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean sigmoid over models and test-time augmentations, for a preprocessed batch."""
+        """Mean sigmoid over models and test-time augmentations, for a preprocessed batch.
+
+        The batch may be model-size images or tiles of any size divisible by 32: both scoring modes
+        average the ensemble and TTA here, so they cannot drift apart.
+        """
         batch = batch.to(self.device)
         views = [(lambda x: x, lambda y: y), *self.augmentations]
         total = torch.zeros((len(batch), 1, *batch.shape[-2:]), device=self.device)
@@ -121,6 +189,10 @@ class Predictor:
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (HxW float32) at each image's own size."""
+        for image in images:
+            self._refuse_if_too_large(*image.shape[:2], "an image")
+        if self.tile is not None:
+            return [self._predict_tiled(image, self.tile) for image in images]
         batch = torch.from_numpy(np.stack([self.preprocess(image) for image in images]))
         probabilities = self.probabilities_at_model_size(batch)[:, 0].numpy()
         return [
@@ -128,11 +200,30 @@ class Predictor:
             for p, image in zip(probabilities, images, strict=True)
         ]
 
-    def predict_samples(self, samples: Iterable[Sample]) -> Iterator[Prediction]:
+    def load_image(self, sample: Sample) -> np.ndarray:
+        """Decode a sample's image; one too large to score untiled is refused from its header alone."""
+        data = sample.store.read(sample.image_id)
+        self._refuse_if_too_large(*image_size(data, sample.image_location), sample.image_location)
+        return read_image(data, sample.image_location)
+
+    def predict_samples(
+        self,
+        samples: Iterable[Sample],
+        on_error: Callable[[Sample, SmokesegError], None] | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions in order. An image that cannot be loaded raises, or with ``on_error`` is handed
+        to it and left out, so one corrupt file does not stop a batch job."""
+        # Tiled, one image already fills batches of tiles; grouping frames would only hold more in memory.
+        images_per_batch = 1 if self.tile is not None else self.batch_size
         pending: list[tuple[Sample, np.ndarray]] = []
         for sample in samples:
-            pending.append((sample, sample.load_image()))
-            if len(pending) == self.batch_size:
+            try:
+                pending.append((sample, self.load_image(sample)))
+            except SmokesegError as error:
+                if on_error is None:
+                    raise
+                on_error(sample, error)
+            if len(pending) == images_per_batch:
                 yield from self._flush(pending)
                 pending = []
         if pending:
@@ -142,3 +233,80 @@ class Predictor:
         maps = self.predict_images([image for _, image in pending])
         for (sample, image), probabilities in zip(pending, maps, strict=True):
             yield Prediction(sample, image, probabilities)
+
+    def _refuse_if_too_large(self, height: int, width: int, where: str) -> None:
+        if self.tile is None and height * width > self.max_untiled_pixels:
+            raise SmokesegError(
+                f"{where} is {width}x{height} ({height * width / 1e6:.0f} megapixels). Above "
+                f"{self.max_untiled_pixels / 1e6:.0f} megapixels an image is scored only tiled, at "
+                "native resolution: add --tile to `smokeseg predict` (in Python: Predictor(..., "
+                "tile=TileSpec())), or downscale it."
+            )
+
+    def _predict_tiled(self, image: np.ndarray, spec: TileSpec) -> np.ndarray:
+        """Native-resolution probabilities from overlapping tiles, streamed through the model in batches.
+
+        Each tile's probabilities are weighted by a window that fades (raised cosine) to nearly zero
+        towards its neighbours, where the model saw no context, and the sum is divided by the summed
+        weights. Memory is the image, its normalised copy and one accumulator: O(image), not O(tiles).
+        """
+        height, width = image.shape[:2]
+        normalized = normalize(image, self.config.image.image_normalization)  # whole-image statistics
+        (tile_h, tile_w), (overlap_h, overlap_w) = spec.geometry(self.model_size)
+        # An image smaller than a tile is scored as one tile of its own size, padded up to a multiple of 32.
+        tile_h, tile_w = min(tile_h, _round_up(height)), min(tile_w, _round_up(width))
+        padded_h, padded_w = max(height, tile_h), max(width, tile_w)
+        if (padded_h, padded_w) != (height, width):
+            normalized = cv2.copyMakeBorder(
+                normalized, 0, padded_h - height, 0, padded_w - width, cv2.BORDER_REFLECT_101
+            )
+        rows = _tile_windows(padded_h, tile_h, overlap_h)
+        columns = _tile_windows(padded_w, tile_w, overlap_w)
+        total = np.zeros((padded_h, padded_w), np.float32)
+        tiles = [(top, left) for top in rows for left in columns]
+        for start in range(0, len(tiles), self.batch_size):
+            origins = tiles[start : start + self.batch_size]
+            batch = np.stack(
+                [
+                    normalized[top : top + tile_h, left : left + tile_w].transpose(2, 0, 1)
+                    for top, left in origins
+                ]
+            )
+            probabilities = self.probabilities_at_model_size(torch.from_numpy(batch))[:, 0].numpy()
+            for (top, left), tile_probabilities in zip(origins, probabilities, strict=True):
+                weight = np.outer(rows[top], columns[left])
+                total[top : top + tile_h, left : left + tile_w] += tile_probabilities * weight
+        # The tile grid is separable, so the summed weights are the outer product of the per-axis sums.
+        total /= np.outer(_summed_windows(rows, padded_h), _summed_windows(columns, padded_w))
+        return total[:height, :width]
+
+
+def _round_up(length: int) -> int:
+    return -(-length // _SIZE_MULTIPLE) * _SIZE_MULTIPLE
+
+
+def _tile_windows(length: int, tile: int, overlap: int) -> dict[int, np.ndarray]:
+    """Tile origin -> 1-D blending weights along one axis.
+
+    Tiles step by ``tile - overlap``; the last is moved back flush with the end, so no tile is padded.
+    Each fades in and out over ``overlap`` pixels on the sides that meet a neighbour (a raised cosine:
+    smooth, never exactly zero, and two facing ramps sum to 1) and keeps full weight at the image border.
+    """
+    starts = [*range(0, length - tile, tile - overlap), length - tile]
+    ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)).astype(np.float32)
+    windows = {}
+    for start in starts:
+        window = np.ones(tile, np.float32)
+        if overlap and start > 0:
+            window[:overlap] = ramp
+        if overlap and start + tile < length:
+            window[-overlap:] = ramp[::-1]
+        windows[start] = window
+    return windows
+
+
+def _summed_windows(windows: dict[int, np.ndarray], length: int) -> np.ndarray:
+    summed = np.zeros(length, np.float32)
+    for start, window in windows.items():
+        summed[start : start + len(window)] += window
+    return summed

@@ -36,6 +36,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+# What a finished model needs: weights, the config that builds them, and provenance; not optimiser state.
+_KEPT_CHECKPOINT_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
+
+
+def slim_checkpoint(path: Path) -> None:
+    """Drop optimiser and loop state from a finished fold's checkpoint (a third of the size for Adam)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    with atomic_path(path) as tmp:
+        torch.save({key: checkpoint[key] for key in _KEPT_CHECKPOINT_KEYS if key in checkpoint}, tmp)
+
+
 def write_json(target: Path, data: dict[str, Any]) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=1, sort_keys=True))
 

@@ -47,6 +47,7 @@ from smokeseg.training.outputs import (
     ExperimentLog,
     open_experiment_log,
     read_json,
+    slim_checkpoint,
     write_json,
 )
 
@@ -279,7 +280,9 @@ def _train_fold(
         logger.removeHandler(handler)
         handler.close()
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
-    write_json(fold_dir / METRICS_NAME, metrics)
+    slim_checkpoint(fold_dir / CHECKPOINT_NAME)
+    write_json(fold_dir / METRICS_NAME, metrics)  # marks the fold finished: --resume skips it
+    (fold_dir / LAST_CHECKPOINT_NAME).unlink(missing_ok=True)
     return FoldResult(fold, fold_dir, metrics)
 
 

@@ -1,0 +1,241 @@
+"""Score a trained model on labelled images: segmentation quality, smoke detection, and where it fails.
+
+The images go through the Predictor (the one scoring path) and the numbers through ``smokeseg.metrics``,
+so an IoU here is the IoU training logged and ``predict`` would give for the same image and threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from smokeseg.config.load import load_config
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import TABLE_SUFFIXES, Sample, load_samples
+from smokeseg.errors import ConfigError, DataError
+from smokeseg.inference.predictor import Prediction, Predictor
+from smokeseg.metrics import (
+    COUNT_METRICS,
+    FBETA_SQUARED,
+    SIZE_BINS,
+    detection_scores,
+    iou_from_counts,
+    mean_absolute_error,
+    scores_by_size,
+    summarize_counts,
+    threshold_counts,
+)
+from smokeseg.storage import write_text_atomic
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+EVALUATION_NAME = "evaluation.json"
+# An image "has smoke" when a connected region of predicted pixels is at least this large.
+MIN_REGION_PIXELS = 1
+WORST_IMAGES = 10
+
+Progress = Callable[[int, int], None]
+
+
+def smoke_verdict(predicted: np.ndarray, min_region_pixels: int = MIN_REGION_PIXELS) -> bool:
+    """Whether a predicted mask raises a smoke alarm: one connected region of ``min_region_pixels`` or more.
+
+    A region size, not a pixel count, so scattered specks of noise do not add up to an alarm.
+    """
+    _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
+    return bool((stats[1:, cv2.CC_STAT_AREA] >= min_region_pixels).any())
+
+
+def load_labelled_samples(
+    data: str | Path, data_folder: str | Path | None, dataset_cfg: DatasetConfig
+) -> list[Sample]:
+    """Samples with masks from an experiment YAML (its test table), a table, an images/+masks/ folder, a zip.
+
+    A YAML brings its own dataset section; a table or folder is read with the model's column names.
+    """
+    data = Path(data)
+    if data.suffix.lower() in CONFIG_SUFFIXES:
+        config = load_config(data)
+        if config.dataset.test_dataframe is None:
+            raise ConfigError(
+                f"{data} has no dataset.test_dataframe to evaluate on. Set it to a table with masks, "
+                "or give the table or an images/ + masks/ folder instead of the config."
+            )
+        dataset_cfg = config.dataset
+        data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
+        data = dataset_cfg.test_dataframe
+    elif data.suffix.lower() in TABLE_SUFFIXES:
+        data_folder = data_folder or data.parent
+    samples = load_samples(data, data_folder, dataset_cfg, require_masks=False)
+    unlabelled = [sample for sample in samples if not sample.has_mask]
+    if unlabelled:
+        raise DataError(
+            f"evaluate needs masks: {data} has none for {len(unlabelled)} of {len(samples)} images "
+            f"(first: {unlabelled[0].source}). Give a table with the {dataset_cfg.rle_mask_column!r} "
+            "column (dataset.rle_mask_column), or an images/ + masks/ folder."
+        )
+    return samples
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image scores (one row per image) and the model, data and threshold they came from.
+
+    Summaries are computed from ``images`` on demand, so there is one source for every number.
+    """
+
+    model: str
+    data: str
+    threshold: float
+    min_region_pixels: int
+    images: pd.DataFrame
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.images[["tp", "fp", "fn"]].to_numpy()
+
+    def segmentation(self) -> dict[str, float]:
+        scores = summarize_counts(self.counts, list(COUNT_METRICS))
+        scores["mean_image_MAE"] = float(self.images["mae"].mean())
+        return scores
+
+    def by_size(self) -> dict[str, dict[str, float | int]]:
+        return scores_by_size(self.counts, self.images["true_fraction"].to_numpy())
+
+    def detection(self) -> dict[str, float | int | None]:
+        return detection_scores(self.images["true_smoke"], self.images["predicted_smoke"])
+
+    def worst(self, count: int = WORST_IMAGES) -> pd.DataFrame:
+        """The lowest-IoU images, worst first: where to look at the overlays."""
+        columns = ["image_id", "iou", "true_fraction", "predicted_fraction"]
+        return self.images.nsmallest(count, "iou")[columns]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "images": len(self.images),
+            "threshold": self.threshold,
+            "min_region_pixels": self.min_region_pixels,
+            "f_beta_squared": FBETA_SQUARED,
+            "segmentation": self.segmentation(),
+            "by_size": self.by_size(),
+            "detection": self.detection(),
+            "worst_images": self.worst().to_dict(orient="records"),
+        }
+
+    def write_json(self, target: str | Path | None = None) -> Path:
+        """Write ``to_dict()`` atomically; by default ``evaluation.json`` in the model's folder."""
+        if target is None:
+            model = Path(self.model)
+            target = (model if model.is_dir() else model.parent) / EVALUATION_NAME
+        return write_text_atomic(target, json.dumps(self.to_dict(), indent=1))
+
+
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    *,
+    threshold: float | None = None,
+    data_folder: str | Path | None = None,
+    min_region_pixels: int = MIN_REGION_PIXELS,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """Score every labelled image of ``data`` at its native size; ``threshold`` defaults to the model's own.
+
+    ``progress(done, total)`` is called after each image.
+    """
+    predictor = Predictor.from_path(model_path, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    samples = load_labelled_samples(data, data_folder, predictor.config.dataset)
+    threshold = predictor.threshold if threshold is None else threshold
+    rows = []
+    for done, prediction in enumerate(predictor.predict_samples(samples), start=1):
+        rows.append(_image_scores(prediction, threshold, min_region_pixels))
+        if progress is not None:
+            progress(done, len(samples))
+    return EvaluationResult(str(model_path), str(data), threshold, min_region_pixels, pd.DataFrame(rows))
+
+
+def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: int) -> dict[str, Any]:
+    probabilities = prediction.probabilities
+    truth = prediction.sample.load_mask(*probabilities.shape)
+    predicted = probabilities > threshold
+    tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
+    return {
+        "image_id": prediction.sample.image_id,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "iou": float(iou_from_counts(np.array([tp, fp, fn]))[0]),
+        "mae": mean_absolute_error(probabilities, truth),
+        "true_fraction": float(truth.mean()),
+        "predicted_fraction": float(predicted.mean()),
+        "true_smoke": bool(truth.any()),
+        "predicted_smoke": smoke_verdict(predicted, min_region_pixels),
+    }
+
+
+def render_evaluation(result: EvaluationResult) -> RenderableType:
+    """A summary table (both views of each score, IoU by smoke size, image-level detection), then the
+    worst images."""
+    summary = Table(title=f"Evaluation: {len(result.images)} images, threshold {result.threshold:.2f}")
+    for column in ("", "dataset-level", "mean per image"):
+        summary.add_column(column, justify="left" if not column else "right")
+    scores = result.segmentation()
+    for name in COUNT_METRICS:
+        label = f"{name} (β²={FBETA_SQUARED})" if name == "F-beta" else name
+        summary.add_row(label, _number(scores[name]), _number(scores[f"mean_image_{name}"]))
+    summary.add_row("MAE (probabilities)", "-", _number(scores["mean_image_MAE"]))
+    summary.add_section()
+    for name, scores_in_bin in result.by_size().items():
+        summary.add_row(
+            f"IoU, {name} smoke ({_size_range(name)}): {scores_in_bin['images']} images",
+            _number(scores_in_bin.get("IoU")),
+            _number(scores_in_bin.get("mean_image_IoU")),
+        )
+    summary.add_section()
+    detection = result.detection()
+    summary.add_row(
+        f"smoke images found (recall of {detection['images_with_smoke']})", _number(detection["recall"]), ""
+    )
+    summary.add_row("alarms that were smoke (precision)", _number(detection["precision"]), "")
+    summary.add_row(
+        f"false alarms on {detection['images_without_smoke']} images without smoke",
+        _number(detection["false_positive_rate"]),
+        "",
+    )
+    worst = Table(title="Lowest IoU")
+    for column in ("image", "IoU", "true smoke", "predicted smoke"):
+        worst.add_column(column, justify="left" if column == "image" else "right", overflow="fold")
+    for row in result.worst().itertuples():
+        worst.add_row(
+            row.image_id, _number(row.iou), f"{row.true_fraction:.2%}", f"{row.predicted_fraction:.2%}"
+        )
+    return Group(summary, worst)
+
+
+def _size_range(name: str) -> str:
+    edges = [0.0, *SIZE_BINS.values()]
+    index = list(SIZE_BINS).index(name)
+    low, high = edges[index], edges[index + 1]
+    return (
+        f"under {high:.0%}"
+        if low == 0
+        else f"{low:.0%} or more"
+        if np.isinf(high)
+        else f"{low:.0%}-{high:.0%}"
+    )
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
