@@ -6,7 +6,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -182,6 +182,175 @@ def report(
     from smokeseg.report.html import write_report
 
     console.print(f"Report: {write_report(run_dir)}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A checkpoint, a fold folder, or an experiment folder.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders, quoted globs, Hydrogen Torch tables, zips.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the predictions to.")],
+    table_format: Annotated[Literal["parquet", "csv"], typer.Option("--format")] = "parquet",
+    masks: Annotated[bool, typer.Option("--masks", help="Write masks/<id>.png (0/255).")] = False,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Write probabilities/<id>.png (8-bit).")
+    ] = False,
+    overlays: Annotated[bool, typer.Option("--overlays", help="Write overlays/<id>.jpg.")] = False,
+    tile: Annotated[
+        bool, typer.Option("--tile/--no-tile", help="Score at native resolution in overlapping tiles.")
+    ] = False,
+    tile_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Tile side, a multiple of 32 (default: the model's training size)."),
+    ] = None,
+    tile_overlap: Annotated[float, typer.Option(help="Below 1: a fraction of the tile; else pixels.")] = 0.25,
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Probability threshold (default: the model's)."),
+    ] = None,
+    min_region_pixels: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Smallest region that makes a smoke verdict (default: 0.01% of the image, >= 16)."),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Images (tiled: tiles) per forward pass."),
+    ] = None,
+    data_folder: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder (or zip) holding a table's images (default: the table's folder)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (cuda when present).")] = "auto",
+) -> None:
+    """Score images into a Hydrogen Torch-format table with a smoke verdict and boxes per image."""
+    from rich.progress import Progress
+
+    from smokeseg.inference.inputs import collect_inputs
+    from smokeseg.inference.predict import predict as predict_to_folder
+    from smokeseg.inference.predictor import Predictor, TileSpec
+
+    spec = TileSpec(tile_size, tile_overlap) if tile else None
+    predictor = Predictor.from_path(model, device, batch_size, spec)
+    samples = collect_inputs(inputs, data_folder)
+    wanted = {"masks": masks, "probabilities": probabilities, "overlays": overlays}
+    with Progress(console=console) as bar:
+        task = bar.add_task("Predicting", total=len(samples))
+        run = predict_to_folder(
+            predictor,
+            samples,
+            output,
+            table_format,
+            image_outputs=[name for name, on in wanted.items() if on],
+            threshold=threshold,
+            min_region_pixels=min_region_pixels,
+            progress=lambda done, _: bar.update(task, completed=done),
+        )
+    console.print(
+        f"{run.images} images: {run.with_smoke} with smoke, {run.failed} not scored. Predictions: {run.table}"
+    )
+
+
+class _ImageProgress:
+    """A transient progress bar that is also the ``progress(done, total)`` callback scoring takes."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import Progress
+
+        self.bar = Progress(console=console, transient=True)
+        self.task = self.bar.add_task(description, total=None)
+
+    def __enter__(self) -> _ImageProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A checkpoint, fold folder or experiment folder.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Experiment YAML (its test table), a Parquet/CSV table, an images/+masks/ folder, or a zip."
+        ),
+    ],
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(min=0, max=1, help="Probability threshold (default: the model's, tuned if tuned)."),
+    ] = None,
+    data_folder: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder (or zip) with the images of a table (default: the table's folder)."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="JSON file for the scores (default: evaluation.json in the model's folder)."),
+    ] = None,
+    min_region_pixels: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Smallest smoke region for a smoke verdict (default: predict's)."),
+    ] = None,
+) -> None:
+    """Score a model on labelled images: IoU, Dice, precision, recall, F-beta, MAE, detection, worst ones."""
+    from smokeseg.inference.evaluate import evaluate as run_evaluation
+    from smokeseg.inference.evaluate import render_evaluation
+
+    with _ImageProgress("Evaluating") as progress:
+        result = run_evaluation(
+            model,
+            data,
+            threshold=threshold,
+            data_folder=data_folder,
+            min_region_pixels=min_region_pixels,
+            progress=progress,
+        )
+    console.print(render_evaluation(result))
+    console.print(f"Scores: {result.write_json(output)}")
+
+
+@app.command("tune-threshold")
+def tune_threshold(
+    experiment: Annotated[Path, typer.Argument(help="An experiment (or fold) folder from `smokeseg train`.")],
+    metric: Annotated[str, typer.Option(help="What to maximise: IoU, Dice or F-beta.")] = "IoU",
+) -> None:
+    """Pick the probability threshold that maximises a metric on the out-of-fold validation images."""
+    from smokeseg.inference.threshold import THRESHOLD_NAME, render_tuning
+    from smokeseg.inference.threshold import tune_threshold as run_tuning
+
+    with _ImageProgress("Re-scoring validation images") as progress:
+        result = run_tuning(experiment, metric, progress=progress)
+    console.print(render_tuning(result))
+    console.print(f"Stored as {THRESHOLD_NAME} in {', '.join(map(str, result.folds))}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A checkpoint, a fold folder, or an experiment folder.")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="File to write (default: model.onnx / model.pt in the model's folder)."),
+    ] = None,
+    package: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write a self-contained scoring package (ONNX + score.py) to this folder."),
+    ] = None,
+) -> None:
+    """Export a model (an experiment folder: all folds as one graph) to ONNX or TorchScript, or a package."""
+    from smokeseg.export import build_package, export_model
+
+    if package is not None and (output is not None or export_format != "onnx"):
+        raise SmokesegError("--package always holds model.onnx: give it without --output and --format.")
+    if package is not None:
+        console.print(f"Scoring package: {build_package(model, package)}")
+        return
+    console.print(f"Exported: {export_model(model, output, export_format)}")
 
 
 def main() -> None:

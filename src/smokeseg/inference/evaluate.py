@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Group, RenderableType
 from rich.table import Table
 
@@ -23,7 +21,8 @@ from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import TABLE_SUFFIXES, Sample, load_samples
 from smokeseg.errors import ConfigError, DataError
-from smokeseg.inference.predictor import Prediction, Predictor
+from smokeseg.inference.predictor import Prediction, Predictor, TileSpec
+from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.metrics import (
     COUNT_METRICS,
     FBETA_SQUARED,
@@ -39,20 +38,9 @@ from smokeseg.storage import write_text_atomic
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 EVALUATION_NAME = "evaluation.json"
-# An image "has smoke" when a connected region of predicted pixels is at least this large.
-MIN_REGION_PIXELS = 1
 WORST_IMAGES = 10
 
 Progress = Callable[[int, int], None]
-
-
-def smoke_verdict(predicted: np.ndarray, min_region_pixels: int = MIN_REGION_PIXELS) -> bool:
-    """Whether a predicted mask raises a smoke alarm: one connected region of ``min_region_pixels`` or more.
-
-    A region size, not a pixel count, so scattered specks of noise do not add up to an alarm.
-    """
-    _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
-    return bool((stats[1:, cv2.CC_STAT_AREA] >= min_region_pixels).any())
 
 
 def load_labelled_samples(
@@ -96,7 +84,7 @@ class EvaluationResult:
     model: str
     data: str
     threshold: float
-    min_region_pixels: int
+    min_region_pixels: int | None
     images: pd.DataFrame
 
     @property
@@ -147,15 +135,17 @@ def evaluate(
     *,
     threshold: float | None = None,
     data_folder: str | Path | None = None,
-    min_region_pixels: int = MIN_REGION_PIXELS,
-    device: str | None = None,
+    min_region_pixels: int | None = None,
+    tile: TileSpec | None = None,
+    device: str = "auto",
     progress: Progress | None = None,
 ) -> EvaluationResult:
     """Score every labelled image of ``data`` at its native size; ``threshold`` defaults to the model's own.
 
-    ``progress(done, total)`` is called after each image.
+    An image is predicted to hold smoke by the verdict ``predict`` gives (``scoring.smoke_verdict``;
+    ``min_region_pixels`` None takes its default). ``progress(done, total)`` is called after each image.
     """
-    predictor = Predictor.from_path(model_path, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    predictor = Predictor.from_path(model_path, device, tile=tile)
     samples = load_labelled_samples(data, data_folder, predictor.config.dataset)
     threshold = predictor.threshold if threshold is None else threshold
     rows = []
@@ -163,10 +153,13 @@ def evaluate(
         rows.append(_image_scores(prediction, threshold, min_region_pixels))
         if progress is not None:
             progress(done, len(samples))
-    return EvaluationResult(str(model_path), str(data), threshold, min_region_pixels, pd.DataFrame(rows))
+    frame = pd.DataFrame(rows)
+    return EvaluationResult(
+        str(Path(model_path).resolve()), str(Path(data).resolve()), threshold, min_region_pixels, frame
+    )
 
 
-def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: int) -> dict[str, Any]:
+def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: int | None) -> dict[str, Any]:
     probabilities = prediction.probabilities
     truth = prediction.sample.load_mask(*probabilities.shape)
     predicted = probabilities > threshold
@@ -181,7 +174,7 @@ def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: i
         "true_fraction": float(truth.mean()),
         "predicted_fraction": float(predicted.mean()),
         "true_smoke": bool(truth.any()),
-        "predicted_smoke": smoke_verdict(predicted, min_region_pixels),
+        "predicted_smoke": smoke_verdict(probabilities, threshold, min_region_pixels).smoke,
     }
 
 
@@ -199,18 +192,18 @@ def render_evaluation(result: EvaluationResult) -> RenderableType:
     summary.add_section()
     for name, scores_in_bin in result.by_size().items():
         summary.add_row(
-            f"IoU, {name} smoke ({_size_range(name)}): {scores_in_bin['images']} images",
+            f"IoU, {name} smoke ({_size_range(name)}), n={scores_in_bin['images']}",
             _number(scores_in_bin.get("IoU")),
             _number(scores_in_bin.get("mean_image_IoU")),
         )
     summary.add_section()
     detection = result.detection()
     summary.add_row(
-        f"smoke images found (recall of {detection['images_with_smoke']})", _number(detection["recall"]), ""
+        f"smoke images found (recall), n={detection['images_with_smoke']}", _number(detection["recall"]), ""
     )
     summary.add_row("alarms that were smoke (precision)", _number(detection["precision"]), "")
     summary.add_row(
-        f"false alarms on {detection['images_without_smoke']} images without smoke",
+        f"false-alarm rate on smoke-free images, n={detection['images_without_smoke']}",
         _number(detection["false_positive_rate"]),
         "",
     )
@@ -228,13 +221,11 @@ def _size_range(name: str) -> str:
     edges = [0.0, *SIZE_BINS.values()]
     index = list(SIZE_BINS).index(name)
     low, high = edges[index], edges[index + 1]
-    return (
-        f"under {high:.0%}"
-        if low == 0
-        else f"{low:.0%} or more"
-        if np.isinf(high)
-        else f"{low:.0%}-{high:.0%}"
-    )
+    if low == 0:
+        return f"under {high:.0%}"
+    if np.isinf(high):
+        return f"{low:.0%} or more"
+    return f"{low:.0%}-{high:.0%}"
 
 
 def _number(value: float | None) -> str:

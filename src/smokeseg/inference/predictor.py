@@ -135,9 +135,12 @@ class Predictor:
         tile: TileSpec | None = None,
         max_untiled_pixels: int = MAX_UNTILED_PIXELS,
     ) -> None:
-        self.models = [model.to(device).eval() for model in models]
-        self.config = config
+        """``device``: a torch device, or ``auto`` for the GPU when there is one."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.models = [model.to(self.device).eval() for model in models]
+        self.config = config
         self.batch_size = batch_size or config.prediction.batch_size_inference or config.training.batch_size
         self.augmentations = [
             TEST_TIME_AUGMENTATIONS[name] for name in config.prediction.test_time_augmentations
@@ -155,9 +158,16 @@ class Predictor:
         batch_size: int | None = None,
         tile: TileSpec | None = None,
     ) -> Predictor:
-        """A checkpoint, a fold folder, or an experiment folder (its folds averaged as an ensemble)."""
-        loaded = [load_checkpoint(checkpoint) for checkpoint in find_checkpoints(path)]
-        return cls([model for model, _ in loaded], loaded[0][1], device, batch_size, tile)
+        """A checkpoint, a fold folder, or an experiment folder (its folds averaged as an ensemble).
+
+        A threshold stored beside the checkpoints by `smokeseg tune-threshold` replaces the config's.
+        """
+        from smokeseg.inference.threshold import with_stored_threshold  # it imports this module
+
+        checkpoints = find_checkpoints(path)
+        loaded = [load_checkpoint(checkpoint) for checkpoint in checkpoints]
+        config = with_stored_threshold(loaded[0][1], checkpoints[0].parent)
+        return cls([model for model, _ in loaded], config, device, batch_size, tile)
 
     @property
     def model_size(self) -> tuple[int, int]:

@@ -1,33 +1,91 @@
-"""Turn probability maps into Hydrogen Torch-format prediction rows, with per-image scores."""
+"""Turn probability maps into Hydrogen Torch-format prediction rows, with per-image scores and a verdict.
+
+The verdict rule (``smoke_verdict``): an image shows smoke when at least one connected region
+(8-connected) of pixels whose probability is above the threshold covers at least
+``min_region_pixels`` pixels (default: 0.01% of the image, and never fewer than 16), so isolated
+speckles do not raise an alarm. ``confidence`` is the highest probability inside those regions when
+there is smoke, else 1 - the image's highest probability. Each such region is listed as a box.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
+from smokeseg.data.formats import Sample
 from smokeseg.data.rle import rle_encode
 from smokeseg.inference.predictor import Prediction
 from smokeseg.metrics import dice_from_counts, iou_from_counts
 from smokeseg.storage import atomic_path
 
+# The smallest region that counts as smoke: this share of the image, and never fewer pixels than the floor.
+MIN_REGION_FRACTION = 1e-4
+MIN_REGION_FLOOR = 16
+CLASS_NAME = "smoke"
 
-def prediction_row(prediction: Prediction, threshold: float, rle_order: str = "F") -> dict[str, Any]:
-    """One image's row: predicted RLE at its own size, probability summary, and IoU when it has a mask."""
+
+def default_min_region_pixels(height: int, width: int) -> int:
+    return max(MIN_REGION_FLOOR, math.ceil(MIN_REGION_FRACTION * height * width))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``boxes``: one ``[x0, y0, x1, y1, area, mean_probability]`` per kept region, largest first;
+    x1 and y1 are exclusive (``x1 - x0`` is the width), in the image's own pixels."""
+
+    smoke: bool
+    confidence: float
+    boxes: list[list[float]]
+
+
+def smoke_verdict(
+    probabilities: np.ndarray, threshold: float, min_region_pixels: int | None = None
+) -> Verdict:
+    """Smoke or not, how sure, and where, by the rule in this module's docstring."""
+    height, width = probabilities.shape
+    minimum = default_min_region_pixels(height, width) if min_region_pixels is None else min_region_pixels
+    mask = (probabilities > threshold).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    boxes, peak = [], 0.0
+    for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= minimum) + 1:  # label 0 is the background
+        x0, y0, box_w, box_h, area = (int(v) for v in stats[label])
+        window = (slice(y0, y0 + box_h), slice(x0, x0 + box_w))
+        inside = probabilities[window][labels[window] == label]
+        boxes.append([x0, y0, x0 + box_w, y0 + box_h, area, float(inside.mean())])
+        peak = max(peak, float(inside.max()))
+    boxes.sort(key=lambda box: -box[4])
+    confidence = peak if boxes else 1.0 - float(probabilities.max())
+    return Verdict(bool(boxes), confidence, boxes)
+
+
+def prediction_row(
+    prediction: Prediction, threshold: float, rle_order: str = "F", min_region_pixels: int | None = None
+) -> dict[str, Any]:
+    """One image's row: predicted RLE at its own size, probability summary, the smoke verdict with its
+    boxes, and IoU when it has a mask."""
     probabilities = prediction.probabilities
     predicted = probabilities > threshold
+    verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
     row: dict[str, Any] = {
         "image_id": prediction.sample.image_id,
-        "class_id": "smoke",
+        "class_id": CLASS_NAME,
         "rle_mask": rle_encode(predicted, rle_order),
         "height": predicted.shape[0],
         "width": predicted.shape[1],
         "smoke_fraction": float(predicted.mean()),
         "probability_max": float(probabilities.max()),
         "probability_mean": float(probabilities.mean()),
+        "smoke": verdict.smoke,
+        "confidence": verdict.confidence,
+        "boxes": verdict.boxes,
     }
     truth = prediction.sample.load_mask(*predicted.shape) if prediction.sample.has_mask else None
     if truth is not None:
@@ -55,12 +113,22 @@ def dataset_scores(rows: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def failed_row(sample: Sample, error: str) -> dict[str, Any]:
+    """The row of an image that could not be scored: no mask (not an empty one) and the reason."""
+    return {"image_id": sample.image_id, "class_id": CLASS_NAME, "rle_mask": None, "error": error}
+
+
 def write_table(rows: Iterable[dict[str, Any]] | pd.DataFrame, target: Path) -> pd.DataFrame:
-    """Write a Parquet or CSV table (by suffix) atomically."""
+    """Write a Parquet or CSV table (by suffix) atomically.
+
+    CSV has no list type, so list cells (``boxes``) are written as JSON: ``json.loads`` reads them back.
+    """
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     with atomic_path(target) as tmp:
         if target.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
+            frame.map(lambda cell: json.dumps(cell) if isinstance(cell, list) else cell).to_csv(
+                tmp, index=False
+            )
         else:
             frame.to_parquet(tmp, index=False)
     return frame

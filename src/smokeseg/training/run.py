@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +224,17 @@ def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample
     return [samples[i] for i in chosen]
 
 
+def _seed_worker_augmentations(base_seed: int, worker_id: int) -> None:
+    """Albumentations keeps its own random state: give each loader worker a distinct, repeatable one."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(base_seed + worker_id)
+
+
 def _loader(
     dataset: SegmentationDataset, config: ExperimentConfig, batch_size: int, train: bool
 ) -> DataLoader:
     workers = min(config.environment.number_of_workers, os.cpu_count() or 1)
+    seed = config.environment.seed
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -234,7 +242,8 @@ def _loader(
         drop_last=train and config.training.drop_last_batch and len(dataset) > batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(config.environment.seed) if train else None,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+        worker_init_fn=partial(_seed_worker_augmentations, seed) if train and workers else None,
     )
 
 
@@ -299,7 +308,7 @@ def _fit(
     training = config.training
     train_set = SegmentationDataset(
         data.train,
-        build_train_transform(config.augmentation, config.image),
+        build_train_transform(config.augmentation, config.image, seed=config.environment.seed),
         config.image.image_normalization,
         max_size=_cache_size(config),
     )

@@ -1,0 +1,156 @@
+"""A self-contained scoring package: the model as ONNX and a numpy-only ``score.py``, runnable without torch.
+
+Hydrogen Torch's ``training.build_scoring_pipelines`` writes such a folder after training; this is that
+step. The folder holds model.onnx (all folds in one graph), config.yaml (the effective config),
+scoring.json (what score.py needs: input size, normalisation, threshold, RLE order, test-time
+augmentations, verdict rule), score.py, requirements.txt (onnxruntime, numpy, pillow) and README.md.
+
+score.py writes CSV, so its requirements stay at those three packages; Parquet is an option that needs
+pandas and pyarrow installed beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from smokeseg import __version__
+from smokeseg.config.load import config_to_yaml
+from smokeseg.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from smokeseg.errors import SmokesegError
+from smokeseg.export.onnx import INPUT_NAME, OUTPUT_NAME, write_model
+from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.scoring import CLASS_NAME, MIN_REGION_FLOOR, MIN_REGION_FRACTION
+
+MODEL_NAME = "model.onnx"
+SETTINGS_NAME = "scoring.json"
+CONFIG_NAME = "config.yaml"
+README_NAME = "README.md"
+# Copied verbatim from the template folder.
+TEMPLATE_FILES = ("score.py", "requirements.txt")
+FORMAT_VERSION = 1
+
+# image.image_normalization -> score.py's parameters: (pixels / scale - mean) / std, per channel;
+# mean and std None: the image's own. A test proves score.py's result equals normalize()'s for each.
+NORMALIZATION_PARAMETERS: dict[str, dict[str, Any]] = {
+    "Simple": {"scale": 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    "ImageNet": {"scale": 255.0, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist()},
+    "Image": {"scale": 1.0, "mean": None, "std": None},
+    "None": {"scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+}
+_RLE_ORDER_WORDS = {"F": "column-major (top to bottom, then left to right)", "C": "row-major"}
+
+
+def template_text(name: str) -> str:
+    """A file of the package template; read from the installed smokeseg, so it always matches it."""
+    return (resources.files("smokeseg.export") / "template" / name).read_text(encoding="utf-8")
+
+
+def scoring_settings(predictor: Predictor) -> dict[str, Any]:
+    """Everything score.py needs besides the graph: the model's preprocessing and decision rules."""
+    config = predictor.config
+    height, width = predictor.model_size
+    normalization = config.image.image_normalization
+    return {
+        "format_version": FORMAT_VERSION,
+        "smokeseg_version": __version__,
+        "model": MODEL_NAME,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "folds": len(predictor.models),
+        "image_height": height,
+        "image_width": width,
+        "normalization": {"name": normalization, **NORMALIZATION_PARAMETERS[normalization]},
+        "probability_threshold": predictor.threshold,
+        "rle_order": config.dataset.rle_order,
+        "class_name": CLASS_NAME,
+        "test_time_augmentations": list(config.prediction.test_time_augmentations),
+        "batch_size": predictor.batch_size,
+        "min_region": {"fraction": MIN_REGION_FRACTION, "floor": MIN_REGION_FLOOR},
+    }
+
+
+def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
+    """Write the scoring package of a checkpoint, fold folder or experiment folder (all folds) to ``out_dir``.
+
+    The package is built in a temporary folder beside ``out_dir`` and renamed into place, so ``out_dir``
+    is either a whole package or untouched. An earlier package there is replaced; any other non-empty
+    folder is refused.
+    """
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    predictor = Predictor.from_path(model_path)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _new_folder_beside(out_dir, "new")
+    try:
+        write_model(predictor, staging / MODEL_NAME, "onnx")
+        settings = scoring_settings(predictor)
+        (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        (staging / CONFIG_NAME).write_text(config_to_yaml(predictor.config), encoding="utf-8")
+        for name in TEMPLATE_FILES:
+            (staging / name).write_text(template_text(name), encoding="utf-8")
+        (staging / README_NAME).write_text(_readme(predictor, settings), encoding="utf-8")
+        _move_into_place(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _readme(predictor: Predictor, settings: dict[str, Any]) -> str:
+    architecture = predictor.config.architecture
+    folds = settings["folds"]
+    return Template(template_text(README_NAME)).substitute(
+        experiment_name=predictor.config.experiment_name,
+        architecture=architecture.architecture,
+        backbone=architecture.backbone,
+        folds=f"{folds} folds averaged" if folds > 1 else "1 fold",
+        class_name=settings["class_name"],
+        rle_order_words=_RLE_ORDER_WORDS[settings["rle_order"]],
+        threshold=settings["probability_threshold"],
+        min_region_percent=f"{100 * MIN_REGION_FRACTION:g}",
+        min_region_floor=MIN_REGION_FLOOR,
+        batch_size=settings["batch_size"],
+        image_width=settings["image_width"],
+        image_height=settings["image_height"],
+        normalization=settings["normalization"]["name"],
+        test_time_augmentations=", ".join(settings["test_time_augmentations"]) or "none",
+        smokeseg_version=__version__,
+    )
+
+
+def _check_target(out_dir: Path) -> None:
+    """Refuse, before any work, to replace a file or a folder that is not a scoring package."""
+    if out_dir.exists() and not (out_dir.is_dir() and _is_replaceable(out_dir)):
+        raise SmokesegError(
+            f"{out_dir} exists and is not a scoring package (no {SETTINGS_NAME}). Give a new or empty "
+            "folder for the package."
+        )
+
+
+def _is_replaceable(folder: Path) -> bool:
+    return (folder / SETTINGS_NAME).is_file() or not any(folder.iterdir())
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename ``staging`` to ``out_dir``; an earlier package there is moved aside first, then deleted."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    _check_target(out_dir)
+    old = _new_folder_beside(out_dir, "old")
+    os.replace(out_dir, old / out_dir.name)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_folder_beside(target: Path, tag: str) -> Path:
+    """A fresh hidden folder on ``target``'s file system (so renames are atomic), with normal permissions."""
+    folder = target.parent / f".{target.name}.{tag}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    folder.mkdir()
+    return folder

@@ -1,0 +1,430 @@
+"""Score images with this exported smoke segmentation model: the table ``smokeseg predict`` writes.
+
+    python score.py IMAGE_OR_FOLDER [...] --output DIR [--format csv|parquet]
+
+Needs only onnxruntime, numpy and pillow (requirements.txt): no torch, no smokeseg. Each step mirrors
+smokeseg's scoring path, so an image gets the same mask here as there: decode upright RGB, resize to the
+model size with OpenCV's bilinear arithmetic (integer for pixels, float for probabilities), normalise,
+average the test-time augmentations (model.onnx already averages the folds), resize the probabilities back
+to the image's own size, threshold, run-length encode, and give the image-level smoke verdict.
+
+Row ids are a file's name, or its path relative to the folder given. One table row per image: image_id,
+class_id, rle_mask (1-indexed ``start length`` pairs in ``rle_order``, at the image's own size), height,
+width, smoke_fraction, probability_max, probability_mean, smoke, confidence, boxes (``[x0, y0, x1, y1,
+area, mean_probability]`` per region, x1/y1 exclusive) and error (why an image could not be scored).
+CSV cells holding lists are JSON. Parquet needs ``pip install pandas pyarrow``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+SETTINGS_NAME = "scoring.json"
+TABLE_STEM = "predictions"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Above this many pixels, resizing to the model size discards nearly everything: smokeseg refuses too.
+MAX_PIXELS = 100_000_000
+# Modes whose values span 0..65535; Pillow's own convert("RGB") would clip them instead of scaling.
+_WIDE_INTEGER_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# OpenCV's fixed-point bilinear weights for 8-bit images: 11 fractional bits.
+_WEIGHT_ONE = 2048
+# Per-image normalisation floors the standard deviation here, so a flat image does not divide by zero.
+_MIN_STD = 1e-6
+
+ArrayMap = Callable[[np.ndarray], np.ndarray]
+
+
+class ScoringError(Exception):
+    """An input that cannot be scored; the message says which and why."""
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB, upright as a viewer shows it (EXIF applied), whatever the file's mode."""
+    try:
+        image = Image.open(io.BytesIO(path.read_bytes()))
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ScoringError(
+                f"{path} is {width}x{height}, above {MAX_PIXELS // 1_000_000} megapixels: downscale it first."
+            )
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ScoringError(f"{path} is not an image Pillow can read ({error}).") from None
+    if image.mode in _WIDE_INTEGER_MODES:
+        wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        gray = ((wide + 128) // 257).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"))
+
+
+def _taps(source: int, target: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's bilinear taps: half-pixel centres, float32 weights, edge pixels repeated.
+
+    Along x OpenCV zeroes the weight of a tap outside the image; along y it only clamps the row index.
+    """
+    scale = 1.0 / (target / source)  # OpenCV's own double arithmetic, so positions round alike
+    position = ((np.arange(target) + 0.5) * scale - 0.5).astype(np.float32)
+    floor = np.floor(position)
+    weight = position - floor
+    first = floor.astype(np.int64)
+    if clamp_weights:
+        weight[(first < 0) | (first >= source - 1)] = 0
+    return np.clip(first, 0, source - 1), np.clip(first + 1, 0, source - 1), weight
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)`` for uint8 HxWxC, bit for bit.
+
+    OpenCV weights in 11-bit fixed point and rounds the vertical pass as its SIMD kernel does.
+    """
+    x0, x1, wx = _taps(image.shape[1], width, clamp_weights=True)
+    y0, y1, wy = _taps(image.shape[0], height, clamp_weights=False)
+    ax1 = np.rint(wx * _WEIGHT_ONE).astype(np.int32)[:, None]
+    ax0 = np.rint((1 - wx) * _WEIGHT_ONE).astype(np.int32)[:, None]
+    by1 = np.rint(wy * _WEIGHT_ONE).astype(np.int32)[:, None, None]
+    by0 = np.rint((1 - wy) * _WEIGHT_ONE).astype(np.int32)[:, None, None]
+    pixels = image.astype(np.int32)
+    rows = (pixels[:, x0] * ax0 + pixels[:, x1] * ax1) >> 4
+    out = ((rows[y0] * by0) >> 16) + ((rows[y1] * by1) >> 16)
+    return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def resize_probabilities(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)`` for float32 HxW."""
+    x0, x1, wx = _taps(values.shape[1], width, clamp_weights=True)
+    y0, y1, wy = _taps(values.shape[0], height, clamp_weights=False)
+    rows = values[:, x0] * (1 - wx) + values[:, x1] * wx
+    return rows[y0] * (1 - wy)[:, None] + rows[y1] * wy[:, None]
+
+
+def normalize(image: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
+    """(pixels / scale - mean) / std per channel; without a mean and std, the image's own statistics."""
+    pixels = image.astype(np.float32) / np.float32(normalization["scale"])
+    if normalization["mean"] is None:
+        mean = pixels.mean(axis=(0, 1), keepdims=True)
+        std = np.maximum(pixels.std(axis=(0, 1), keepdims=True), _MIN_STD)
+    else:
+        mean = np.asarray(normalization["mean"], np.float32)
+        std = np.asarray(normalization["std"], np.float32)
+    return (pixels - mean) / std
+
+
+def preprocess(image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32 at the model size: the model's input for one image."""
+    resized = resize_image(image, settings["image_height"], settings["image_width"])
+    return normalize(resized, settings["normalization"]).transpose(2, 0, 1)
+
+
+# name -> (transform the NCHW input, map the output back); each pair is exact, so averaging is sound.
+TEST_TIME_AUGMENTATIONS: dict[str, tuple[ArrayMap, ArrayMap]] = {
+    "horizontal_flip": (lambda x: x[..., ::-1], lambda y: y[..., ::-1]),
+    "vertical_flip": (lambda x: x[..., ::-1, :], lambda y: y[..., ::-1, :]),
+    "transpose": (lambda x: x.swapaxes(-1, -2), lambda y: y.swapaxes(-1, -2)),
+    "rotate90": (lambda x: np.rot90(x, 1, (-2, -1)), lambda y: np.rot90(y, -1, (-2, -1))),
+    "rotate180": (lambda x: np.rot90(x, 2, (-2, -1)), lambda y: np.rot90(y, -2, (-2, -1))),
+    "rotate270": (lambda x: np.rot90(x, 3, (-2, -1)), lambda y: np.rot90(y, -3, (-2, -1))),
+}
+
+
+# --- masks, regions and rows ---------------------------------------------------------------------
+
+
+def rle_encode(mask: np.ndarray, order: str = "F") -> str:
+    """1-indexed ``start length`` pairs walking the pixels in ``order`` (F: column-major); "" if empty."""
+    flat = np.asarray(mask).astype(bool).ravel(order=order)
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], flat, [False])).astype(np.int8))) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join(map(str, np.column_stack((starts, ends - starts)).ravel().tolist()))
+
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected regions of a bool mask, numbered 1, 2, ... in raster order of their first pixel (0 is
+    background), and one ``[x0, y0, x1, y1, area]`` row per region (x1, y1 exclusive).
+
+    Works on runs, not pixels: each row's runs are joined to the runs below that overlap or touch them
+    diagonally, and the joined runs are merged with a vectorised union-find.
+    """
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), np.int8)
+    padded[:, 1:-1] = mask
+    run_rows, edges = np.nonzero(np.diff(padded, axis=1))  # per row: start, end, start, end, ...
+    rows, starts, ends = run_rows[0::2], edges[0::2], edges[1::2]  # ends exclusive
+    stride = width + 1
+    key_starts, key_ends = rows * stride + starts, rows * stride + ends  # both ascending
+    below = (rows + 1) * stride
+    first = np.searchsorted(key_ends, below + starts, "left")
+    counts = np.maximum(np.searchsorted(key_starts, below + ends, "right") - first, 0)
+    upper = np.repeat(np.arange(len(starts)), counts)
+    lower = np.repeat(first, counts) + _ranks(counts)
+    root = np.arange(len(starts))
+    while True:  # hook each larger root under the smaller one, compress, until every joined pair agrees
+        while not np.array_equal(root, root[root]):
+            root = root[root]
+        a, b = root[upper], root[lower]
+        if np.array_equal(a, b):
+            break
+        np.minimum.at(root, np.maximum(a, b), np.minimum(a, b))
+    # A root is its region's first run, so numbering the roots in order numbers regions in raster order.
+    region = np.unique(root, return_inverse=True)[1].reshape(-1)
+    count = int(region.max()) + 1 if len(region) else 0
+    stats = np.zeros((count, 5), np.int64)
+    stats[:, :2] = np.iinfo(np.int64).max
+    np.minimum.at(stats[:, 0], region, starts)
+    np.minimum.at(stats[:, 1], region, rows)
+    np.maximum.at(stats[:, 2], region, ends)
+    np.maximum.at(stats[:, 3], region, rows + 1)
+    lengths = ends - starts
+    np.add.at(stats[:, 4], region, lengths)
+    labels = np.zeros(height * width, np.int32)
+    labels[np.repeat(rows * width + starts, lengths) + _ranks(lengths)] = np.repeat(region + 1, lengths)
+    return labels.reshape(height, width), stats
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., n-1 for each n in ``counts``, concatenated."""
+    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def default_min_region_pixels(height: int, width: int, rule: dict[str, Any]) -> int:
+    return max(rule["floor"], math.ceil(rule["fraction"] * height * width))
+
+
+def smoke_verdict(
+    probabilities: np.ndarray, threshold: float, min_region_pixels: int
+) -> tuple[bool, float, list[list[float]]]:
+    """(smoke, confidence, boxes): smoke when an 8-connected region above the threshold has at least
+    ``min_region_pixels`` pixels; confidence is the highest probability in such regions, else 1 - the
+    image's highest; one ``[x0, y0, x1, y1, area, mean_probability]`` box per region."""
+    labels, stats = label_regions(probabilities > threshold)
+    boxes, peak = [], 0.0
+    for label in np.flatnonzero(stats[:, 4] >= min_region_pixels):
+        x0, y0, x1, y1, area = (int(value) for value in stats[label])
+        window = (slice(y0, y1), slice(x0, x1))
+        inside = probabilities[window][labels[window] == label + 1]
+        boxes.append([x0, y0, x1, y1, area, float(inside.mean())])
+        peak = max(peak, float(inside.max()))
+    boxes.sort(key=lambda box: (-box[4], box[1], box[0]))  # largest first; ties top to bottom, left to right
+    confidence = peak if boxes else 1.0 - float(probabilities.max())
+    return bool(boxes), confidence, boxes
+
+
+class Scorer:
+    """model.onnx with its scoring settings: images in, probability maps at each image's size out."""
+
+    def __init__(
+        self,
+        folder: Path = HERE,
+        threshold: float | None = None,
+        min_region_pixels: int | None = None,
+    ) -> None:
+        self.settings = json.loads((folder / SETTINGS_NAME).read_text(encoding="utf-8"))
+        self.threshold = self.settings["probability_threshold"] if threshold is None else threshold
+        self.min_region_pixels = min_region_pixels
+        self.session = onnxruntime.InferenceSession(
+            str(folder / self.settings["model"]), providers=onnxruntime.get_available_providers()
+        )
+        identity: tuple[ArrayMap, ArrayMap] = (lambda x: x, lambda y: y)
+        self.views = [identity] + [
+            TEST_TIME_AUGMENTATIONS[name] for name in self.settings["test_time_augmentations"]
+        ]
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Probability maps (HxW float32), the mean over test-time views, at each image's own size."""
+        batch = np.stack([preprocess(image, self.settings) for image in images])
+        total = np.zeros((len(images), 1, *batch.shape[-2:]), np.float32)
+        for forward, inverse in self.views:
+            inputs = {self.settings["input_name"]: np.ascontiguousarray(forward(batch))}
+            total += inverse(self.session.run([self.settings["output_name"]], inputs)[0])
+        maps = total[:, 0] / len(self.views)
+        return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
+
+    def row(self, image_id: str, probabilities: np.ndarray) -> dict[str, Any]:
+        predicted = probabilities > self.threshold
+        minimum = self.min_region_pixels
+        if minimum is None:
+            minimum = default_min_region_pixels(*probabilities.shape, self.settings["min_region"])
+        smoke, confidence, boxes = smoke_verdict(probabilities, self.threshold, minimum)
+        return {
+            "image_id": image_id,
+            "class_id": self.settings["class_name"],
+            "rle_mask": rle_encode(predicted, self.settings["rle_order"]),
+            "height": predicted.shape[0],
+            "width": predicted.shape[1],
+            "smoke_fraction": float(predicted.mean()),
+            "probability_max": float(probabilities.max()),
+            "probability_mean": float(probabilities.mean()),
+            "smoke": smoke,
+            "confidence": confidence,
+            "boxes": boxes,
+            "error": None,
+        }
+
+    def failed_row(self, image_id: str, error: str) -> dict[str, Any]:
+        """No mask (not an empty one) for an image that could not be scored, and the reason."""
+        return {
+            "image_id": image_id,
+            "class_id": self.settings["class_name"],
+            "rle_mask": None,
+            "error": error,
+        }
+
+    def score(
+        self, images: Sequence[tuple[str, Path]], batch_size: int | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per (image id, file), in order; unreadable files get an error row and are reported."""
+        batch_size = batch_size or self.settings["batch_size"]
+        rows: list[dict[str, Any]] = []
+        pending: list[tuple[str, np.ndarray]] = []
+
+        def flush() -> None:
+            maps = self.probabilities([image for _, image in pending])
+            rows.extend(self.row(image_id, p) for (image_id, _), p in zip(pending, maps, strict=True))
+            pending.clear()
+
+        for image_id, path in images:
+            try:
+                pending.append((image_id, read_image(path)))
+            except ScoringError as error:
+                print(f"Could not score {path}: {error}", file=sys.stderr)
+                rows.append(self.failed_row(image_id, str(error)))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+        order = {image_id: index for index, (image_id, _) in enumerate(images)}
+        return sorted(rows, key=lambda row: order[row["image_id"]])
+
+
+# --- inputs and outputs --------------------------------------------------------------------------
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
+    """(image id, file) for image files and every image under folders, in input order, each once."""
+    found: dict[str, Path] = {}
+    for given in map(Path, inputs):
+        if given.is_dir():
+            files = sorted(
+                (path.relative_to(given).as_posix(), path)
+                for path in given.rglob("*")
+                if path.is_file() and _is_image_name(path)
+            )
+        elif given.is_file() and _is_image_name(given):
+            files = [(given.name, given)]
+        else:
+            what = "is not an image file" if given.exists() else "does not exist"
+            raise ScoringError(f"{given} {what}. Give image files ({', '.join(IMAGE_SUFFIXES)}) or folders.")
+        if not files:
+            raise ScoringError(f"{given} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}).")
+        for image_id, path in files:
+            seen = found.setdefault(image_id, path)
+            if seen.resolve() != path.resolve():
+                raise ScoringError(
+                    f"{seen} and {path} would both be row {image_id}. Pass their common parent folder "
+                    "instead (ids are then paths relative to it), or rename one of them."
+                )
+    return list(found.items())
+
+
+def _csv_cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+def _write_csv(rows: list[dict[str, Any]], target: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with target.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, columns, restval="")
+        writer.writeheader()
+        writer.writerows({key: _csv_cell(value) for key, value in row.items()} for row in rows)
+
+
+def _pandas() -> Any:
+    """pandas, for Parquet only: requirements.txt stays at what CSV needs."""
+    try:
+        import pandas
+        import pyarrow  # noqa: F401 - pandas writes Parquet through it
+    except ImportError:
+        raise ScoringError("--format parquet needs pandas and pyarrow: pip install pandas pyarrow") from None
+    return pandas
+
+
+def _write_parquet(rows: list[dict[str, Any]], target: Path) -> None:
+    frame = _pandas().DataFrame(rows)
+    frame.astype({column: "Int64" for column in ("height", "width") if column in frame}).to_parquet(
+        target, index=False
+    )
+
+
+TABLE_WRITERS: dict[str, Callable[[list[dict[str, Any]], Path], None]] = {
+    "csv": _write_csv,
+    "parquet": _write_parquet,
+}
+
+
+def write_table(rows: list[dict[str, Any]], output_dir: Path, table_format: str = "csv") -> Path:
+    """``output_dir/predictions.<format>``, written to a temporary file first: never half a table."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / f"{TABLE_STEM}.{table_format}"
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=output_dir)
+    os.close(descriptor)
+    try:
+        TABLE_WRITERS[table_format](rows, Path(temporary))
+        os.replace(temporary, target)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files and folders of images")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="folder for predictions.<format>")
+    parser.add_argument("--format", choices=list(TABLE_WRITERS), default="csv", dest="table_format")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    parser.add_argument(
+        "--min-region-pixels", type=int, help="smallest region that makes a smoke verdict (default: by size)"
+    )
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the model's)")
+    args = parser.parse_args(argv)
+    try:
+        images = find_images(args.inputs)
+        if args.table_format == "parquet":
+            _pandas()  # a missing pandas fails before the scoring, not after it
+        scorer = Scorer(HERE, args.threshold, args.min_region_pixels)
+        rows = scorer.score(images, args.batch_size)
+        table = write_table(rows, args.output, args.table_format)
+    except ScoringError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    smoke = sum(bool(row.get("smoke")) for row in rows)
+    failed = sum(row["error"] is not None for row in rows)
+    print(f"{len(rows)} images: {smoke} with smoke, {failed} not scored. Predictions: {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

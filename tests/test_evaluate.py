@@ -1,0 +1,211 @@
+"""Evaluation metrics on hand-made masks, `evaluate` on every data shape, and threshold tuning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from smokeseg.cli import app
+from smokeseg.config.load import load_config
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import convert_table_to_folders
+from smokeseg.data.synthetic import generate_demo_dataset
+from smokeseg.errors import ConfigError, DataError, ModelError
+from smokeseg.inference.evaluate import evaluate
+from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.threshold import THRESHOLD_NAME, tune_threshold
+from smokeseg.metrics import (
+    COUNT_METRICS,
+    detection_scores,
+    iou_from_counts,
+    mean_absolute_error,
+    scores_by_size,
+    size_bins,
+    summarize_counts,
+    threshold_counts,
+)
+from smokeseg.training import run
+from test_training import TINY
+
+# --- metrics on hand-made masks -----------------------------------------------------------------------
+
+TRUTH = np.array(
+    [
+        [1, 1, 1, 0],
+        [1, 1, 1, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
+    ],
+    bool,
+)
+# 4 of the 6 smoke pixels found, 1 false pixel: tp=4, fp=1, fn=2.
+PROBABILITIES = np.array(
+    [
+        [0.9, 0.8, 0.2, 0.0],
+        [0.7, 0.6, 0.4, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.55],
+    ],
+    np.float32,
+)
+
+
+def test_scores_on_a_4x4_example_match_the_hand_computed_values():
+    counts = threshold_counts(PROBABILITIES, TRUTH, [0.5])
+    assert counts.tolist() == [[4, 1, 2]]
+    scores = summarize_counts(counts, list(COUNT_METRICS))
+    assert scores["precision"] == pytest.approx(4 / 5)
+    assert scores["recall"] == pytest.approx(4 / 6)
+    # F-beta with beta^2 = 0.3: 1.3 * P * R / (0.3 * P + R)
+    assert scores["F-beta"] == pytest.approx(1.3 * 0.8 * (2 / 3) / (0.3 * 0.8 + 2 / 3))
+    assert scores["IoU"] == pytest.approx(4 / 7)
+    assert scores["Dice"] == pytest.approx(8 / 11)
+    assert scores["mean_image_F-beta"] == scores["F-beta"], "one image: both views agree"
+
+
+def test_empty_masks_score_one_and_a_miss_scores_zero():
+    both_empty, missed, false_alarm = [0, 0, 0], [0, 0, 5], [0, 3, 0]
+    for name, metric in COUNT_METRICS.items():
+        assert metric(np.array([both_empty]))[0] == 1.0, name
+        assert metric(np.array([missed, false_alarm])).tolist() == [0.0, 0.0], name
+
+
+def test_mean_absolute_error_is_per_pixel_distance_to_the_mask():
+    probabilities = np.array([[0.2, 0.9], [0.5, 0.0]], np.float32)
+    truth = np.array([[0, 1], [1, 0]], bool)
+    assert mean_absolute_error(probabilities, truth) == pytest.approx((0.2 + 0.1 + 0.5 + 0.0) / 4)
+
+
+def test_threshold_counts_equal_thresholding_at_every_grid_value():
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((30, 40)).astype(np.float32)
+    grid = np.round(np.linspace(0, 1, 101), 2)
+    probabilities[0, :4] = grid[[0, 37, 50, 100]]  # values exactly on a threshold
+    truth = rng.random((30, 40)) > 0.6
+    expected = [
+        [(p & truth).sum(), (p & ~truth).sum(), (~p & truth).sum()]
+        for p in (probabilities > t for t in grid.astype(np.float32))
+    ]
+    assert threshold_counts(probabilities, truth, grid).tolist() == expected
+
+
+def test_size_bins_small_under_1_percent_medium_up_to_10_large_from_10():
+    fractions = [0.0, 0.005, 0.01, 0.05, 0.0999, 0.10, 0.6]
+    assert size_bins(fractions).tolist() == ["", "small", "medium", "medium", "medium", "large", "large"]
+    counts = np.array([[0, 0, 0], [1, 0, 1], [1, 1, 0], [3, 0, 0], [1, 0, 0], [2, 2, 0], [5, 0, 5]])
+    by_size = scores_by_size(counts, fractions)
+    assert by_size["small"] == {"images": 1, "IoU": 0.5, "mean_image_IoU": 0.5}
+    assert by_size["medium"]["images"] == 3 and by_size["medium"]["IoU"] == pytest.approx(5 / 6)
+    assert by_size["large"]["images"] == 2 and by_size["large"]["IoU"] == pytest.approx(7 / 14)
+
+
+def test_image_level_detection_and_false_positive_rate_on_smoke_free_images():
+    truth = [False, False, False, False, True, True]
+    predicted = [True, False, False, False, True, False]
+    scores = detection_scores(truth, predicted)
+    assert scores["false_positive_rate"] == pytest.approx(1 / 4)
+    assert scores["precision"] == pytest.approx(1 / 2)
+    assert scores["recall"] == pytest.approx(1 / 2)
+    assert (scores["false_alarms"], scores["missed"]) == (1, 1)
+    assert detection_scores([True], [True])["false_positive_rate"] is None, "no smoke-free image to judge"
+
+
+# --- evaluate and tune on a tiny trained model ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(demo config, experiment folder): one tiny fold trained once for every test below."""
+    root = tmp_path_factory.mktemp("evaluate")
+    config_path = generate_demo_dataset(root / "data", n_train=12, n_test=4, size=(64, 96), seed=3)
+    run.train(load_config(config_path, [*TINY, "training.epochs=1"]), root / "exp", progress=False)
+    return config_path, root / "exp"
+
+
+def _comparable(result) -> dict:
+    return {key: value for key, value in result.to_dict().items() if key != "data"}
+
+
+def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: Path):
+    config_path, experiment = trained
+    data = config_path.parent
+    folders = convert_table_to_folders(
+        data / "test.pq", data / "images", tmp_path / "folders", DatasetConfig()
+    )
+    archive = shutil.make_archive(str(tmp_path / "set"), "zip", folders)
+    sources = [(config_path, None), (data / "test.pq", data / "images"), (folders, None), (archive, None)]
+    results = [evaluate(experiment, source, threshold=0.5, data_folder=folder) for source, folder in sources]
+    reference = _comparable(results[0])
+    assert reference["images"] == 4
+    assert set(reference["segmentation"]) >= {
+        "IoU",
+        "mean_image_IoU",
+        "F-beta",
+        "precision",
+        "mean_image_MAE",
+    }
+    assert set(reference["by_size"]) == {"small", "medium", "large"}
+    for result in results[1:]:
+        assert _comparable(result) == reference
+    json.dumps(results[0].to_dict())  # JSON-ready as it is
+
+
+def test_evaluate_without_masks_names_the_table(trained, tmp_path: Path):
+    config_path, experiment = trained
+    table = tmp_path / "unlabelled.pq"
+    pd.read_parquet(config_path.parent / "test.pq").drop(columns="rle_mask").to_parquet(table)
+    with pytest.raises(DataError, match=r"evaluate needs masks: .*unlabelled\.pq"):
+        evaluate(experiment, table, data_folder=config_path.parent / "images")
+
+
+def test_evaluate_a_config_without_test_table_says_what_to_set(trained, tmp_path: Path):
+    config_path, experiment = trained
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(config_path.read_text().replace("test_dataframe:", "test_dataframe: None #"))
+    with pytest.raises(ConfigError, match="test_dataframe"):
+        evaluate(experiment, bare)
+
+
+def test_tuning_never_worsens_and_the_predictor_uses_the_stored_threshold(trained, tmp_path: Path):
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    validation = pd.read_parquet(experiment / "fold0/validation_predictions.parquet")
+    trained_iou = iou_from_counts(validation[["tp", "fp", "fn"]].to_numpy().sum(0))[0]
+
+    result = tune_threshold(experiment, "IoU", grid=[0.05, 0.3, 0.7, 0.95])
+    assert result.previous_threshold == 0.5 and 0.5 in result.grid, "the current threshold is always tried"
+    assert result.before == pytest.approx(trained_iou), "re-scoring reproduces training's validation IoU"
+    assert result.after >= result.before and result.after == result.scores.max()
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["probability_threshold"] == result.threshold
+    assert Predictor.from_path(experiment).threshold == result.threshold
+    assert evaluate(experiment, config_path).threshold == result.threshold
+
+    again = tune_threshold(experiment, "F-beta")
+    assert again.previous_threshold == result.threshold, "re-tuning starts from the stored threshold"
+    assert again.after >= again.before
+
+
+def test_a_broken_stored_threshold_names_the_file(trained, tmp_path: Path):
+    _, original = trained
+    fold = shutil.copytree(original / "fold0", tmp_path / "fold0")
+    (fold / THRESHOLD_NAME).write_text(json.dumps({"probability_threshold": 1.5}))
+    with pytest.raises(ModelError, match=f"{THRESHOLD_NAME}.*tune-threshold"):
+        Predictor.from_path(fold)
+    with pytest.raises(ConfigError, match="F-beta"):
+        tune_threshold(fold, "Accuracy")
+
+
+def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):
+    config_path, experiment = trained
+    output = tmp_path / "scores.json"
+    result = CliRunner().invoke(app, ["evaluate", str(experiment), str(config_path), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "Evaluation: 4 images" in result.output and "F-beta" in result.output
+    assert json.loads(output.read_text())["images"] == 4

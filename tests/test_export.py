@@ -1,0 +1,409 @@
+"""Export: ONNX/TorchScript graphs score like PyTorch; the scoring package scores like `smokeseg predict`,
+also in a fresh virtual environment holding only its requirements."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from smokeseg.cli import app
+from smokeseg.config.load import load_config
+from smokeseg.data.images import read_image
+from smokeseg.data.normalization import NORMALIZATIONS
+from smokeseg.data.rle import rle_decode, rle_encode
+from smokeseg.data.synthetic import generate_demo_dataset
+from smokeseg.errors import ModelError, SmokesegError
+from smokeseg.export import EXPORT_FORMATS, build_package, export_model
+from smokeseg.export import onnx as onnx_export
+from smokeseg.export import package as package_module
+from smokeseg.export.package import scoring_settings
+from smokeseg.inference.inputs import collect_inputs
+from smokeseg.inference.predict import predict
+from smokeseg.inference.predictor import Predictor, load_checkpoint
+from smokeseg.inference.scoring import smoke_verdict
+from smokeseg.training import run
+
+MODEL_SIZE = (64, 96)
+TINY = [
+    "architecture.backbone=resnet18",
+    f"image.image_height={MODEL_SIZE[0]}",
+    f"image.image_width={MODEL_SIZE[1]}",
+    "training.batch_size=4",
+    "training.epochs=1",
+    "environment.number_of_workers=0",
+    "environment.seed=7",
+    "dataset.folds=[0,1]",
+    "dataset.test_dataframe=None",
+    # A flip and a rotation: the package re-implements both, and a rotation feeds the graph 96x64.
+    "prediction.test_time_augmentations=[horizontal_flip,rotate90]",
+]
+SMOKE_HT_TEST_IMAGES = "data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment/gt_testing"
+# Exported and PyTorch probabilities differ by float rounding; a pixel this close to the threshold
+# may land on either side of it.
+NEAR_THRESHOLD = 1e-4
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A two-fold experiment trained for one epoch on demo images that are not at the model size."""
+    root = tmp_path_factory.mktemp("export")
+    config_path = generate_demo_dataset(root / "data", n_train=12, n_test=4, size=(90, 140), seed=3)
+    run.train(load_config(config_path, TINY), root / "experiment", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def experiment(demo: Path) -> Path:
+    return demo / "experiment"
+
+
+@pytest.fixture(scope="module")
+def package(experiment: Path, tmp_path_factory) -> Path:
+    return build_package(experiment, tmp_path_factory.mktemp("package") / "smoke_scoring")
+
+
+@pytest.fixture(scope="module")
+def score(package: Path) -> ModuleType:
+    """The package's score.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location("packaged_score", package / "score.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images(demo: Path) -> Path:
+    """Real-looking images at several sizes (one exactly twice the model size, one nested), a 16-bit
+    grayscale PNG, a JPEG rotated by its EXIF tag, and a file that is not an image."""
+    folder = demo / "to_score"
+    folder.mkdir()
+    demo_images = sorted((demo / "data/images").glob("test_*.jpg"))
+    for path in demo_images:
+        shutil.copy(path, folder / path.name)
+    photo = np.asarray(Image.open(demo_images[0]).convert("RGB"))
+    (folder / "nested").mkdir()
+    Image.fromarray(cv2.resize(photo, (70, 50))).save(folder / "nested/small.png")
+    Image.fromarray(cv2.resize(photo, (2 * MODEL_SIZE[1], 2 * MODEL_SIZE[0]))).save(folder / "double.png")
+    wide = (photo[:, :, 0].astype(np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(wide).save(folder / "gray16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    Image.fromarray(photo).save(folder / "rotated.jpg", exif=exif, quality=95)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def _ensemble_probabilities(experiment: Path, batch: np.ndarray) -> np.ndarray:
+    """Reference: the mean of the folds' sigmoids, computed here from the checkpoints directly."""
+    models = [load_checkpoint(path)[0] for path in sorted(experiment.glob("fold*/checkpoint.ckpt"))]
+    with torch.no_grad():
+        return torch.stack([torch.sigmoid(m(torch.from_numpy(batch))) for m in models]).mean(0).numpy()
+
+
+def _model_inputs(predictor: Predictor, folder: Path, size: tuple[int, int]) -> np.ndarray:
+    images = [read_image(path, path.name) for path in sorted(folder.glob("test_*.jpg"))]
+    config = predictor.config.model_copy(
+        update={
+            "image": predictor.config.image.model_copy(
+                update={"image_height": size[0], "image_width": size[1]}
+            )
+        }
+    )
+    return np.stack([Predictor([], config).preprocess(image) for image in images])
+
+
+# --- graphs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "batch"), [(MODEL_SIZE, 4), ((128, 160), 1)])
+def test_onnx_ensemble_scores_like_pytorch(experiment: Path, package: Path, images: Path, size, batch):
+    batch_inputs = _model_inputs(Predictor.from_path(experiment), images, size)[:batch]
+    session = onnxruntime.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"images": batch_inputs})[0]
+    expected = _ensemble_probabilities(experiment, batch_inputs)
+    assert exported.shape == (batch, 1, *size)
+    assert np.abs(exported - expected).max() < 1e-3
+
+
+@pytest.mark.parametrize("export_format", sorted(EXPORT_FORMATS))
+def test_a_single_checkpoint_exports_to_each_format(experiment: Path, tmp_path: Path, export_format: str):
+    checkpoint = experiment / "fold0/checkpoint.ckpt"
+    target = export_model(
+        checkpoint, tmp_path / f"model{EXPORT_FORMATS[export_format].suffix}", export_format
+    )
+    assert target.is_file() and not list(tmp_path.glob(".*.tmp"))
+    batch = np.random.default_rng(0).normal(size=(3, 3, 96, 64)).astype(np.float32)
+    got = EXPORT_FORMATS[export_format].runner(target)(batch)
+    model = load_checkpoint(checkpoint)[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(batch))).numpy()
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_onnx_falls_back_to_the_legacy_exporter(experiment: Path, tmp_path: Path, monkeypatch, caplog):
+    def unsupported(*args):
+        raise RuntimeError("this model cannot be traced by torch.export")
+
+    monkeypatch.setitem(onnx_export.ONNX_EXPORTERS, "dynamo", unsupported)
+    target = export_model(experiment / "fold0", tmp_path / "model.onnx")
+    assert target.is_file()
+    assert "cannot be traced by torch.export" in caplog.text
+
+
+def test_an_export_that_scores_differently_is_not_written(experiment: Path, tmp_path: Path, monkeypatch):
+    wrong = onnx_export.ExportFormat(
+        ".pt", onnx_export._write_torchscript, lambda path: lambda x: x[:, :1] * 0
+    )
+    monkeypatch.setitem(onnx_export.EXPORT_FORMATS, "torchscript", wrong)
+    with pytest.raises(ModelError, match="does not score like the PyTorch model"):
+        export_model(experiment / "fold0", tmp_path / "model.pt", "torchscript")
+    assert not list(tmp_path.iterdir()), "neither the file nor its temporary copy is left"
+
+
+def test_what_is_not_a_model_is_refused(tmp_path: Path):
+    fake = tmp_path / "checkpoint.ckpt"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match=str(fake)):
+        export_model(fake, tmp_path / "model.onnx")
+    with pytest.raises(ModelError, match=str(fake)):
+        build_package(fake, tmp_path / "package")
+    with pytest.raises(ModelError, match="No model found"):
+        export_model(tmp_path / "empty", tmp_path / "model.onnx")
+    with pytest.raises(SmokesegError, match="onnx, torchscript"):
+        export_model(fake, tmp_path / "model.x", "tflite")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.ckpt"]
+
+
+def test_cli_exports_beside_the_model_and_refuses_mixed_options(experiment: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["export", str(experiment / "fold1"), "--format", "torchscript"])
+    assert result.exit_code == 0, result.output
+    assert (experiment / "fold1/model.pt").is_file()
+    mixed = ["export", str(experiment), "--package", str(tmp_path / "p"), "--output", str(tmp_path / "m")]
+    result = CliRunner().invoke(app, mixed)
+    assert isinstance(result.exception, SmokesegError) and "--package" in str(result.exception)
+
+
+# --- the package's contents and its numpy re-implementations --------------------------------------
+
+
+def test_package_holds_the_model_settings_and_minimal_requirements(package: Path, experiment: Path):
+    predictor = Predictor.from_path(experiment)
+    assert sorted(path.name for path in package.iterdir()) == [
+        "README.md",
+        "config.yaml",
+        "model.onnx",
+        "requirements.txt",
+        "score.py",
+        "scoring.json",
+    ]
+    assert not list(package.parent.glob(".*")), "no staging folder is left beside the package"
+    requirements = (package / "requirements.txt").read_text().split()
+    assert sorted(line.split(">=")[0] for line in requirements) == ["numpy", "onnxruntime", "pillow"]
+    settings = json.loads((package / "scoring.json").read_text())
+    assert settings["folds"] == 2
+    assert (settings["image_height"], settings["image_width"]) == MODEL_SIZE
+    assert settings["probability_threshold"] == predictor.threshold
+    assert settings["test_time_augmentations"] == ["horizontal_flip", "rotate90"]
+    assert settings["rle_order"] == "F" and settings["normalization"]["name"] == "Simple"
+    assert load_config(package / "config.yaml") == predictor.config
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse((package / "score.py").read_text()))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "PIL", "pandas", "pyarrow"}
+    assert "python score.py" in (package / "README.md").read_text()
+
+
+def test_a_package_replaces_an_earlier_one_but_no_other_folder(experiment: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(
+        package_module, "write_model", lambda predictor, target, fmt: target.write_bytes(b"x")
+    )
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "scoring.json").write_text("{}")
+    (earlier / "stale.txt").write_text("from an earlier package")
+    build_package(experiment, earlier)
+    assert not (earlier / "stale.txt").exists() and json.loads((earlier / "scoring.json").read_text())
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(SmokesegError, match="not a scoring package"):
+        build_package(experiment, occupied)
+    assert [path.name for path in occupied.iterdir()] == ["notes.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier", "occupied"], "no staging left"
+
+
+def test_resize_is_opencv_bilinear(score: ModuleType):
+    rng = np.random.default_rng(1)
+    sizes = [((90, 140), MODEL_SIZE), ((128, 192), MODEL_SIZE), ((50, 70), MODEL_SIZE), ((1, 7), (5, 3))]
+    sizes += [(tuple(rng.integers(1, 400, 2)), tuple(rng.integers(1, 400, 2))) for _ in range(40)]
+    for (height, width), (to_height, to_width) in sizes:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = cv2.resize(image, (int(to_width), int(to_height)), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(score.resize_image(image, to_height, to_width), expected)
+        values = rng.random((to_height, to_width)).astype(np.float32)
+        expected = cv2.resize(values, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(score.resize_probabilities(values, height, width), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))
+def test_preprocessing_equals_the_predictors(
+    score: ModuleType, experiment: Path, images: Path, normalization: str
+):
+    config = Predictor.from_path(experiment).config
+    config = config.model_copy(
+        update={"image": config.image.model_copy(update={"image_normalization": normalization})}
+    )
+    predictor = Predictor([], config)
+    settings = scoring_settings(predictor)
+    for path in sorted(images.rglob("*.*")):
+        if path.name != "broken.jpg":
+            image = read_image(path, path.name)
+            np.testing.assert_array_equal(score.read_image(path), image)
+            np.testing.assert_array_equal(score.preprocess(image, settings), predictor.preprocess(image))
+
+
+def test_rle_and_verdict_equal_smokesegs(score: ModuleType):
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        height, width = (int(side) for side in rng.integers(2, 120, 2))
+        noise = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), rng.uniform(0.5, 4))
+        probabilities = (noise - noise.min()) / (np.ptp(noise) + 1e-9)
+        threshold, minimum = float(rng.uniform(0.2, 0.8)), int(rng.integers(1, 30))
+        expected = smoke_verdict(probabilities, threshold, minimum)
+        smoke, confidence, boxes = score.smoke_verdict(probabilities, threshold, minimum)
+        assert (smoke, confidence) == (expected.smoke, expected.confidence)
+        # Regions of equal area may come in another order: OpenCV numbers regions in 2x2 blocks.
+        assert sorted(boxes) == sorted(expected.boxes)
+        for order in ("F", "C"):
+            assert score.rle_encode(probabilities > threshold, order) == rle_encode(
+                probabilities > threshold, order
+            )
+
+
+# --- the package's table ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smokeseg_tables(experiment: Path, images: Path, tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """What `smokeseg predict` writes for the images, in each table format."""
+    predictor = Predictor.from_path(experiment)
+    output = tmp_path_factory.mktemp("predict")
+    tables = {}
+    for table_format, read in (("csv", pd.read_csv), ("parquet", pd.read_parquet)):
+        tables[table_format] = read(predict(predictor, collect_inputs([images]), output, table_format).table)
+    return tables
+
+
+def assert_same_predictions(ours: pd.DataFrame, theirs: pd.DataFrame, experiment: Path, images: Path):
+    """Same rows and columns; equal masks but for pixels within NEAR_THRESHOLD of the threshold."""
+    assert list(ours.columns) == list(theirs.columns)
+    assert ours.dtypes.equals(theirs.dtypes)
+    assert ours["image_id"].tolist() == theirs["image_id"].tolist()
+    assert ours["error"].isna().tolist() == theirs["error"].isna().tolist()
+    assert ours["error"].notna().sum() == 1, "broken.jpg"
+    scored = theirs["error"].isna().to_numpy()
+    ours, theirs = ours[scored].reset_index(drop=True), theirs[scored].reset_index(drop=True)
+    for column in ("height", "width", "smoke"):
+        assert ours[column].tolist() == theirs[column].tolist(), column
+    for column in ("smoke_fraction", "probability_max", "probability_mean", "confidence"):
+        np.testing.assert_allclose(ours[column], theirs[column], atol=1e-4, err_msg=column)
+    predictor = Predictor.from_path(experiment)
+    for mine, reference in zip(ours.itertuples(), theirs.itertuples(), strict=True):
+        if mine.rle_mask != reference.rle_mask:
+            probabilities = predictor.predict_images([read_image(images / mine.image_id, mine.image_id)])[0]
+            differ = rle_decode(mine.rle_mask, mine.height, mine.width) != (
+                probabilities > predictor.threshold
+            )
+            assert (np.abs(probabilities[differ] - predictor.threshold) < NEAR_THRESHOLD).all()
+        boxes, reference_boxes = (
+            json.loads(b) if isinstance(b, str) else b for b in (mine.boxes, reference.boxes)
+        )
+        assert sorted(np.asarray(box)[:5].tolist() for box in boxes) == sorted(
+            np.asarray(box)[:5].tolist() for box in reference_boxes
+        )
+
+
+@pytest.mark.parametrize("table_format", ["csv", "parquet"])
+def test_package_writes_the_table_smokeseg_predict_writes(
+    score: ModuleType,
+    experiment: Path,
+    images: Path,
+    smokeseg_tables: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    table_format: str,
+    capsys,
+):
+    assert score.main([str(images), "--output", str(tmp_path), "--format", table_format]) == 0
+    assert "1 not scored" in capsys.readouterr().out
+    read = pd.read_csv if table_format == "csv" else pd.read_parquet
+    ours = read(tmp_path / f"predictions.{table_format}")
+    assert_same_predictions(ours, smokeseg_tables[table_format], experiment, images)
+
+
+def test_package_runs_in_a_fresh_virtual_environment(
+    package: Path, experiment: Path, images: Path, smokeseg_tables: dict[str, pd.DataFrame], tmp_path: Path
+):
+    """Only requirements.txt installed, no torch, no smokeseg: proof the package is self-contained."""
+    venv = tmp_path / "venv"
+    env = {key: value for key, value in os.environ.items() if key not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "-r", package / "requirements.txt"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    for absent in ("torch", "smokeseg", "cv2", "pandas"):
+        assert subprocess.run([python, "-c", f"import {absent}"], capture_output=True, env=env).returncode
+    scored = subprocess.run(
+        [python, package / "score.py", images, "--output", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    ours = pd.read_csv(tmp_path / "out/predictions.csv")
+    assert_same_predictions(ours, smokeseg_tables["csv"], experiment, images)
+
+
+@pytest.mark.shared
+def test_real_smoke_images_score_alike_exported(
+    smoke_ht_config_path: Path, score: ModuleType, package: Path, experiment: Path
+):
+    paths = sorted((smoke_ht_config_path.parent / SMOKE_HT_TEST_IMAGES).glob("*.jpg"))[:4]
+    assert paths, f"no test images under {smoke_ht_config_path.parent / SMOKE_HT_TEST_IMAGES}"
+    predictor = Predictor.from_path(experiment)
+    settings = json.loads((package / "scoring.json").read_text())
+    images = [read_image(path, path.name) for path in paths]
+    for path, image in zip(paths, images, strict=True):
+        np.testing.assert_array_equal(score.read_image(path), image)
+        np.testing.assert_array_equal(score.preprocess(image, settings), predictor.preprocess(image))
+    batch = np.stack([predictor.preprocess(image) for image in images])
+    session = onnxruntime.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    for inputs in (batch, batch[:1].swapaxes(-1, -2).copy()):  # batch of 4 at 64x96, one at 96x64
+        exported = session.run(None, {"images": inputs})[0]
+        assert np.abs(exported - _ensemble_probabilities(experiment, inputs)).max() < 1e-3
