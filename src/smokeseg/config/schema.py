@@ -91,6 +91,11 @@ class DatasetConfig(Section):
         ["0"], validation_alias=AliasChoices("folds", "selected_folds"), description="folds to run"
     )
     group_fold_column: str | None = "image_id"
+    group_rule: Literal["column", "fire_sequence"] = Field(
+        "column",
+        description="fold groups: column: group_fold_column; fire_sequence: frames of one fire or camera "
+        "scene (by file name, or by look-alike images for ck... frames) share a group",
+    )
     image_column: str = "image_id"
     rle_mask_column: str = "rle_mask"
     rle_order: Literal["F", "C"] = Field(
@@ -120,6 +125,18 @@ class ImageConfig(Section):
     image_height: int = Field(256, ge=32)
     image_width: int = Field(256, ge=32)
     image_normalization: Literal["Simple", "Image", "ImageNet", "None"] = "Simple"
+    resolution: Literal["resize", "native"] = Field(
+        "resize",
+        description="resize: whole images resized to image_height x image_width (Hydrogen Torch); "
+        "native: train on crops of that size at the image's own resolution and score whole frames, "
+        "so that small, distant smoke is not erased by a downscale",
+    )
+    max_side: OptionalInt = Field(
+        None, ge=32, description="native: first shrink images whose longer side is above this"
+    )
+    smoke_crop_probability: float = Field(
+        0.5, ge=0, le=1, description="native: share of training crops placed on smoke (the rest at random)"
+    )
 
     @field_validator("image_height", "image_width")
     @classmethod

@@ -103,10 +103,44 @@ def build_train_transform(
             ),
             image_cfg,
         )
+    elif image_cfg.resolution == "native":
+        pipeline = A.Compose([*native_crop(image_cfg), *PRESETS[aug_cfg.augmentations_strategy]()])
     else:
         pipeline = A.Compose([*PRESETS[aug_cfg.augmentations_strategy](), model_resize(image_cfg)])
     pipeline.set_random_seed(seed)
     return pipeline
+
+
+def native_crop(image_cfg: ImageConfig) -> list[A.BasicTransform]:
+    """Model-size crops at the image's own resolution, a share of them placed on smoke.
+
+    Crops on smoke teach what a plume looks like at full detail; random crops bring the clouds, haze
+    and skylines a camera sees most of the time.
+    """
+    height, width = image_cfg.image_height, image_cfg.image_width
+    on_smoke = image_cfg.smoke_crop_probability
+    return [
+        A.PadIfNeeded(min_height=height, min_width=width, border_mode=_BORDER),
+        A.OneOf(
+            [
+                A.CropNonEmptyMaskIfExists(height, width, p=on_smoke),
+                A.RandomCrop(height, width, p=1 - on_smoke),
+            ],
+            p=1.0,
+        ),
+    ]
+
+
+def pad_to_stride(stride: int = 32) -> A.PadIfNeeded:
+    """Whole frames at native resolution: pad bottom and right to what the encoder's strides divide."""
+    return A.PadIfNeeded(
+        min_height=None,
+        min_width=None,
+        pad_height_divisor=stride,
+        pad_width_divisor=stride,
+        position="top_left",
+        border_mode=_BORDER,
+    )
 
 
 def build_inference_transform(aug_cfg: AugmentationConfig, image_cfg: ImageConfig) -> A.Compose:
@@ -121,6 +155,8 @@ def build_inference_transform(aug_cfg: AugmentationConfig, image_cfg: ImageConfi
             ),
             image_cfg,
         )
+    if image_cfg.resolution == "native":
+        return A.Compose([pad_to_stride()])
     return A.Compose([model_resize(image_cfg)])
 
 

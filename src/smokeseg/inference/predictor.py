@@ -199,10 +199,10 @@ class Predictor:
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (HxW float32) at each image's own size."""
-        for image in images:
-            self._refuse_if_too_large(*image.shape[:2], "an image")
         if self.tile is not None:
             return [self._predict_tiled(image, self.tile) for image in images]
+        for image in images:
+            self._refuse_if_too_large(*image.shape[:2], "an image")
         batch = torch.from_numpy(np.stack([self.preprocess(image) for image in images]))
         probabilities = self.probabilities_at_model_size(batch)[:, 0].numpy()
         return [
@@ -213,7 +213,8 @@ class Predictor:
     def load_image(self, sample: Sample) -> np.ndarray:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""
         data = sample.store.read(sample.image_id)
-        self._refuse_if_too_large(*image_size(data, sample.image_location), sample.image_location)
+        if self.tile is None:
+            self._refuse_if_too_large(*image_size(data, sample.image_location), sample.image_location)
         return read_image(data, sample.image_location)
 
     def predict_samples(
@@ -245,7 +246,7 @@ class Predictor:
             yield Prediction(sample, image, probabilities)
 
     def _refuse_if_too_large(self, height: int, width: int, where: str) -> None:
-        if self.tile is None and height * width > self.max_untiled_pixels:
+        if height * width > self.max_untiled_pixels:
             raise SmokesegError(
                 f"{where} is {width}x{height} ({height * width / 1e6:.0f} megapixels). Above "
                 f"{self.max_untiled_pixels / 1e6:.0f} megapixels an image is scored only tiled, at "

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
 from smokeseg.data.dataset import SegmentationDataset
 from smokeseg.data.formats import Sample, load_samples
+from smokeseg.data.groups import assign_groups
 from smokeseg.data.splits import resolve_seed, split_train_validation
 from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
 from smokeseg.inference.predictor import CHECKPOINT_NAME, Predictor
@@ -138,6 +139,7 @@ class ExperimentData:
     train: list[Sample]
     validation: list[Sample]
     test: list[Sample]
+    _groups: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def load(cls, config: ExperimentConfig) -> ExperimentData:
@@ -164,13 +166,21 @@ class ExperimentData:
         )
         return cls(_subsample(train, dataset_cfg.data_sample, config.environment.seed), validation, test)
 
+    def groups(self, rule: str) -> list[str]:
+        """Fold groups of the train then validation samples, together so a look-alike frame in the
+        validation table shares its training twin's group; cached, as similarity groups read every image."""
+        if rule not in self._groups:
+            self._groups[rule] = assign_groups(self.train + self.validation, rule)
+        return self._groups[rule]
+
     def fold(self, config: ExperimentConfig, fold: int) -> FoldData:
+        groups = self.groups(config.dataset.group_rule)
         train_idx, validation_idx = split_train_validation(
-            [s.group for s in self.train],
+            groups[: len(self.train)],
             config.dataset,
             fold=fold,
             seed=config.environment.seed,
-            validation_groups=[s.group for s in self.validation] if self.validation else None,
+            validation_groups=groups[len(self.train) :] if self.validation else None,
         )
         train = [self.train[i] for i in train_idx]
         validation = self.validation or [self.train[i] for i in validation_idx]
@@ -318,9 +328,7 @@ def _fit(
     batch_size = training.batch_size
     while True:
         trainer = _trainer(config, fold_dir, progress, accelerator)
-        validation_loader = _loader(
-            validation_set, config, config.prediction.batch_size_inference or batch_size, False
-        )
+        validation_loader = _loader(validation_set, config, _validation_batch_size(config, batch_size), False)
         try:
             if training.evaluate_before_training and resume_from is None:
                 trainer.validate(module, validation_loader, verbose=False)
@@ -350,9 +358,23 @@ def _fit(
         return trainer
 
 
-def _cache_size(config: ExperimentConfig) -> tuple[int, int]:
-    """Decoded images are cached at up to twice the model size: augmenting there loses nothing visible."""
-    return 2 * config.image.image_height, 2 * config.image.image_width
+def _cache_size(config: ExperimentConfig) -> tuple[int, int] | None:
+    """How large decoded images are kept in memory.
+
+    resize: up to twice the model size, since augmenting there and resizing loses nothing visible;
+    native: the image's own size, or ``image.max_side``.
+    """
+    image = config.image
+    if image.resolution == "native":
+        return (image.max_side, image.max_side) if image.max_side else None
+    return 2 * image.image_height, 2 * image.image_width
+
+
+def _validation_batch_size(config: ExperimentConfig, batch_size: int) -> int:
+    """Whole frames at native resolution differ in size, so they cannot share a batch."""
+    if config.image.resolution == "native":
+        return 1
+    return config.prediction.batch_size_inference or batch_size
 
 
 def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> SegmentationDataset:
@@ -420,7 +442,11 @@ def _finish_fold(
     validation_set = _validation_dataset(data.validation, config)
     L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    ).validate(module, _loader(validation_set, config, config.training.batch_size, False), verbose=False)
+    ).validate(
+        module,
+        _loader(validation_set, config, _validation_batch_size(config, config.training.batch_size), False),
+        verbose=False,
+    )
     predictor = Predictor([module.model], config)
     threshold = predictor.threshold
     rle_order = config.dataset.rle_order
