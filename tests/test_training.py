@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -203,3 +204,28 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
     config = _config(tiny_dataset, "training.epochs=1", "dataset.test_dataframe=None", *extra)
     results = run.train(config, tmp_path / "exp", progress=False)
     assert math.isfinite(results[0].metrics["validation_loss"])
+
+
+def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "image.resolution=native",
+        "image.image_width=32",
+        "image.image_height=32",
+        "image.smoke_crop_probability=0.7",
+    )
+    results = run.train(config, tmp_path / "exp", progress=False)
+    assert math.isfinite(results[0].metrics["validation_loss"])
+    test = pd.read_parquet(tmp_path / "exp/fold0/test_predictions.parquet")
+    assert (test["height"] == 64).all() and (test["width"] == 96).all()
+    predictor = Predictor.from_path(tmp_path / "exp")
+    frame = np.random.default_rng(0).integers(0, 255, (70, 150, 3), dtype=np.uint8)
+    probabilities = predictor.predict_images([frame])[0]
+    assert probabilities.shape == (70, 150)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    # No resize: a frame the encoder's stride divides is scored exactly as the model sees it.
+    exact = frame[:64, :128]
+    view = torch.from_numpy(predictor.preprocess(exact)[None])
+    expected = torch.sigmoid(predictor.models[0](view))[0, 0].detach().numpy()
+    assert np.abs(predictor.predict_images([exact])[0] - expected).max() < 1e-5

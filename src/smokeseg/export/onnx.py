@@ -131,7 +131,7 @@ def _write_torchscript(module: torch.nn.Module, example: torch.Tensor, target: P
         # torch.jit is deprecated, yet TorchScript is still what LibTorch (C++, Java) loads.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.jit.trace(module, example).save(str(target))
+        torch.jit.trace(module, example, check_trace=False).save(str(target))  # write_model checks it
 
 
 def _torchscript_runner(path: Path) -> Runner:

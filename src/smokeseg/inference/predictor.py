@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from smokeseg.config.schema import ExperimentConfig
+from smokeseg.data.augment import build_inference_transform
+from smokeseg.data.dataset import shrink_to_fit
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
@@ -147,6 +149,7 @@ class Predictor:
         ]
         self.tile = tile
         self.max_untiled_pixels = max_untiled_pixels
+        self.transform = build_inference_transform(config.augmentation, config.image)
         if tile is not None:
             tile.geometry(self.model_size)  # a bad overlap fails now, not at the first image
 
@@ -178,9 +181,9 @@ class Predictor:
         return self.config.prediction.probability_threshold
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        height, width = self.config.image.image_height, self.config.image.image_width
-        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        return normalize(resized, self.config.image.image_normalization).transpose(2, 0, 1)
+        """The model's view of an image (CxHxW float): the same inference transform as validation saw."""
+        view = self.transform(image=image)["image"]
+        return normalize(view, self.config.image.image_normalization).transpose(2, 0, 1)
 
     @torch.inference_mode()
     def probabilities_at_model_size(self, batch: torch.Tensor) -> torch.Tensor:
@@ -203,12 +206,27 @@ class Predictor:
             return [self._predict_tiled(image, self.tile) for image in images]
         for image in images:
             self._refuse_if_too_large(*image.shape[:2], "an image")
+        if self.config.image.resolution == "native":
+            return [self._predict_native(image) for image in images]
         batch = torch.from_numpy(np.stack([self.preprocess(image) for image in images]))
         probabilities = self.probabilities_at_model_size(batch)[:, 0].numpy()
         return [
             cv2.resize(p, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
             for p, image in zip(probabilities, images, strict=True)
         ]
+
+    def _predict_native(self, image: np.ndarray) -> np.ndarray:
+        """A whole frame at its own resolution (shrunk to ``image.max_side`` first, as in training)."""
+        height, width = image.shape[:2]
+        max_side = self.config.image.max_side
+        view = shrink_to_fit(image, (max_side, max_side), cv2.INTER_AREA) if max_side else image
+        batch = torch.from_numpy(self.preprocess(view)[None])
+        probabilities = self.probabilities_at_model_size(batch)[0, 0].numpy()[
+            : view.shape[0], : view.shape[1]
+        ]
+        if view.shape[:2] == (height, width):
+            return np.ascontiguousarray(probabilities)
+        return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def load_image(self, sample: Sample) -> np.ndarray:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""

@@ -1,0 +1,73 @@
+"""Write the smoke-pretraining table: SMOKE5K frames, minus smoke-ht's images and every frame of their fires.
+
+Pretraining must not see the images it is judged on, nor their neighbours: a frame of the same fire
+(or the same camera view) is nearly the same picture. Groups come from ``dataset.group_rule:
+fire_sequence``; any group holding a smoke-ht image is left out whole.
+
+usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0]
+The table's image ids are relative to ``../shared/datasets/smoke5k/images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from smokeseg.data.formats import parallel_map, read_table, samples_from_folders
+from smokeseg.data.groups import assign_groups
+from smokeseg.data.rle import rle_encode
+from smokeseg.storage import atomic_path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SMOKE5K = SHARED / "datasets/smoke5k"
+SMOKE_HT = SHARED / "datasets/smoke-ht/data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment"
+
+
+def _is_synthetic(image_id: str) -> bool:
+    return PurePosixPath(image_id).stem.replace("_", "").isdigit()
+
+
+def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
+    samples = samples_from_folders(SMOKE5K)
+    held_out = {
+        PurePosixPath(name).name
+        for table in ("train.pq", "test.pq")
+        for name in read_table(SMOKE_HT / table)["image_id"]
+    }
+    real = [s for s in samples if not _is_synthetic(s.image_id)]
+    groups = assign_groups(real, "fire_sequence")
+    excluded_groups = {g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out}
+    kept = [s for s, g in zip(real, groups, strict=True) if g not in excluded_groups]
+    synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
+    chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
+    kept += [synthetic_samples[i] for i in sorted(chosen)]
+    print(f"real frames: {len(real)}, excluded (smoke-ht fires and scenes): {len(real) - len(kept) + len(chosen)}")
+
+    def row(sample) -> dict[str, str]:
+        image = sample.load_image()
+        return {
+            "image_id": sample.image_id,
+            "class_id": "smoke",
+            "rle_mask": rle_encode(sample.load_mask(*image.shape[:2])),
+        }
+
+    return pd.DataFrame(parallel_map(row, kept))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--synthetic", type=int, default=0, help="synthetic SMOKE5K images to add")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    table = pretraining_table(args.synthetic, args.seed)
+    with atomic_path(args.out) as tmp:
+        table.to_parquet(tmp, index=False)
+    print(f"{len(table)} rows -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
