@@ -23,7 +23,9 @@ from smokeseg.storage import atomic_path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SMOKE5K = SHARED / "datasets/smoke5k"
-SMOKE_HT = SHARED / "datasets/smoke-ht/data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment"
+SMOKE_HT = (
+    SHARED / "datasets/smoke-ht/data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment"
+)
 
 
 def _is_synthetic(image_id: str) -> bool:
@@ -39,12 +41,14 @@ def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
     }
     real = [s for s in samples if not _is_synthetic(s.image_id)]
     groups = assign_groups(real, "fire_sequence")
-    excluded_groups = {g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out}
+    excluded_groups = {
+        g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out
+    }
     kept = [s for s, g in zip(real, groups, strict=True) if g not in excluded_groups]
+    print(f"real frames: {len(real)}, kept outside smoke-ht's fires and scenes: {len(kept)}")
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
     kept += [synthetic_samples[i] for i in sorted(chosen)]
-    print(f"real frames: {len(real)}, excluded (smoke-ht fires and scenes): {len(real) - len(kept) + len(chosen)}")
 
     def row(sample) -> dict[str, str]:
         image = sample.load_image()
@@ -58,7 +62,9 @@ def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic SMOKE5K images to add")
     parser.add_argument("--seed", type=int, default=0)
