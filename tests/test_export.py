@@ -339,7 +339,7 @@ def assert_same_predictions(ours: pd.DataFrame, theirs: pd.DataFrame, predictor:
     for mine, reference in zip(ours.itertuples(), theirs.itertuples(), strict=True):
         if mine.rle_mask != reference.rle_mask:
             probabilities = predictor.predict_images([read_image(images / mine.image_id, mine.image_id)])[0]
-            mask = rle_decode(mine.rle_mask, mine.height, mine.width)
+            mask = rle_decode(mine.rle_mask, int(mine.height), int(mine.width))
             differ = mask != (probabilities > predictor.threshold)
             assert (np.abs(probabilities[differ] - predictor.threshold) < NEAR_THRESHOLD).all()
             continue

@@ -20,7 +20,7 @@ import torch
 
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_inference_transform
-from smokeseg.data.dataset import shrink_to_fit
+from smokeseg.data.dataset import limit_opencv_threads, shrink_to_fit
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
@@ -138,6 +138,7 @@ class Predictor:
         max_untiled_pixels: int = MAX_UNTILED_PIXELS,
     ) -> None:
         """``device``: a torch device, or ``auto`` for the GPU when there is one."""
+        limit_opencv_threads()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

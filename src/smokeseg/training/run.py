@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
-from smokeseg.data.dataset import SegmentationDataset
+from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.data.groups import assign_groups
 from smokeseg.data.splits import resolve_seed, split_train_validation
@@ -113,6 +113,7 @@ def train(
     accelerator: str = "auto",
 ) -> list[FoldResult]:
     """Train every selected fold of a new experiment."""
+    limit_opencv_threads()
     validate_before_training(config)
     seed = resolve_seed(config.environment.seed)
     config = config.model_copy(update={"environment": config.environment.model_copy(update={"seed": seed})})
@@ -122,6 +123,7 @@ def train(
 
 def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -> list[FoldResult]:
     """Continue an interrupted experiment (or one of its fold folders) from its last checkpoints."""
+    limit_opencv_threads()
     experiment_dir = run_dir.parent if run_dir.name.startswith("fold") else run_dir
     if not (experiment_dir / CONFIG_NAME).is_file():
         raise SmokesegError(

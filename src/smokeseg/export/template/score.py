@@ -78,28 +78,35 @@ def read_image(path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _taps(source: int, target: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's bilinear taps: half-pixel centres, float32 weights, edge pixels repeated.
+def _bilinear_taps(
+    source: int, target: int, area_weights: bool, clamp_weights: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's two taps per output pixel and the second one's float32 weight, edge pixels repeated.
 
+    Bilinear samples at half-pixel centres; INTER_AREA, when one side grows, weights by cell overlap.
     Along x OpenCV zeroes the weight of a tap outside the image; along y it only clamps the row index.
     """
-    scale = 1.0 / (target / source)  # OpenCV's own double arithmetic, so positions round alike
-    position = ((np.arange(target) + 0.5) * scale - 0.5).astype(np.float32)
-    floor = np.floor(position)
-    weight = position - floor
-    first = floor.astype(np.int64)
+    inverse = target / source
+    scale = 1.0 / inverse  # OpenCV's own double arithmetic, so positions round alike
+    index = np.arange(target, dtype=np.float64)
+    if area_weights:
+        first = np.floor(index * scale)
+        weight = ((index + 1) - (first + 1) * inverse).astype(np.float32)
+        weight = np.where(weight <= 0, np.float32(0), weight - np.floor(weight))
+    else:
+        position = ((index + 0.5) * scale - 0.5).astype(np.float32)
+        first = np.floor(position)
+        weight = position - first
+    first = first.astype(np.int64)
     if clamp_weights:
         weight[(first < 0) | (first >= source - 1)] = 0
     return np.clip(first, 0, source - 1), np.clip(first + 1, 0, source - 1), weight
 
 
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)`` for uint8 HxWxC, bit for bit.
-
-    OpenCV weights in 11-bit fixed point and rounds the vertical pass as its SIMD kernel does.
-    """
-    x0, x1, wx = _taps(image.shape[1], width, clamp_weights=True)
-    y0, y1, wy = _taps(image.shape[0], height, clamp_weights=False)
+def _bilinear_uint8(image: np.ndarray, height: int, width: int, area_weights: bool) -> np.ndarray:
+    """OpenCV's 8-bit bilinear: 11-bit fixed-point weights, the vertical pass rounded as its SIMD kernel."""
+    x0, x1, wx = _bilinear_taps(image.shape[1], width, area_weights, clamp_weights=True)
+    y0, y1, wy = _bilinear_taps(image.shape[0], height, area_weights, clamp_weights=False)
     ax1 = np.rint(wx * _WEIGHT_ONE).astype(np.int32)[:, None]
     ax0 = np.rint((1 - wx) * _WEIGHT_ONE).astype(np.int32)[:, None]
     by1 = np.rint(wy * _WEIGHT_ONE).astype(np.int32)[:, None, None]
@@ -110,12 +117,94 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
 
 
+def _area_taps(source: int, target: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA table: for each output pixel, the source pixels its cell covers and their
+    float32 shares, in OpenCV's order (padded with zero shares, which add exactly nothing)."""
+    taps = []
+    for cell_index in range(target):
+        start = cell_index * scale
+        end = start + scale
+        cell = min(scale, source - start)
+        first, last = math.ceil(start), min(math.floor(end), source - 1)
+        first = min(first, last)
+        pixel_taps = []
+        if first - start > 1e-3:
+            pixel_taps.append((first - 1, (first - start) / cell))
+        pixel_taps += [(pixel, 1.0 / cell) for pixel in range(first, last)]
+        if end - last > 1e-3:
+            pixel_taps.append((last, min(end - last, 1.0, cell) / cell))
+        taps.append(pixel_taps)
+    indices = np.zeros((target, max(map(len, taps))), np.int64)
+    shares = np.zeros(indices.shape, np.float32)
+    for cell_index, pixel_taps in enumerate(taps):
+        for k, (pixel, share) in enumerate(pixel_taps):
+            indices[cell_index, k], shares[cell_index, k] = pixel, share
+    return indices, shares
+
+
+def _area_uint8(image: np.ndarray, height: int, width: int, scale_y: float, scale_x: float) -> np.ndarray:
+    """OpenCV's INTER_AREA shrink: float32 sums of covered pixels times their shares, rows then columns."""
+    x_indices, x_shares = _area_taps(image.shape[1], width, scale_x)
+    y_indices, y_shares = _area_taps(image.shape[0], height, scale_y)
+    rows = np.zeros((image.shape[0], width, image.shape[2]), np.float32)
+    for k in range(x_indices.shape[1]):
+        rows += image[:, x_indices[:, k]].astype(np.float32) * x_shares[:, k, None]
+    out = np.zeros((height, width, image.shape[2]), np.float32)
+    for k in range(y_indices.shape[1]):
+        out += rows[y_indices[:, k]] * y_shares[:, k, None, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _block_mean_uint8(image: np.ndarray, factor_y: int, factor_x: int) -> np.ndarray:
+    """OpenCV's INTER_AREA shrink by whole factors: integer block sums, rounded as OpenCV rounds them."""
+    height, width = image.shape[0] // factor_y, image.shape[1] // factor_x
+    blocks = image[: height * factor_y, : width * factor_x].reshape(height, factor_y, width, factor_x, -1)
+    sums = blocks.sum(axis=(1, 3), dtype=np.int32)
+    if factor_y == factor_x == 2:
+        return ((sums + 2) >> 2).astype(np.uint8)
+    mean = sums.astype(np.float32) * (np.float32(1) / np.float32(factor_y * factor_x))
+    return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+
+
+def resize_image(image: np.ndarray, height: int, width: int, shrink: str = "area") -> np.ndarray:
+    """smokeseg's resize to the model size, bit for bit: OpenCV INTER_LINEAR, or INTER_AREA (``shrink=
+    "area"``) when either side shrinks, on uint8 HxWxC, as albumentations' Resize calls OpenCV."""
+    source_height, source_width = image.shape[:2]
+    if (height, width) == (source_height, source_width):
+        return image
+    if shrink != "area" or (height >= source_height and width >= source_width):
+        return _bilinear_uint8(image, height, width, area_weights=False)
+    scale_y, scale_x = 1.0 / (height / source_height), 1.0 / (width / source_width)
+    if scale_y < 1 or scale_x < 1:  # one side grows: OpenCV blends bilinearly with area weights
+        return _bilinear_uint8(image, height, width, area_weights=True)
+    factor_y, factor_x = round(scale_y), round(scale_x)
+    if abs(scale_y - factor_y) < sys.float_info.epsilon and abs(scale_x - factor_x) < sys.float_info.epsilon:
+        return _block_mean_uint8(image, factor_y, factor_x)
+    return _area_uint8(image, height, width, scale_y, scale_x)
+
+
 def resize_probabilities(values: np.ndarray, height: int, width: int) -> np.ndarray:
     """``cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)`` for float32 HxW."""
-    x0, x1, wx = _taps(values.shape[1], width, clamp_weights=True)
-    y0, y1, wy = _taps(values.shape[0], height, clamp_weights=False)
+    x0, x1, wx = _bilinear_taps(values.shape[1], width, area_weights=False, clamp_weights=True)
+    y0, y1, wy = _bilinear_taps(values.shape[0], height, area_weights=False, clamp_weights=False)
     rows = values[:, x0] * (1 - wx) + values[:, x1] * wx
     return rows[y0] * (1 - wy)[:, None] + rows[y1] * wy[:, None]
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad bottom and right up to a multiple of ``multiple``, mirrored without repeating the edge pixel
+    (OpenCV's BORDER_REFLECT_101): how native-resolution models see a whole frame."""
+    padding = ((0, -image.shape[0] % multiple), (0, -image.shape[1] % multiple), (0, 0))
+    return np.pad(image, padding, mode="reflect")
+
+
+def shrink_to_fit(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Native resolution: a frame whose longer side exceeds ``max_side`` is first shrunk (INTER_AREA)."""
+    height, width = image.shape[:2]
+    scale = min(max_side / height, max_side / width) if max_side else 1.0
+    if scale >= 1:
+        return image
+    return resize_image(image, max(1, round(height * scale)), max(1, round(width * scale)), "area")
 
 
 def normalize(image: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
@@ -130,10 +219,17 @@ def normalize(image: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
     return (pixels - mean) / std
 
 
+def model_view(image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """The image as the model sees it, before normalisation: resized to the model size, or (native
+    resolution) padded to the encoder's stride."""
+    if settings["resolution"] == "native":
+        return pad_to_multiple(image, settings["pad_multiple"])
+    return resize_image(image, settings["image_height"], settings["image_width"], settings["shrink"])
+
+
 def preprocess(image: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """HxWx3 uint8 -> 3xHxW float32 at the model size: the model's input for one image."""
-    resized = resize_image(image, settings["image_height"], settings["image_width"])
-    return normalize(resized, settings["normalization"]).transpose(2, 0, 1)
+    """HxWx3 uint8 -> 3xHxW float32: the model's input for one image."""
+    return normalize(model_view(image, settings), settings["normalization"]).transpose(2, 0, 1)
 
 
 # name -> (transform the NCHW input, map the output back); each pair is exact, so averaging is sound.
@@ -251,13 +347,27 @@ class Scorer:
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (HxW float32), the mean over test-time views, at each image's own size."""
+        if self.settings["resolution"] == "native":
+            return [self._native_probabilities(image) for image in images]
         batch = np.stack([preprocess(image, self.settings) for image in images])
-        total = np.zeros((len(images), 1, *batch.shape[-2:]), np.float32)
+        maps = self._mean_over_views(batch)[:, 0]
+        return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
+
+    def _native_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """A whole frame at its own resolution (shrunk first above ``max_side``), one at a time."""
+        view = shrink_to_fit(image, self.settings["max_side"])
+        probabilities = self._mean_over_views(preprocess(view, self.settings)[None])[0, 0]
+        probabilities = np.ascontiguousarray(probabilities[: view.shape[0], : view.shape[1]])
+        if view.shape == image.shape:
+            return probabilities
+        return resize_probabilities(probabilities, *image.shape[:2])
+
+    def _mean_over_views(self, batch: np.ndarray) -> np.ndarray:
+        total = np.zeros((len(batch), 1, *batch.shape[-2:]), np.float32)
         for forward, inverse in self.views:
             inputs = {self.settings["input_name"]: np.ascontiguousarray(forward(batch))}
             total += inverse(self.session.run([self.settings["output_name"]], inputs)[0])
-        maps = total[:, 0] / len(self.views)
-        return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
+        return total / len(self.views)
 
     def row(self, image_id: str, probabilities: np.ndarray) -> dict[str, Any]:
         predicted = probabilities > self.threshold
