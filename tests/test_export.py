@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import albumentations as A
 import cv2
 import numpy as np
 import onnxruntime
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
+from smokeseg.data.dataset import shrink_to_fit
 from smokeseg.data.images import read_image
 from smokeseg.data.normalization import NORMALIZATIONS
 from smokeseg.data.rle import rle_decode, rle_encode
@@ -35,7 +37,7 @@ from smokeseg.export import package as package_module
 from smokeseg.export.package import scoring_settings
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
-from smokeseg.inference.predictor import Predictor, load_checkpoint
+from smokeseg.inference.predictor import TEST_TIME_AUGMENTATIONS, Predictor, load_checkpoint
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.training import run
 
@@ -48,10 +50,11 @@ TINY = [
     "training.epochs=1",
     "environment.number_of_workers=0",
     "environment.seed=7",
+    "training.build_scoring_pipelines=false",
     "dataset.folds=[0,1]",
     "dataset.test_dataframe=None",
-    # A flip and a rotation: the package re-implements both, and a rotation feeds the graph 96x64.
-    "prediction.test_time_augmentations=[horizontal_flip,rotate90]",
+    # A rotation feeds the graph 96x64 images; each augmentation has its own test below.
+    "prediction.test_time_augmentations=[rotate90]",
 ]
 SMOKE_HT_TEST_IMAGES = "data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment/gt_testing"
 # Exported and PyTorch probabilities differ by float rounding; a pixel this close to the threshold
@@ -150,17 +153,16 @@ def test_onnx_ensemble_scores_like_pytorch(predictor: Predictor, session, images
     assert np.abs(exported - expected).max() < 1e-3
 
 
-@pytest.mark.parametrize("export_format", sorted(EXPORT_FORMATS))
-def test_cli_exports_a_fold_beside_it_in_each_format(experiment: Path, tmp_path: Path, export_format: str):
+def test_cli_exports_torchscript_beside_the_fold(experiment: Path, tmp_path: Path):
+    """TorchScript here: building the package and the fallback test export ONNX already."""
     fold = tmp_path / "fold0"
     fold.mkdir()
     (fold / "checkpoint.ckpt").symlink_to(experiment / "fold0/checkpoint.ckpt")
-    result = CliRunner().invoke(app, ["export", str(fold), "--format", export_format])
+    result = CliRunner().invoke(app, ["export", str(fold), "--format", "torchscript"])
     assert result.exit_code == 0, result.output
-    target = fold / f"model{EXPORT_FORMATS[export_format].suffix}"
-    assert sorted(path.name for path in fold.iterdir()) == ["checkpoint.ckpt", target.name]
+    assert sorted(path.name for path in fold.iterdir()) == ["checkpoint.ckpt", "model.pt"]
     batch = np.random.default_rng(0).normal(size=(3, 3, 96, 64)).astype(np.float32)
-    got = EXPORT_FORMATS[export_format].runner(target)(batch)
+    got = EXPORT_FORMATS["torchscript"].runner(fold / "model.pt")(batch)
     model = load_checkpoint(fold / "checkpoint.ckpt")[0]
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.from_numpy(batch))).numpy()
@@ -229,7 +231,7 @@ def test_package_holds_the_model_settings_and_minimal_requirements(package: Path
     assert settings["folds"] == 2
     assert (settings["image_height"], settings["image_width"]) == MODEL_SIZE
     assert settings["probability_threshold"] == predictor.threshold
-    assert settings["test_time_augmentations"] == ["horizontal_flip", "rotate90"]
+    assert settings["test_time_augmentations"] == ["rotate90"]
     assert settings["rle_order"] == "F" and settings["normalization"]["name"] == "Simple"
     assert load_config(package / "config.yaml") == predictor.config
     imported = {
@@ -261,34 +263,90 @@ def test_a_package_replaces_an_earlier_one_but_no_other_folder(experiment: Path,
     assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier", "occupied"], "no staging left"
 
 
-def test_resize_is_opencv_bilinear(score: ModuleType):
+@pytest.mark.parametrize("shrink", ["area", "linear"])
+def test_resize_is_the_model_resize_bit_for_bit(score: ModuleType, shrink: str):
+    """Shrinking (both sides, one side, whole factors) and growing, as albumentations calls OpenCV."""
     rng = np.random.default_rng(1)
     sizes = [((90, 140), MODEL_SIZE), ((128, 192), MODEL_SIZE), ((50, 70), MODEL_SIZE), ((1, 7), (5, 3))]
+    sizes += [((300, 900), (100, 300)), ((1080, 1920), (256, 256)), ((40, 400), MODEL_SIZE)]
     sizes += [(tuple(rng.integers(1, 400, 2)), tuple(rng.integers(1, 400, 2))) for _ in range(40)]
+    area_for_downscale = "image" if shrink == "area" else None
     for (height, width), (to_height, to_width) in sizes:
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        expected = cv2.resize(image, (int(to_width), int(to_height)), interpolation=cv2.INTER_LINEAR)
-        np.testing.assert_array_equal(score.resize_image(image, to_height, to_width), expected)
+        resize = A.Resize(int(to_height), int(to_width), area_for_downscale=area_for_downscale, p=1)
+        expected = resize(image=image)["image"]
+        np.testing.assert_array_equal(score.resize_image(image, to_height, to_width, shrink), expected)
         values = rng.random((to_height, to_width)).astype(np.float32)
         expected = cv2.resize(values, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_allclose(score.resize_probabilities(values, height, width), expected, atol=1e-4)
 
 
+VIEWS = {
+    "resize": {},
+    "native": {"image": {"resolution": "native", "max_side": 120}},
+    "custom resize": {"augmentation": {"augmentations_strategy": "Custom"}},
+}
+
+
+def _config_with(config, **sections):
+    """``config`` with some keys of some sections replaced."""
+    return config.model_copy(
+        update={name: getattr(config, name).model_copy(update=keys) for name, keys in sections.items()}
+    )
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
 @pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))
 def test_preprocessing_equals_the_predictors(
-    score: ModuleType, predictor: Predictor, images: Path, normalization: str
+    score: ModuleType, predictor: Predictor, images: Path, normalization: str, view: str
 ):
-    config = predictor.config
-    config = config.model_copy(
-        update={"image": config.image.model_copy(update={"image_normalization": normalization})}
-    )
-    predictor = Predictor([], config)
-    settings = scoring_settings(predictor)
+    config = _config_with(predictor.config, **VIEWS[view])
+    config = _config_with(config, image={"image_normalization": normalization})
+    reference = Predictor([], config)
+    settings = scoring_settings(reference)
     for path in sorted(images.rglob("*.*")):
         if path.name != "broken.jpg":
             image = read_image(path, path.name)
             np.testing.assert_array_equal(score.read_image(path), image)
-            np.testing.assert_array_equal(score.preprocess(image, settings), predictor.preprocess(image))
+            if config.image.resolution == "native":  # whole frames are first shrunk to max_side
+                side = config.image.max_side
+                np.testing.assert_array_equal(
+                    score.shrink_to_fit(image, side), shrink_to_fit(image, (side, side), cv2.INTER_AREA)
+                )
+            np.testing.assert_array_equal(score.preprocess(image, settings), reference.preprocess(image))
+
+
+def test_native_resolution_scores_like_the_predictor(
+    score: ModuleType, predictor: Predictor, package: Path, images: Path, tmp_path: Path
+):
+    """Whole frames, padded, shrunk above max_side: the same graph, scored the native way."""
+    native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS["native"]))
+    (tmp_path / "model.onnx").symlink_to(package / "model.onnx")
+    settings = scoring_settings(native)
+    (tmp_path / "scoring.json").write_text(json.dumps(settings))
+    frames = [read_image(images / name, name) for name in ("double.png", "nested/small.png")]
+    got = score.Scorer(tmp_path).probabilities(frames)
+    for mine, expected in zip(got, native.predict_images(frames), strict=True):
+        assert mine.shape == expected.shape
+        assert np.abs(mine - expected).max() < 1e-3
+
+
+def test_an_inference_pipeline_score_py_cannot_mirror_is_refused(predictor: Predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "transform", A.Compose([A.CLAHE(p=1), A.Resize(*MODEL_SIZE)]))
+    with pytest.raises(SmokesegError, match="smokeseg predict"):
+        scoring_settings(predictor)
+
+
+@pytest.mark.parametrize("name", sorted(TEST_TIME_AUGMENTATIONS))
+def test_test_time_augmentations_equal_the_predictors(score: ModuleType, name: str):
+    batch = np.random.default_rng(3).random((2, 3, 64, 96)).astype(np.float32)
+    forward, inverse = TEST_TIME_AUGMENTATIONS[name]
+    numpy_forward, numpy_inverse = score.TEST_TIME_AUGMENTATIONS[name]
+    viewed = forward(torch.from_numpy(batch)).numpy()
+    np.testing.assert_array_equal(numpy_forward(batch), viewed)
+    np.testing.assert_array_equal(
+        numpy_inverse(viewed[:, :1]), inverse(torch.from_numpy(viewed[:, :1])).numpy()
+    )
 
 
 def test_rle_and_verdict_equal_smokesegs(score: ModuleType):
@@ -420,3 +478,14 @@ def test_real_smoke_images_score_alike_exported(
     for inputs in (batch, batch[:1].swapaxes(-1, -2).copy()):  # batch of 4 at 64x96, one at 96x64
         exported = session.run(None, {"images": inputs})[0]
         assert np.abs(exported - _ensemble_probabilities(predictor, inputs)).max() < 1e-3
+
+
+def test_smokeseg_predicts_with_an_exported_package_like_with_its_checkpoints(
+    package: Path, predictor: Predictor, images: Path
+):
+    from_package = Predictor.from_path(package)
+    frames = [read_image(path, path.name) for path in sorted(images.glob("test_*.jpg"))]
+    expected = predictor.predict_images(frames)
+    for got, want in zip(from_package.predict_images(frames), expected, strict=True):
+        assert np.abs(got - want).max() < 1e-3
+    assert from_package.threshold == predictor.threshold

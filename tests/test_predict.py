@@ -31,16 +31,8 @@ from smokeseg.inference.predict import predict
 from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.scoring import default_min_region_pixels, smoke_verdict, write_table
 from smokeseg.training import run
+from test_training import TINY
 
-TINY = [
-    "architecture.backbone=resnet18",
-    "image.image_height=64",
-    "image.image_width=64",
-    "training.batch_size=4",
-    "training.epochs=1",
-    "environment.number_of_workers=0",
-    "environment.seed=7",
-]
 SIZES = {"a.png": (40, 60), "b.png": (33, 17), "c.png": (64, 64)}
 
 
@@ -299,7 +291,7 @@ def trained_experiment(tmp_path_factory) -> tuple[Path, Path]:
     """(experiment folder, its images folder): one tiny real model, trained once for this file."""
     root = tmp_path_factory.mktemp("predict_model")
     config = generate_demo_dataset(root / "data", n_train=8, n_test=2, size=(64, 96), seed=3)
-    run.train(load_config(config, TINY), root / "exp", progress=False)
+    run.train(load_config(config, [*TINY, "training.epochs=1"]), root / "exp", progress=False)
     return root / "exp", root / "data" / "images"
 
 

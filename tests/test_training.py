@@ -26,6 +26,7 @@ TINY = [
     "training.batch_size=4",
     "environment.number_of_workers=0",
     "environment.seed=7",
+    "training.build_scoring_pipelines=false",
 ]
 
 
@@ -40,8 +41,10 @@ def _config(config_path: Path, *extra: str):
 
 
 def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
-    results = run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
+    config = _config(tiny_dataset, "training.epochs=1", "training.build_scoring_pipelines=true")
+    results = run.train(config, tmp_path / "exp", progress=False)
     assert [r.fold for r in results] == [0]
+    assert (tmp_path / "exp/scoring_package/model.onnx").is_file(), "Hydrogen Torch's scoring pipeline"
     fold_dir = tmp_path / "exp/fold0"
     for name in (
         "config.yaml",

@@ -186,7 +186,9 @@ def report(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A checkpoint, a fold folder, or an experiment folder.")],
+    model: Annotated[
+        Path, typer.Argument(help="A checkpoint, a fold or experiment folder, or a scoring package.")
+    ],
     inputs: Annotated[
         list[str], typer.Argument(help="Image files, folders, quoted globs, Hydrogen Torch tables, zips.")
     ],

@@ -20,6 +20,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import albumentations as A
+import cv2
+
 from smokeseg import __version__
 from smokeseg.config.load import config_to_yaml
 from smokeseg.data.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -57,7 +60,7 @@ def scoring_settings(predictor: Predictor) -> dict[str, Any]:
     config = predictor.config
     height, width = predictor.model_size
     normalization = config.image.image_normalization
-    return {
+    return model_view_settings(predictor) | {
         "format_version": FORMAT_VERSION,
         "smokeseg_version": __version__,
         "model": MODEL_NAME,
@@ -76,6 +79,41 @@ def scoring_settings(predictor: Predictor) -> dict[str, Any]:
     }
 
 
+def model_view_settings(predictor: Predictor) -> dict[str, Any]:
+    """How the predictor's inference transform makes the model's input, in the two forms score.py
+    re-implements: a resize to the model size (shrinking by area or bilinearly), or, at native
+    resolution, padding to the encoder's stride. Any other custom pipeline cannot be packaged."""
+    image = predictor.config.image
+    steps = predictor.transform.transforms
+    step = steps[0] if len(steps) == 1 else None
+    if image.resolution == "native" and isinstance(step, A.PadIfNeeded) and _pads_like_score_py(step):
+        return {"resolution": "native", "max_side": image.max_side, "pad_multiple": step.pad_height_divisor}
+    if (
+        image.resolution == "resize"
+        and isinstance(step, A.Resize)
+        and (step.height, step.width) == predictor.model_size
+        and step.interpolation == cv2.INTER_LINEAR
+    ):
+        shrink = "area" if step.area_for_downscale in ("image", "image_mask") else "linear"
+        return {"resolution": "resize", "shrink": shrink}
+    raise SmokesegError(
+        "The scoring package re-implements a plain resize to the model size (or native-resolution "
+        f"padding), but this model's inference transform is {predictor.transform.transforms}. Score "
+        "with `smokeseg predict`, or export the graph alone with `smokeseg export MODEL` and "
+        "preprocess as that pipeline does."
+    )
+
+
+def _pads_like_score_py(step: A.PadIfNeeded) -> bool:
+    return (
+        step.min_height is None
+        and step.min_width is None
+        and step.pad_height_divisor == step.pad_width_divisor
+        and step.position == "top_left"
+        and step.border_mode == cv2.BORDER_REFLECT_101
+    )
+
+
 def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
     """Write the scoring package of a checkpoint, fold folder or experiment folder (all folds) to ``out_dir``.
 
@@ -86,11 +124,11 @@ def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     _check_target(out_dir)
     predictor = Predictor.from_path(model_path)
+    settings = scoring_settings(predictor)  # a model score.py cannot mirror fails before the export
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _new_folder_beside(out_dir, "new")
     try:
         write_model(predictor, staging / MODEL_NAME, "onnx")
-        settings = scoring_settings(predictor)
         (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         (staging / CONFIG_NAME).write_text(config_to_yaml(predictor.config), encoding="utf-8")
         for name in TEMPLATE_FILES:
@@ -109,19 +147,30 @@ def _readme(predictor: Predictor, settings: dict[str, Any]) -> str:
         experiment_name=predictor.config.experiment_name,
         architecture=architecture.architecture,
         backbone=architecture.backbone,
-        folds=f"{folds} folds averaged" if folds > 1 else "1 fold",
+        folds=f"{folds} folds" if folds > 1 else "1 fold",
         class_name=settings["class_name"],
         rle_order_words=_RLE_ORDER_WORDS[settings["rle_order"]],
         threshold=settings["probability_threshold"],
         min_region_percent=f"{100 * MIN_REGION_FRACTION:g}",
         min_region_floor=MIN_REGION_FLOOR,
         batch_size=settings["batch_size"],
-        image_width=settings["image_width"],
-        image_height=settings["image_height"],
+        model_input=_describe_model_input(settings),
         normalization=settings["normalization"]["name"],
         test_time_augmentations=", ".join(settings["test_time_augmentations"]) or "none",
         smokeseg_version=__version__,
     )
+
+
+def _describe_model_input(settings: dict[str, Any]) -> str:
+    if settings["resolution"] == "native":
+        shrink = (
+            f", shrunk first to at most {settings['max_side']} pixels a side" if settings["max_side"] else ""
+        )
+        return (
+            f"whole images at their own resolution, padded to multiples of {settings['pad_multiple']}{shrink}"
+        )
+    shrinking = "area averaging" if settings["shrink"] == "area" else "bilinear"
+    return f"{settings['image_width']}x{settings['image_height']}, shrinking by {shrinking}"
 
 
 def _check_target(out_dir: Path) -> None:

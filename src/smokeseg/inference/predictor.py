@@ -25,6 +25,7 @@ from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
 from smokeseg.errors import ModelError, SmokesegError
+from smokeseg.inference.runtimes import is_package, load_package
 from smokeseg.model.factory import create_model
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
@@ -162,12 +163,16 @@ class Predictor:
         batch_size: int | None = None,
         tile: TileSpec | None = None,
     ) -> Predictor:
-        """A checkpoint, a fold folder, or an experiment folder (its folds averaged as an ensemble).
+        """A checkpoint, a fold folder, an experiment folder (its folds averaged as an ensemble), or a
+        scoring package from `smokeseg export --package` (run on onnxruntime).
 
         A threshold stored beside the checkpoints by `smokeseg tune-threshold` replaces the config's.
         """
         from smokeseg.inference.threshold import with_stored_threshold  # it imports this module
 
+        if is_package(Path(path)):
+            model, config = load_package(Path(path))
+            return cls([model], config, device, batch_size, tile)
         checkpoints = find_checkpoints(path)
         loaded = [load_checkpoint(checkpoint) for checkpoint in checkpoints]
         config = with_stored_threshold(loaded[0][1], checkpoints[0].parent)

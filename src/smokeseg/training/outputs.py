@@ -24,6 +24,7 @@ CONFIG_NAME = "config.yaml"
 LAST_CHECKPOINT_NAME = "last.ckpt"
 VALIDATION_PREDICTIONS_NAME = "validation_predictions.parquet"
 TEST_PREDICTIONS_NAME = "test_predictions.parquet"
+SCORING_PACKAGE_NAME = "scoring_package"
 
 logger = logging.getLogger("smokeseg")
 

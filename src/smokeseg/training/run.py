@@ -43,6 +43,7 @@ from smokeseg.training.outputs import (
     LAST_CHECKPOINT_NAME,
     METRICS_NAME,
     TEST_PREDICTIONS_NAME,
+    SCORING_PACKAGE_NAME,
     VALIDATION_PREDICTIONS_NAME,
     AtomicCheckpointIO,
     ChartsRecorder,
@@ -118,7 +119,9 @@ def train(
     seed = resolve_seed(config.environment.seed)
     config = config.model_copy(update={"environment": config.environment.model_copy(update={"seed": seed})})
     experiment_dir = experiment_dir_for(config, output_dir)
-    return _train_folds(config, experiment_dir, resume=False, progress=progress, accelerator=accelerator)
+    results = _train_folds(config, experiment_dir, resume=False, progress=progress, accelerator=accelerator)
+    _build_scoring_pipeline(config, experiment_dir)
+    return results
 
 
 def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -> list[FoldResult]:
@@ -131,7 +134,18 @@ def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -
         )
     config = load_config(experiment_dir / CONFIG_NAME)
     validate_before_training(config)
-    return _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
+    results = _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
+    _build_scoring_pipeline(config, experiment_dir)
+    return results
+
+
+def _build_scoring_pipeline(config: ExperimentConfig, experiment_dir: Path) -> None:
+    """Hydrogen Torch's ``build_scoring_pipelines``: the deployable package, written after training."""
+    if config.training.build_scoring_pipelines:
+        from smokeseg.export.package import build_package  # onnx is only needed here
+
+        package = build_package(experiment_dir, experiment_dir / SCORING_PACKAGE_NAME)
+        logger.info("Scoring package: %s", package)
 
 
 @dataclass

@@ -4,9 +4,10 @@
 
 Needs only onnxruntime, numpy and pillow (requirements.txt): no torch, no smokeseg. Each step mirrors
 smokeseg's scoring path, so an image gets the same mask here as there: decode upright RGB, resize to the
-model size with OpenCV's bilinear arithmetic (integer for pixels, float for probabilities), normalise,
-average the test-time augmentations (model.onnx already averages the folds), resize the probabilities back
-to the image's own size, threshold, run-length encode, and give the image-level smoke verdict.
+model size with OpenCV's own arithmetic (area averaging or bilinear, bit for bit) or, for native-resolution
+models, pad whole frames; normalise, average the test-time augmentations (model.onnx already averages the
+folds), resize the probabilities back to the image's own size, threshold, run-length encode, and give the
+image-level smoke verdict.
 
 Row ids are a file's name, or its path relative to the folder given. One table row per image: image_id,
 class_id, rle_mask (1-indexed ``start length`` pairs in ``rle_order``, at the image's own size), height,
