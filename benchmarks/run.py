@@ -1,10 +1,13 @@
-"""smokeseg beside the plain smp script, in one run on one machine: accuracy and wall time as ratios.
+"""smokeseg beside the plain smp script, in one run on one machine: accuracy and wall time side by side.
 
-Each pair trains the same recipe twice, once with ``smokeseg train`` on the reference Hydrogen Torch
-config and once with ``../shared/baselines/smp_script.py``, then compares the smoke-ht test IoU
-(dataset-level and mean per image, at each image's own size) and the wall time.
+Each suite trains its runs one after the other (never two at once: they would share the cores), then
+compares smoke-ht's test IoU (dataset-level and mean per image, at each image's own size) and wall time
+of each smokeseg run with its baseline run of ``../shared/baselines/smp_script.py`` in the same suite.
 
-usage: python benchmarks/run.py [--pairs scratch,lite0] [--epochs 5] [--out benchmarks/results.json]
+usage: python benchmarks/run.py SUITE [--out benchmarks/results-SUITE.json] [--init-from DIR]
+  reference: the seed config, 5 epochs, from scratch (resnet34) and from ImageNet EfficientNet-Lite0
+  accuracy:  recipes/fast.yaml from ImageNet-Lite0 and from a smoke-pretrained model (--init-from)
+             against smp_script.py lite0 20 epochs
 """
 
 from __future__ import annotations
@@ -16,20 +19,53 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-CONFIG = SHARED / "datasets/smoke-ht/smoke_segmentation.yaml"
+SEED_CONFIG = SHARED / "datasets/smoke-ht/smoke_segmentation.yaml"
+FAST = ROOT / "recipes/fast.yaml"
 BASELINE = SHARED / "baselines/smp_script.py"
+SMOKESEG = str(Path(sys.executable).parent / "smokeseg")
 
-# name -> (smokeseg overrides, smp_script arguments before EPOCHS)
-PAIRS: dict[str, tuple[list[str], list[str]]] = {
-    "scratch": (["architecture.pretrained=false"], ["resnet34", "scratch"]),
-    "lite0": (
-        ["architecture.backbone=efficientnet_lite0", "architecture.pretrained=true"],
-        ["lite0", "lite0"],
-    ),
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    baseline_args: tuple[str, ...] = ()  # smp_script.py arguments before OUT_JSON
+    config: Path | None = None  # or a smokeseg config, with overrides
+    overrides: tuple[str, ...] = ()
+    compare_to: str = ""  # the baseline run's name
+
+
+SUITES: dict[str, list[Run]] = {
+    "reference": [
+        Run("smp_script resnet34 scratch 5", ("resnet34", "scratch", "5")),
+        Run(
+            "smokeseg seed config, scratch",
+            config=SEED_CONFIG,
+            overrides=("architecture.pretrained=false",),
+            compare_to="smp_script resnet34 scratch 5",
+        ),
+        Run("smp_script lite0 5", ("lite0", "lite0", "5")),
+        Run(
+            "smokeseg seed config, lite0",
+            config=SEED_CONFIG,
+            overrides=("architecture.backbone=efficientnet_lite0",),
+            compare_to="smp_script lite0 5",
+        ),
+    ],
+    "accuracy": [
+        Run("smp_script lite0 20", ("lite0", "lite0", "20")),
+        Run("smokeseg fast.yaml, ImageNet-Lite0 start", config=FAST, compare_to="smp_script lite0 20"),
+        Run(
+            "smokeseg fast.yaml, smoke-pretrained start",
+            config=FAST,
+            overrides=("architecture.init_from={init}",),
+            compare_to="smp_script lite0 20",
+        ),
+    ],
 }
 
 
@@ -39,63 +75,54 @@ def _timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_pair(name: str, epochs: int, workdir: Path) -> dict[str, object]:
-    overrides, baseline_args = PAIRS[name]
-    run_dir = workdir / f"smokeseg-{name}"
-    sets = [
-        arg for o in [*overrides, f"training.epochs={epochs}", "environment.seed=0"] for arg in ("--set", o)
-    ]
-    smokeseg_s = _timed(
-        [
-            str(Path(sys.executable).parent / "smokeseg"),
-            "train",
-            str(CONFIG),
-            *sets,
-            "--output-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
-        workdir,
-    )
-    metrics = json.loads((run_dir / "fold0/metrics.json").read_text())
-    baseline_json = workdir / f"baseline-{name}.json"
-    baseline_s = _timed(
-        [sys.executable, str(BASELINE), *baseline_args, str(epochs), str(baseline_json)], workdir
-    )
-    baseline = json.loads(baseline_json.read_text())
-    return {
-        "pair": name,
-        "epochs": epochs,
-        "smokeseg": {
-            "validation_IoU": metrics.get("validation_IoU"),
-            "test_IoU": metrics.get("test_IoU"),
-            "test_mean_image_IoU": metrics.get("test_mean_image_IoU"),
-            "wall_s": round(smokeseg_s, 1),
-        },
-        "smp_script": {
-            "validation_IoU": baseline["val_iou_last"],
-            "test_IoU": baseline["test_dataset_iou"],
-            "test_mean_image_IoU": baseline["test_mean_image_iou"],
-            "wall_s": round(baseline_s, 1),
-        },
-        "wall_time_ratio": round(smokeseg_s / baseline_s, 2),
-        "test_IoU_difference": round(metrics.get("test_IoU", 0) - baseline["test_dataset_iou"], 4),
-    }
+def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, object]:
+    out = workdir / run.name.replace(" ", "_").replace(",", "")
+    if run.config is None:
+        seconds = _timed([sys.executable, str(BASELINE), *run.baseline_args, f"{out}.json"], workdir)
+        result = json.loads(Path(f"{out}.json").read_text())
+        scores = {
+            "validation_IoU": result["val_iou_last"],
+            "test_IoU": result["test_dataset_iou"],
+            "test_mean_image_IoU": result["test_mean_image_iou"],
+        }
+        command = f"python {BASELINE.relative_to(SHARED.parent)} {' '.join(run.baseline_args)} out.json"
+    else:
+        overrides = [o.format(init=init_from) for o in (*run.overrides, "environment.seed=0")]
+        sets = [part for override in overrides for part in ("--set", override)]
+        arguments = ["train", str(run.config), *sets, "--output-dir", str(out), "--no-progress"]
+        seconds = _timed([SMOKESEG, *arguments], workdir)
+        metrics = json.loads((out / "fold0/metrics.json").read_text())
+        scores = {key: metrics.get(key) for key in ("validation_IoU", "test_IoU", "test_mean_image_IoU")}
+        command = "smokeseg " + " ".join(arguments[:-3]).replace(str(ROOT) + "/", "").replace(
+            str(SHARED.parent) + "/", "../"
+        )
+    return {"run": run.name, "command": command, "wall_s": round(seconds, 1), **scores}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pairs", default="scratch,lite0")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results.json")
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--init-from", type=Path, help="smoke-pretrained experiment folder (accuracy suite)")
     args = parser.parse_args()
-    if not CONFIG.is_file() or not BASELINE.is_file():
-        sys.exit(f"needs {CONFIG} and {BASELINE} beside the checkout")
+    if not SEED_CONFIG.is_file() or not BASELINE.is_file():
+        sys.exit(f"needs {SEED_CONFIG} and {BASELINE} beside the checkout")
+    runs = SUITES[args.suite]
+    if args.init_from is None:
+        runs = [run for run in runs if not any("{init}" in o for o in run.overrides)]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_pair(name, args.epochs, Path(tmp)) for name in args.pairs.split(",")]
-    args.out.write_text(json.dumps(results, indent=1))
+        results = [run_one(run, Path(tmp), args.init_from) for run in runs]
+    by_name = {result["run"]: result for result in results}
+    for run, result in zip(runs, results, strict=True):
+        if run.compare_to:
+            baseline = by_name[run.compare_to]
+            result["wall_time_ratio"] = round(result["wall_s"] / baseline["wall_s"], 2)
+            for key in ("test_IoU", "test_mean_image_IoU"):
+                result[f"{key}_minus_baseline"] = round(result[key] - baseline[key], 4)
+    out = args.out or ROOT / f"benchmarks/results-{args.suite}.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 
