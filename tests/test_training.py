@@ -232,3 +232,14 @@ def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset:
     view = torch.from_numpy(predictor.preprocess(exact)[None])
     expected = torch.sigmoid(predictor.models[0](view))[0, 0].detach().numpy()
     assert np.abs(predictor.predict_images([exact])[0] - expected).max() < 1e-5
+
+
+def test_an_unreadable_test_image_is_reported_not_fatal(tmp_path: Path):
+    config_path = generate_demo_dataset(tmp_path / "data", n_train=8, n_test=3, size=(64, 96), seed=4)
+    broken = sorted((tmp_path / "data/images").glob("test_*"))[0]
+    broken.write_bytes(b"not a jpeg")
+    run.train(_config(config_path, "training.epochs=1"), tmp_path / "exp", progress=False)
+    test = pd.read_parquet(tmp_path / "exp/fold0/test_predictions.parquet")
+    assert len(test) == 3
+    failed = test[test["error"].notna()]
+    assert list(failed["image_id"]) == [broken.name] and "not an image" in failed["error"].iloc[0]

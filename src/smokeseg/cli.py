@@ -79,7 +79,9 @@ def convert(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Folder (or zip) with the images, when SOURCE is a table."),
     ] = None,
-    rle_order: Annotated[str, typer.Option(help="F: column-major (Hydrogen Torch); C: row-major.")] = "F",
+    rle_order: Annotated[
+        Literal["F", "C"], typer.Option(help="F: column-major (Hydrogen Torch); C: row-major.")
+    ] = "F",
 ) -> None:
     """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE), or a table back to folders."""
     from smokeseg.config.schema import DatasetConfig
@@ -319,7 +321,7 @@ def evaluate(
 @app.command("tune-threshold")
 def tune_threshold(
     experiment: Annotated[Path, typer.Argument(help="An experiment (or fold) folder from `smokeseg train`.")],
-    metric: Annotated[str, typer.Option(help="What to maximise: IoU, Dice or F-beta.")] = "IoU",
+    metric: Annotated[Literal["IoU", "Dice", "F-beta"], typer.Option(help="What to maximise.")] = "IoU",
 ) -> None:
     """Pick the probability threshold that maximises a metric on the out-of-fold validation images."""
     from smokeseg.inference.threshold import THRESHOLD_NAME, render_tuning
@@ -334,7 +336,7 @@ def tune_threshold(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="A checkpoint, a fold folder, or an experiment folder.")],
-    export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    export_format: Annotated[Literal["onnx", "torchscript"], typer.Option("--format")] = "onnx",
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="File to write (default: model.onnx / model.pt in the model's folder)."),

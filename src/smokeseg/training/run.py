@@ -32,7 +32,7 @@ from smokeseg.data.groups import assign_groups
 from smokeseg.data.splits import resolve_seed, split_train_validation
 from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
 from smokeseg.inference.predictor import CHECKPOINT_NAME, Predictor
-from smokeseg.inference.scoring import dataset_scores, prediction_row, write_table
+from smokeseg.inference.scoring import dataset_scores, failed_row, prediction_row, write_table
 from smokeseg.model.factory import check_architecture, init_from_checkpoint
 from smokeseg.model.losses import check_loss_name
 from smokeseg.model.weights import load_pretrained_encoder
@@ -217,9 +217,9 @@ def _train_folds(
             continue
         # The model (and its pretrained weights) comes before the data: a missing download fails in seconds.
         module, resume_from = _fold_module(config, fold_dir, resume)
-        if not resume:
-            save_config(config, experiment_dir / CONFIG_NAME)
         data = data or ExperimentData.load(config)
+        if not resume:  # only a run that can start leaves an experiment folder
+            save_config(config, experiment_dir / CONFIG_NAME)
         results.append(_train_fold(module, resume_from, config, fold, fold_dir, data, progress, accelerator))
     summary = {f"fold{r.fold}": r.metrics for r in results}
     write_json(experiment_dir / METRICS_NAME, summary)
@@ -484,8 +484,18 @@ def _finish_fold(
         "Validation %s (at image size): %.5f", metric, metrics.get(f"validation_{metric}", float("nan"))
     )
     if test_samples:
-        test_rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(test_samples)]
-        test_table = write_table(test_rows, fold_dir / TEST_PREDICTIONS_NAME)
+        failed: list[dict[str, Any]] = []
+
+        def report_unreadable(sample: Sample, error: SmokesegError) -> None:
+            """A bad test image must not cost the trained model: it gets a row with its error."""
+            logger.warning("Test image not scored: %s", error)
+            failed.append(failed_row(sample, str(error)))
+
+        test_rows = [
+            prediction_row(p, threshold, rle_order)
+            for p in predictor.predict_samples(test_samples, on_error=report_unreadable)
+        ]
+        test_table = write_table(test_rows + failed, fold_dir / TEST_PREDICTIONS_NAME)
         metrics["test_observations"] = len(test_samples)
         test_scores = dataset_scores(test_table)
         metrics.update({f"test_{k}": v for k, v in test_scores.items()})
