@@ -143,8 +143,8 @@ def split_train_validation(
             )
         if leaked.any():
             warnings.warn(
-                f"{int(leaked.sum())} training row(s) share a {dataset_cfg.group_fold_column} with the "
-                "validation table; leaving them out of training.",
+                f"{int(leaked.sum())} training row(s) share a fold group (dataset.group_rule="
+                f"{dataset_cfg.group_rule}) with the validation table; leaving them out of training.",
                 stacklevel=2,
             )
             train_idx = train_idx[~leaked]

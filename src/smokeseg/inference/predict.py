@@ -113,7 +113,9 @@ def predict(
         finished(failed_row(sample, str(error)))
 
     for prediction in predictor.predict_samples(samples, on_error=failed):
-        row = prediction_row(prediction, threshold, min_region_pixels=min_region_pixels) | {"error": None}
+        row = prediction_row(
+            prediction, threshold, predictor.config.dataset.rle_order, min_region_pixels=min_region_pixels
+        ) | {"error": None}
         mask = prediction.probabilities > threshold
         for name in image_outputs:
             suffix, encode = IMAGE_OUTPUTS[name]

@@ -23,7 +23,7 @@ import pandas as pd
 from smokeseg.data.formats import Sample
 from smokeseg.data.rle import rle_encode
 from smokeseg.inference.predictor import Prediction
-from smokeseg.metrics import dice_from_counts, iou_from_counts
+from smokeseg.metrics import dice_from_counts, iou_from_counts, summarize_counts
 from smokeseg.storage import atomic_path
 
 # The smallest region that counts as smoke: this share of the image, and never fewer pixels than the floor.
@@ -103,14 +103,7 @@ def dataset_scores(rows: pd.DataFrame) -> dict[str, float]:
     """Dataset-level and mean per-image IoU/Dice from prediction rows that carry true masks."""
     if "iou" not in rows or rows["iou"].isna().all():
         return {}
-    scored = rows.dropna(subset=["iou"])
-    total = scored[["tp", "fp", "fn"]].to_numpy().sum(0, keepdims=True)
-    return {
-        "IoU": float(iou_from_counts(total)[0]),
-        "Dice": float(dice_from_counts(total)[0]),
-        "mean_image_IoU": float(scored["iou"].mean()),
-        "mean_image_Dice": float(scored["dice"].mean()),
-    }
+    return summarize_counts(rows.dropna(subset=["iou"])[["tp", "fp", "fn"]].to_numpy())
 
 
 def failed_row(sample: Sample, error: str) -> dict[str, Any]:
