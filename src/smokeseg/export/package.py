@@ -30,10 +30,10 @@ from smokeseg.errors import SmokesegError
 from smokeseg.export.onnx import INPUT_NAME, OUTPUT_NAME, write_model
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import CLASS_NAME, MIN_REGION_FLOOR, MIN_REGION_FRACTION
+from smokeseg.layout import CONFIG_NAME
+from smokeseg.layout import PACKAGE_MODEL_NAME as MODEL_NAME
 
-MODEL_NAME = "model.onnx"
 SETTINGS_NAME = "scoring.json"
-CONFIG_NAME = "config.yaml"
 README_NAME = "README.md"
 # Copied verbatim from the template folder.
 TEMPLATE_FILES = ("score.py", "requirements.txt")

@@ -26,9 +26,9 @@ from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
 from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.inference.runtimes import is_package, load_package
+from smokeseg.layout import CHECKPOINT_NAME
 from smokeseg.model.factory import create_model
 
-CHECKPOINT_NAME = "checkpoint.ckpt"
 # Above this, resizing to the model size discards nearly every pixel and a batch of decoded frames
 # costs gigabytes: such images are scored tiled or not at all.
 MAX_UNTILED_PIXELS = 100_000_000

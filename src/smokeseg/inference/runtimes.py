@@ -14,16 +14,15 @@ import torch
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.errors import ModelError
+from smokeseg.layout import CONFIG_NAME, PACKAGE_MODEL_NAME
 
-PACKAGE_MODEL_NAME = "model.onnx"
-PACKAGE_CONFIG_NAME = "config.yaml"
 # Probabilities are clipped this far from 0 and 1 before the logit: sigmoid(logit(p)) gives p back
 # to well within the 1e-3 the export is held to.
 _PROBABILITY_EPSILON = 1e-7
 
 
 def is_package(path: Path) -> bool:
-    return path.is_dir() and (path / PACKAGE_MODEL_NAME).is_file() and (path / PACKAGE_CONFIG_NAME).is_file()
+    return path.is_dir() and (path / PACKAGE_MODEL_NAME).is_file() and (path / CONFIG_NAME).is_file()
 
 
 class OnnxRuntimeModel:
@@ -54,4 +53,4 @@ class OnnxRuntimeModel:
 
 def load_package(path: Path) -> tuple[OnnxRuntimeModel, ExperimentConfig]:
     """The graph and the effective config of a package written by ``smokeseg export --package``."""
-    return OnnxRuntimeModel(path / PACKAGE_MODEL_NAME), load_config(path / PACKAGE_CONFIG_NAME)
+    return OnnxRuntimeModel(path / PACKAGE_MODEL_NAME), load_config(path / CONFIG_NAME)

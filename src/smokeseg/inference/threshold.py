@@ -26,6 +26,7 @@ from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
 from smokeseg.inference.predictor import Predictor, find_checkpoints
+from smokeseg.layout import CONFIG_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import COUNT_METRICS, threshold_counts
 from smokeseg.storage import write_text_atomic
 
@@ -144,10 +145,6 @@ class _FoldValidation:
 
     @classmethod
     def load(cls, checkpoint: Path) -> _FoldValidation:
-        # The fold layout belongs to training; importing it at module level would load Lightning into
-        # every Predictor.from_path, which imports this module for the stored threshold.
-        from smokeseg.training.outputs import CONFIG_NAME, VALIDATION_PREDICTIONS_NAME
-
         folder = checkpoint.parent
         predictions = folder / VALIDATION_PREDICTIONS_NAME
         if not predictions.is_file() or not (folder / CONFIG_NAME).is_file():

@@ -30,6 +30,7 @@ from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, collect_samples
 from smokeseg.data.rle import rle_decode
 from smokeseg.errors import SmokesegError
+from smokeseg.layout import CHARTS_NAME, CONFIG_NAME, METRICS_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.storage import write_bytes_atomic, write_text_atomic
 
@@ -134,7 +135,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None, gallery_size: int =
 
 def find_fold_dirs(run_dir: Path) -> list[Path]:
     """``run_dir`` itself if it is a fold folder, else its ``fold*`` subfolders in numeric order."""
-    if (run_dir / "charts.json").is_file():
+    if (run_dir / CHARTS_NAME).is_file():
         return [run_dir]
     folds = [path.parent for path in run_dir.glob("fold*/charts.json")]
     if not folds:
@@ -157,7 +158,7 @@ def _experiment_name(run_dir: Path, folds: Sequence[FoldReport]) -> str:
 
 def _load_config(fold: FoldReport) -> None:
     """Read the fold's config; without one the report still shows everything but the images."""
-    path = fold.folder / "config.yaml"
+    path = fold.folder / CONFIG_NAME
     if not path.is_file():
         fold.image_problem = f"{path} is missing, so the validation images cannot be found"
         return
@@ -180,13 +181,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _build_fold(fold_dir: Path, gallery_size: int) -> FoldReport:
-    metrics_path = fold_dir / "metrics.json"
+    metrics_path = fold_dir / METRICS_NAME
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
     fold = FoldReport(name=fold_dir.name, folder=fold_dir, metrics=metrics)
     if not metrics:
         fold.notes.append("metrics.json is missing or empty: the run may have stopped before validation.")
     _load_config(fold)
-    charts = _read_json(fold_dir / "charts.json")
+    charts = _read_json(fold_dir / CHARTS_NAME)
     fold.charts = {spec.name: _chart_png(spec, charts) for spec in CHARTS}
     _build_gallery(fold, gallery_size)
     return fold
@@ -289,7 +290,7 @@ def _mark_best(axes: Axes, steps: np.ndarray, values: np.ndarray, color: str) ->
 
 
 def _build_gallery(fold: FoldReport, gallery_size: int) -> None:
-    path = fold.folder / "validation_predictions.parquet"
+    path = fold.folder / VALIDATION_PREDICTIONS_NAME
     if not path.is_file():
         fold.notes.append("validation_predictions.parquet is missing: no validation gallery.")
         return

@@ -15,16 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from smokeseg.layout import LOG_NAME
 from smokeseg.storage import atomic_path, write_text_atomic
-
-LOG_NAME = "logs.log"
-CHARTS_NAME = "charts.json"
-METRICS_NAME = "metrics.json"
-CONFIG_NAME = "config.yaml"
-LAST_CHECKPOINT_NAME = "last.ckpt"
-VALIDATION_PREDICTIONS_NAME = "validation_predictions.parquet"
-TEST_PREDICTIONS_NAME = "test_predictions.parquet"
-SCORING_PACKAGE_NAME = "scoring_package"
 
 logger = logging.getLogger("smokeseg")
 

@@ -31,20 +31,23 @@ from smokeseg.data.formats import Sample, load_samples
 from smokeseg.data.groups import assign_groups
 from smokeseg.data.splits import resolve_seed, split_train_validation
 from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
-from smokeseg.inference.predictor import CHECKPOINT_NAME, Predictor
+from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import dataset_scores, failed_row, prediction_row, write_table
-from smokeseg.model.factory import check_architecture, init_from_checkpoint
-from smokeseg.model.losses import check_loss_name
-from smokeseg.model.weights import load_pretrained_encoder
-from smokeseg.training.module import SmokeSegmentationModule
-from smokeseg.training.outputs import (
+from smokeseg.layout import (
     CHARTS_NAME,
+    CHECKPOINT_NAME,
     CONFIG_NAME,
     LAST_CHECKPOINT_NAME,
     METRICS_NAME,
     SCORING_PACKAGE_NAME,
     TEST_PREDICTIONS_NAME,
     VALIDATION_PREDICTIONS_NAME,
+)
+from smokeseg.model.factory import check_architecture, init_from_checkpoint
+from smokeseg.model.losses import check_loss_name
+from smokeseg.model.weights import load_pretrained_encoder
+from smokeseg.training.module import SmokeSegmentationModule
+from smokeseg.training.outputs import (
     AtomicCheckpointIO,
     ChartsRecorder,
     ExperimentLog,
