@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from smokeseg.data.formats import parallel_map, read_table, samples_from_folders
+from smokeseg.data.formats import Sample, parallel_map, read_table, samples_from_folders
 from smokeseg.data.groups import assign_groups
 from smokeseg.data.rle import rle_encode
 from smokeseg.storage import atomic_path
@@ -32,20 +32,32 @@ def _is_synthetic(image_id: str) -> bool:
     return PurePosixPath(image_id).stem.replace("_", "").isdigit()
 
 
-def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
-    samples = samples_from_folders(SMOKE5K)
+def split_real_frames() -> tuple[list[Sample], list[Sample]]:
+    """SMOKE5K's real frames: (outside every fire and scene holding a smoke-ht image, the rest minus
+    smoke-ht's own images). The first feed pretraining; the second were never trained on by it."""
     held_out = {
         PurePosixPath(name).name
         for table in ("train.pq", "test.pq")
         for name in read_table(SMOKE_HT / table)["image_id"]
     }
-    real = [s for s in samples if not _is_synthetic(s.image_id)]
+    real = [s for s in samples_from_folders(SMOKE5K) if not _is_synthetic(s.image_id)]
     groups = assign_groups(real, "fire_sequence")
     excluded_groups = {
         g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out
     }
     kept = [s for s, g in zip(real, groups, strict=True) if g not in excluded_groups]
-    print(f"real frames: {len(real)}, kept outside smoke-ht's fires and scenes: {len(kept)}")
+    unseen = [
+        s
+        for s, g in zip(real, groups, strict=True)
+        if g in excluded_groups and PurePosixPath(s.image_id).name not in held_out
+    ]
+    return kept, unseen
+
+
+def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
+    kept, _ = split_real_frames()
+    print(f"real frames kept outside smoke-ht's fires and scenes: {len(kept)}")
+    samples = samples_from_folders(SMOKE5K)
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
     kept += [synthetic_samples[i] for i in sorted(chosen)]

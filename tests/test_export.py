@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
-from smokeseg.data.dataset import shrink_to_fit
+from smokeseg.data.dataset import fit_to_size
 from smokeseg.data.images import read_image
 from smokeseg.data.normalization import NORMALIZATIONS
 from smokeseg.data.rle import rle_decode, rle_encode
@@ -284,6 +284,7 @@ def test_resize_is_the_model_resize_bit_for_bit(score: ModuleType, shrink: str):
 VIEWS = {
     "resize": {},
     "native": {"image": {"resolution": "native", "max_side": 120}},
+    "native long side": {"image": {"resolution": "native", "long_side": 160}},
     "custom resize": {"augmentation": {"augmentations_strategy": "Custom"}},
 }
 
@@ -308,19 +309,21 @@ def test_preprocessing_equals_the_predictors(
         if path.name != "broken.jpg":
             image = read_image(path, path.name)
             np.testing.assert_array_equal(score.read_image(path), image)
-            if config.image.resolution == "native":  # whole frames are first shrunk to max_side
-                side = config.image.max_side
+            if config.image.resolution == "native":  # whole frames are first brought to a side
+                side, enlarge = config.image.native_fit()
                 np.testing.assert_array_equal(
-                    score.shrink_to_fit(image, side), shrink_to_fit(image, (side, side), cv2.INTER_AREA)
+                    score.fit_to_side(image, side, enlarge), fit_to_size(image, (side, side), enlarge)
                 )
             np.testing.assert_array_equal(score.preprocess(image, settings), reference.preprocess(image))
 
 
+@pytest.mark.parametrize("view", ["native", "native long side"])
 def test_native_resolution_scores_like_the_predictor(
-    score: ModuleType, predictor: Predictor, package: Path, images: Path, tmp_path: Path
+    score: ModuleType, predictor: Predictor, package: Path, images: Path, tmp_path: Path, view: str
 ):
-    """Whole frames, padded, shrunk above max_side: the same graph, scored the native way."""
-    native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS["native"]))
+    """Whole frames, padded, shrunk above max_side or brought to long_side: the same graph, scored
+    the native way."""
+    native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS[view]))
     (tmp_path / "model.onnx").symlink_to(package / "model.onnx")
     settings = scoring_settings(native)
     (tmp_path / "scoring.json").write_text(json.dumps(settings))

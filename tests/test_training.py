@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,11 +154,16 @@ def test_bad_names_fail_before_any_training(tiny_dataset: Path, tmp_path: Path, 
 
 
 @pytest.mark.parametrize(
-    ("override", "expected"), [("training.epochs=0", "epochs"), ("image.image_width=100", "divisible by 32")]
+    ("overrides", "expected"),
+    [
+        (["training.epochs=0"], "epochs"),
+        (["image.image_width=100"], "divisible by 32"),
+        (["image.max_side=512", "image.long_side=1024"], "long_side or image.max_side, not both"),
+    ],
 )
-def test_bad_values_fail_at_load(tiny_dataset: Path, override: str, expected: str):
+def test_bad_values_fail_at_load(tiny_dataset: Path, overrides: list[str], expected: str):
     with pytest.raises(ConfigError, match=expected):
-        _config(tiny_dataset, override)
+        _config(tiny_dataset, *overrides)
 
 
 @pytest.mark.parametrize("schedule", ["Cosine", "Linear", "Constant"])
@@ -190,6 +196,7 @@ def test_schedules_warm_up_then_decay(schedule: str):
             "training.gradient_clip=1.0",
             "training.grad_accumulation=2",
             "augmentation.mix_image=Cutmix",
+            "environment.mixed_precision_training=true",
         ],
         [
             "training.loss_function=Dice",
@@ -207,6 +214,20 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
     config = _config(tiny_dataset, "training.epochs=1", "dataset.test_dataframe=None", *extra)
     results = run.train(config, tmp_path / "exp", progress=False)
     assert math.isfinite(results[0].metrics["validation_loss"])
+
+
+@pytest.mark.parametrize(
+    ("mixed", "cuda", "cpu_bfloat16", "expected"),
+    [
+        (False, True, True, "32-true"),
+        (True, True, False, "16-mixed"),
+        (True, False, True, "bf16-mixed"),
+        (True, False, False, "32-true"),
+    ],
+)
+def test_mixed_precision_uses_what_the_device_computes_fast(monkeypatch, mixed, cuda, cpu_bfloat16, expected):
+    monkeypatch.setattr(run, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
+    assert run.training_precision(mixed, cuda) == expected
 
 
 def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):
@@ -232,6 +253,25 @@ def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset:
     view = torch.from_numpy(predictor.preprocess(exact)[None])
     expected = torch.sigmoid(predictor.models[0](view))[0, 0].detach().numpy()
     assert np.abs(predictor.predict_images([exact])[0] - expected).max() < 1e-5
+
+
+def test_long_side_brings_small_frames_up_and_scores_at_their_own_size(tiny_dataset: Path, tmp_path: Path):
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "image.resolution=native",
+        "image.long_side=192",
+        "image.image_width=64",
+        "image.image_height=64",
+    )
+    fold = run.ExperimentData.load(config).fold(config, 0)
+    image, mask = run._cached_dataset(fold.train, A.Compose([]), config).load(0)
+    assert image.shape[:2] == mask.shape == (128, 192), "64x96 frames are enlarged 2x, keeping their aspect"
+    run.train(config, tmp_path / "exp", progress=False)
+    test = pd.read_parquet(tmp_path / "exp/fold0/test_predictions.parquet")
+    assert (test["height"] == 64).all() and (test["width"] == 96).all()
+    frame = np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    assert Predictor.from_path(tmp_path / "exp").predict_images([frame])[0].shape == (300, 400)
 
 
 def test_an_unreadable_test_image_is_reported_not_fatal(tmp_path: Path):

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 
 def _none_string_to_null(value: Any) -> Any:
@@ -134,9 +142,30 @@ class ImageConfig(Section):
     max_side: OptionalInt = Field(
         None, ge=32, description="native: first shrink images whose longer side is above this"
     )
+    long_side: OptionalInt = Field(
+        None,
+        ge=32,
+        description="native: first scale every image, up or down, so that its longer side is this: "
+        "smoke meets the model at one scale whatever the camera, and faint plumes in small frames "
+        "get more pixels (instead of max_side)",
+    )
     smoke_crop_probability: float = Field(
         0.5, ge=0, le=1, description="native: share of training crops placed on smoke (the rest at random)"
     )
+
+    @model_validator(mode="after")
+    def _one_side_rule(self) -> ImageConfig:
+        if self.max_side is not None and self.long_side is not None:
+            raise ValueError("set image.long_side or image.max_side, not both (long_side also shrinks)")
+        return self
+
+    def native_fit(self) -> tuple[int, bool] | None:
+        """native: the longer side images are brought to first, and whether smaller ones are enlarged."""
+        if self.long_side is not None:
+            return self.long_side, True
+        if self.max_side is not None:
+            return self.max_side, False
+        return None
 
     @field_validator("image_height", "image_width")
     @classmethod

@@ -26,14 +26,18 @@ def limit_opencv_threads() -> None:
     cv2.setNumThreads(1)
 
 
-def shrink_to_fit(image: np.ndarray, max_size: tuple[int, int], interpolation: int) -> np.ndarray:
-    """Downscale (never upscale) keeping the aspect ratio so that height, width <= ``max_size``."""
+def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False) -> np.ndarray:
+    """Scale keeping the aspect ratio until height or width meets ``size`` (both within it).
+
+    Smaller images are left as they are unless ``enlarge``. Shrinking averages areas, so thin, faint
+    smoke stays visible; enlarging is bilinear.
+    """
     height, width = image.shape[:2]
-    scale = min(max_size[0] / height, max_size[1] / width)
-    if scale >= 1.0:
+    scale = min(size[0] / height, size[1] / width)
+    if scale == 1.0 or (scale > 1.0 and not enlarge):
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=interpolation)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, target, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 class SegmentationDataset(Dataset):
@@ -41,7 +45,7 @@ class SegmentationDataset(Dataset):
 
     Decoded images and masks are kept in memory: smoke datasets are small, and decoding multi-megapixel
     camera JPEGs would otherwise dominate each epoch. With ``max_size`` the cached copies are shrunk
-    (area interpolation) to at most that size, since the pipeline resizes to the model size anyway.
+    to at most that size (``fit_to_size``), or brought to it with ``enlarge``.
     """
 
     def __init__(
@@ -50,11 +54,13 @@ class SegmentationDataset(Dataset):
         transform: A.BasicTransform | A.Compose,
         normalization: str,
         max_size: tuple[int, int] | None = None,
+        enlarge: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.normalization = normalization
         self.max_size = max_size
+        self.enlarge = enlarge
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -72,8 +78,8 @@ class SegmentationDataset(Dataset):
         mask = sample.load_mask(*image.shape[:2])
         mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
         if self.max_size is not None:
-            image = shrink_to_fit(image, self.max_size, cv2.INTER_AREA)
-            mask = shrink_to_fit(mask, self.max_size, cv2.INTER_AREA)
+            image = fit_to_size(image, self.max_size, self.enlarge)
+            mask = fit_to_size(mask, self.max_size, self.enlarge)
         return image, (mask > 127).astype(np.uint8)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -87,7 +87,9 @@ def model_view_settings(predictor: Predictor) -> dict[str, Any]:
     steps = predictor.transform.transforms
     step = steps[0] if len(steps) == 1 else None
     if image.resolution == "native" and isinstance(step, A.PadIfNeeded) and _pads_like_score_py(step):
-        return {"resolution": "native", "max_side": image.max_side, "pad_multiple": step.pad_height_divisor}
+        side, enlarge = image.native_fit() or (None, False)
+        pad = step.pad_height_divisor
+        return {"resolution": "native", "side": side, "enlarge": enlarge, "pad_multiple": pad}
     if (
         image.resolution == "resize"
         and isinstance(step, A.Resize)
@@ -163,9 +165,11 @@ def _readme(predictor: Predictor, settings: dict[str, Any]) -> str:
 
 def _describe_model_input(settings: dict[str, Any]) -> str:
     if settings["resolution"] == "native":
-        shrink = (
-            f", shrunk first to at most {settings['max_side']} pixels a side" if settings["max_side"] else ""
-        )
+        shrink = ""
+        if settings["side"] and settings["enlarge"]:
+            shrink = f", first scaled so that the longer side is {settings['side']} pixels"
+        elif settings["side"]:
+            shrink = f", shrunk first to at most {settings['side']} pixels a side"
         return (
             f"whole images at their own resolution, padded to multiples of {settings['pad_multiple']}{shrink}"
         )

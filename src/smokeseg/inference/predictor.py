@@ -20,7 +20,7 @@ import torch
 
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_inference_transform
-from smokeseg.data.dataset import limit_opencv_threads, shrink_to_fit
+from smokeseg.data.dataset import fit_to_size, limit_opencv_threads
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
@@ -222,10 +222,11 @@ class Predictor:
         ]
 
     def _predict_native(self, image: np.ndarray) -> np.ndarray:
-        """A whole frame at its own resolution (shrunk to ``image.max_side`` first, as in training)."""
+        """A whole frame at its own resolution (brought to ``image.long_side`` or shrunk to
+        ``image.max_side`` first, as in training), probabilities at the frame's own size."""
         height, width = image.shape[:2]
-        max_side = self.config.image.max_side
-        view = shrink_to_fit(image, (max_side, max_side), cv2.INTER_AREA) if max_side else image
+        fit = self.config.image.native_fit()
+        view = fit_to_size(image, (fit[0], fit[0]), fit[1]) if fit else image
         batch = torch.from_numpy(self.preprocess(view)[None])
         probabilities = self.probabilities_at_model_size(batch)[0, 0].numpy()[
             : view.shape[0], : view.shape[1]

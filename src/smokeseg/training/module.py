@@ -66,7 +66,8 @@ class SmokeSegmentationModule(L.LightningModule):
         self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        """Logits in float32 under any autocast precision, so losses and metrics are computed exactly."""
+        return self.model(images).float()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         images, masks = mix_batch(batch["image"], batch["mask"], self.config.augmentation, self.mix_generator)

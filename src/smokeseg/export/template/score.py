@@ -199,11 +199,15 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(image, padding, mode="reflect")
 
 
-def shrink_to_fit(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Native resolution: a frame whose longer side exceeds ``max_side`` is first shrunk (INTER_AREA)."""
+def fit_to_side(image: np.ndarray, side: int | None, enlarge: bool = False) -> np.ndarray:
+    """Native resolution: scale a frame, keeping its aspect ratio, so that its longer side is ``side``.
+
+    Smaller frames stay as they are unless ``enlarge``. Shrinking averages areas (INTER_AREA),
+    enlarging is bilinear, as in training.
+    """
     height, width = image.shape[:2]
-    scale = min(max_side / height, max_side / width) if max_side else 1.0
-    if scale >= 1:
+    scale = min(side / height, side / width) if side else 1.0
+    if scale == 1 or (scale > 1 and not enlarge):
         return image
     return resize_image(image, max(1, round(height * scale)), max(1, round(width * scale)), "area")
 
@@ -355,8 +359,8 @@ class Scorer:
         return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
 
     def _native_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """A whole frame at its own resolution (shrunk first above ``max_side``), one at a time."""
-        view = shrink_to_fit(image, self.settings["max_side"])
+        """A whole frame at its own resolution (first brought to ``side``), one at a time."""
+        view = fit_to_side(image, self.settings["side"], self.settings["enlarge"])
         probabilities = self._mean_over_views(preprocess(view, self.settings)[None])[0, 0]
         probabilities = np.ascontiguousarray(probabilities[: view.shape[0], : view.shape[1]])
         if view.shape == image.shape:

@@ -1,0 +1,150 @@
+"""False alarms: how often a model calls smoke on smoke-free crops of real camera frames, at what recall.
+
+Negatives are crops cut from SMOKE5K real frames, at least ``--margin`` pixels away from any smoke in
+the mask, taken from the frames no pretraining saw (the fires and camera scenes of smoke-ht, minus
+smoke-ht's own images: see ``smoke_pretrain_table.split_real_frames``). Positives are smoke-ht's 49
+test frames, which all hold smoke. Each image gets the alarm rule ``predict`` applies
+(``smokeseg.inference.scoring.smoke_verdict``): a region above the threshold of at least a minimum area.
+
+The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks, so
+``smokeseg evaluate MODEL CROPS/smoke_free.csv`` gives the same false-positive rate for any model.
+
+For each model: the false-positive rate and recall at its operating point (its threshold, the default
+minimum area), then, over a grid of thresholds and minimum areas, the lowest false-positive rate that
+keeps at least that recall.
+
+usage: python benchmarks/false_alarms.py CROPS_DIR MODEL [MODEL ...] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from smoke_pretrain_table import SMOKE_HT, split_real_frames
+
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import Sample, load_samples, parallel_map
+from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.scoring import smoke_verdict
+from smokeseg.storage import atomic_path
+
+TABLE_NAME = "smoke_free.csv"
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_AREAS = (None, 64, 128, 256, 512)  # None: the default (0.01% of the image, at least 16 pixels)
+
+
+def smoke_free_windows(mask: np.ndarray, size: int, margin: int, count: int, rng: np.random.Generator):
+    """Up to ``count`` top-left corners of ``size`` x ``size`` windows with no smoke within ``margin``."""
+    near_smoke = cv2.dilate(mask.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8))
+    # A window is clean when the summed-area table says it holds no pixel near smoke.
+    table = cv2.integral(near_smoke)
+    height, width = mask.shape
+    corners = [(y, x) for y in range(0, height - size + 1, 16) for x in range(0, width - size + 1, 16)]
+    clean = [
+        (y, x)
+        for y, x in corners
+        if table[y + size, x + size] - table[y, x + size] - table[y + size, x] + table[y, x] == 0
+    ]
+    picked = rng.permutation(len(clean))[:count]
+    return [clean[i] for i in picked]
+
+
+def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int) -> Path:
+    """Cut the smoke-free crops into ``folder/images`` and list them in ``folder/smoke_free.csv``."""
+    _, frames = split_real_frames()
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+
+    def crops_of(item: tuple[int, Sample]) -> list[str]:
+        index, sample = item
+        image = sample.load_image()
+        mask = sample.load_mask(*image.shape[:2])
+        rng = np.random.default_rng([seed, index])
+        names = []
+        for k, (y, x) in enumerate(smoke_free_windows(mask, size, margin, per_frame, rng)):
+            name = f"{Path(sample.image_id).stem}_{k}.png"
+            crop = cv2.cvtColor(image[y : y + size, x : x + size], cv2.COLOR_RGB2BGR)
+            with atomic_path(folder / "images" / name) as tmp:
+                cv2.imwrite(str(tmp.with_suffix(".png")), crop)
+                tmp.with_suffix(".png").rename(tmp)
+            names.append(name)
+        return names
+
+    names = [name for names in parallel_map(crops_of, list(enumerate(frames))) for name in names]
+    table = pd.DataFrame({"image_id": names, "class_id": "smoke", "rle_mask": ""})
+    target = folder / TABLE_NAME
+    with atomic_path(target) as tmp:
+        table.to_csv(tmp, index=False)
+    print(f"{len(names)} smoke-free crops from {len(frames)} frames -> {target}")
+    return target
+
+
+def probability_maps(predictor: Predictor, samples: list[Sample]) -> list[np.ndarray]:
+    return [prediction.probabilities for prediction in predictor.predict_samples(samples)]
+
+
+def alarm_rates(negatives: list[np.ndarray], positives: list[np.ndarray], threshold: float, min_area):
+    def alarms(maps: list[np.ndarray]) -> float:
+        return float(np.mean([smoke_verdict(m, threshold, min_area).smoke for m in maps]))
+
+    return {"false_positive_rate": alarms(negatives), "recall": alarms(positives)}
+
+
+def score_model(model: str, negatives: list[Sample], positives: list[Sample]) -> dict[str, object]:
+    predictor = Predictor.from_path(model, "auto")
+    started = time.perf_counter()
+    negative_maps = probability_maps(predictor, negatives)
+    positive_maps = probability_maps(predictor, positives)
+    seconds = time.perf_counter() - started
+    operating = alarm_rates(negative_maps, positive_maps, predictor.threshold, None)
+    grid = [
+        {"threshold": t, "min_area": a, **alarm_rates(negative_maps, positive_maps, t, a)}
+        for t in THRESHOLDS
+        for a in MIN_AREAS
+    ]
+    at_equal_recall = [g for g in grid if g["recall"] >= operating["recall"]]
+    best = min(at_equal_recall, key=lambda g: (g["false_positive_rate"], -g["recall"]))
+    return {
+        "model": model,
+        "negatives": len(negatives),
+        "positives": len(positives),
+        "operating_point": {"threshold": predictor.threshold, "min_area": None, **operating},
+        "lowest_false_positive_rate_at_equal_recall": best,
+        "grid": grid,
+        "scoring_seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("crops", type=Path, help="folder for the smoke-free crops (made on first use)")
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--size", type=int, default=256, help="crop side in pixels")
+    parser.add_argument("--margin", type=int, default=32, help="distance kept from any smoke, in pixels")
+    parser.add_argument("--per-frame", type=int, default=1, help="crops per frame")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    table = args.crops / TABLE_NAME
+    if not table.is_file():
+        write_crops(args.crops, args.size, args.margin, args.per_frame, args.seed)
+    negatives = load_samples(table, args.crops / "images", DatasetConfig(), require_masks=True)
+    positives = load_samples(
+        SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True
+    )
+    results = [score_model(model, negatives, positives) for model in args.models]
+    text = json.dumps(results, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(json.dumps([{k: v for k, v in r.items() if k != "grid"} for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
