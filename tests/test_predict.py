@@ -30,6 +30,7 @@ from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
 from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.scoring import default_min_region_pixels, smoke_verdict, write_table
+from smokeseg.model import precision
 from smokeseg.training import run
 from test_training import TINY
 
@@ -281,6 +282,23 @@ def test_tta_is_the_mean_of_the_inverse_mapped_views_over_every_model():
     with torch.no_grad():
         expected = torch.stack([view for model in models for view in views(model)]).mean(0)
     torch.testing.assert_close(predictor.probabilities_at_model_size(batch), expected)
+
+
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_mixed_precision_inference_is_bfloat16_on_capable_cpus(monkeypatch, native_bfloat16: bool):
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: native_bfloat16)
+    config = _config().model_copy(
+        update={"environment": _config().environment.model_copy(update={"mixed_precision_inference": True})}
+    )
+    batch = torch.rand(2, 3, 32, 64)
+    full = Predictor([_fcn()], _config()).probabilities_at_model_size(batch)
+    mixed = Predictor([_fcn()], config)
+    assert mixed.autocast_dtype == (torch.bfloat16 if native_bfloat16 else None)
+    got = mixed.probabilities_at_model_size(batch)
+    if native_bfloat16:
+        assert 0 < (got - full).abs().max() < 0.05, "bfloat16 rounds, but only a little"
+    else:
+        torch.testing.assert_close(got, full)
 
 
 # --- the command ------------------------------------------------------------------------------------

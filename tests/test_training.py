@@ -17,6 +17,7 @@ from smokeseg.config.load import load_config
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
+from smokeseg.model import precision
 from smokeseg.training import outputs, run
 from smokeseg.training.module import learning_rate_factor
 
@@ -226,7 +227,7 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
     ],
 )
 def test_mixed_precision_uses_what_the_device_computes_fast(monkeypatch, mixed, cuda, cpu_bfloat16, expected):
-    monkeypatch.setattr(run, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
     assert run.training_precision(mixed, cuda) == expected
 
 

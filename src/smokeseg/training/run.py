@@ -46,6 +46,7 @@ from smokeseg.layout import (
 )
 from smokeseg.model.factory import check_architecture, init_from_checkpoint
 from smokeseg.model.losses import check_loss_name
+from smokeseg.model.precision import mixed_precision_dtype
 from smokeseg.model.weights import load_pretrained_encoder
 from smokeseg.training.module import SmokeSegmentationModule
 from smokeseg.training.outputs import (
@@ -401,25 +402,12 @@ def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> 
     return _cached_dataset(samples, build_inference_transform(config.augmentation, config.image), config)
 
 
-_CPU_BFLOAT16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-
-
-def cpu_has_native_bfloat16() -> bool:
-    """AMX or AVX512-BF16: there bfloat16 autocast halves a CPU training step; elsewhere it slows it."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _CPU_BFLOAT16_PROBES)
+_LIGHTNING_PRECISION = {None: "32-true", torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}
 
 
 def training_precision(mixed_precision: bool, use_cuda: bool) -> str:
-    """Lightning's precision for ``environment.mixed_precision_training``.
-
-    float16 on CUDA (Hydrogen Torch's meaning); bfloat16 on CPUs with native bfloat16 units (a U-Net
-    step ran 2.2x faster on a 2-core Xeon with AMX); full precision elsewhere.
-    """
-    if not mixed_precision:
-        return "32-true"
-    if use_cuda:
-        return "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bfloat16() else "32-true"
+    """Lightning's precision for ``environment.mixed_precision_training`` (see ``model.precision``)."""
+    return _LIGHTNING_PRECISION[mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu")]
 
 
 def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerator: str) -> L.Trainer:
@@ -477,7 +465,11 @@ def _finish_fold(
     logger.info("Checkpoint saved: %s", checkpoint_path)
     validation_set = _validation_dataset(data.validation, config)
     L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+        accelerator="cpu",
+        precision=training_precision(config.environment.mixed_precision_inference, use_cuda=False),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     ).validate(
         module,
         _loader(validation_set, config, _validation_batch_size(config, config.training.batch_size), False),
