@@ -6,8 +6,10 @@ smoke-ht's own images: see ``smoke_pretrain_table.split_real_frames``). Positive
 test frames, which all hold smoke. Each image gets the alarm rule ``predict`` applies
 (``smokeseg.inference.scoring.smoke_verdict``): a region above the threshold of at least a minimum area.
 
-The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks, so
-``smokeseg evaluate MODEL CROPS/smoke_free.csv`` gives the same false-positive rate for any model.
+The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks and
+the size of the frame each came from. A model trained at native resolution scores a crop at the scale
+it gives that whole frame (``image.long_side`` enlarges a 640x480 frame 2x, so its crops too), not as
+if the crop were a frame of its own.
 
 For each model: the false-positive rate and recall at its operating point (its threshold, the default
 minimum area), then, over a grid of thresholds and minimum areas, the lowest false-positive rate that
@@ -29,6 +31,7 @@ import pandas as pd
 from smoke_pretrain_table import SMOKE_HT, split_real_frames
 
 from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.dataset import fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import smoke_verdict
@@ -60,32 +63,58 @@ def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int)
     _, frames = split_real_frames()
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
-    def crops_of(item: tuple[int, Sample]) -> list[str]:
+    def crops_of(item: tuple[int, Sample]) -> list[dict[str, object]]:
         index, sample = item
         image = sample.load_image()
         mask = sample.load_mask(*image.shape[:2])
         rng = np.random.default_rng([seed, index])
-        names = []
+        rows = []
         for k, (y, x) in enumerate(smoke_free_windows(mask, size, margin, per_frame, rng)):
             name = f"{Path(sample.image_id).stem}_{k}.png"
             crop = cv2.cvtColor(image[y : y + size, x : x + size], cv2.COLOR_RGB2BGR)
             with atomic_path(folder / "images" / name) as tmp:
                 cv2.imwrite(str(tmp.with_suffix(".png")), crop)
                 tmp.with_suffix(".png").rename(tmp)
-            names.append(name)
-        return names
+            rows.append({"image_id": name, "frame_height": image.shape[0], "frame_width": image.shape[1]})
+        return rows
 
-    names = [name for names in parallel_map(crops_of, list(enumerate(frames))) for name in names]
-    table = pd.DataFrame({"image_id": names, "class_id": "smoke", "rle_mask": ""})
+    table = pd.DataFrame([row for rows in parallel_map(crops_of, list(enumerate(frames))) for row in rows])
+    table = table.assign(class_id="smoke", rle_mask="")
     target = folder / TABLE_NAME
     with atomic_path(target) as tmp:
         table.to_csv(tmp, index=False)
-    print(f"{len(names)} smoke-free crops from {len(frames)} frames -> {target}")
+    print(f"{len(table)} smoke-free crops from {len(frames)} frames -> {target}")
     return target
 
 
 def probability_maps(predictor: Predictor, samples: list[Sample]) -> list[np.ndarray]:
     return [prediction.probabilities for prediction in predictor.predict_samples(samples)]
+
+
+FrameSizes = dict[str, tuple[int, int]]  # crop image id -> (height, width) of the frame it was cut from
+
+
+def crop_probability_maps(predictor: Predictor, crops: list[Sample], frames: FrameSizes) -> list[np.ndarray]:
+    """Crops scored at their frame's scale: enlarged or shrunk as the model would its whole frame."""
+    image_cfg = predictor.config.image
+    fit = image_cfg.native_fit() if image_cfg.resolution == "native" else None
+    if fit is None:
+        return probability_maps(predictor, crops)
+    side, enlarge = fit
+    as_is = predictor.config.model_copy(
+        update={"image": image_cfg.model_copy(update={"long_side": None, "max_side": None})}
+    )
+    scorer = Predictor(predictor.models, as_is, predictor.device)
+    maps = []
+    for crop in crops:
+        scale = side / max(frames[crop.image_id])
+        scale = scale if scale < 1 or enlarge else 1.0
+        image = crop.load_image()
+        size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+        scaled = scorer.predict_images([fit_to_size(image, size, enlarge=True)])[0]
+        # Back at the crop's own pixels, as predict maps a frame back to its own size.
+        maps.append(cv2.resize(scaled, image.shape[1::-1], interpolation=cv2.INTER_LINEAR))
+    return maps
 
 
 def alarm_rates(negatives: list[np.ndarray], positives: list[np.ndarray], threshold: float, min_area):
@@ -95,10 +124,12 @@ def alarm_rates(negatives: list[np.ndarray], positives: list[np.ndarray], thresh
     return {"false_positive_rate": alarms(negatives), "recall": alarms(positives)}
 
 
-def score_model(model: str, negatives: list[Sample], positives: list[Sample]) -> dict[str, object]:
+def score_model(
+    model: str, negatives: list[Sample], frames: FrameSizes, positives: list[Sample]
+) -> dict[str, object]:
     predictor = Predictor.from_path(model, "auto")
     started = time.perf_counter()
-    negative_maps = probability_maps(predictor, negatives)
+    negative_maps = crop_probability_maps(predictor, negatives, frames)
     positive_maps = probability_maps(predictor, positives)
     seconds = time.perf_counter() - started
     operating = alarm_rates(negative_maps, positive_maps, predictor.threshold, None)
@@ -139,7 +170,11 @@ def main() -> None:
     positives = load_samples(
         SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True
     )
-    results = [score_model(model, negatives, positives) for model in args.models]
+    listed = pd.read_csv(table)
+    frames = dict(
+        zip(listed["image_id"], zip(listed["frame_height"], listed["frame_width"], strict=True), strict=True)
+    )
+    results = [score_model(model, negatives, frames, positives) for model in args.models]
     text = json.dumps(results, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

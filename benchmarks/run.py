@@ -4,7 +4,7 @@ Each suite trains its runs one after the other (never two at once: they would sh
 compares smoke-ht's test IoU (dataset-level and mean per image, at each image's own size) and wall time
 of each smokeseg run with its baseline run of ``../shared/baselines/smp_script.py`` in the same suite.
 
-usage: python benchmarks/run.py SUITE [--out benchmarks/results-SUITE.json] [--init-from DIR]
+usage: python benchmarks/run.py SUITE [--out benchmarks/results-SUITE.json] [--init-from DIR] [--keep DIR]
   reference: the seed config, 5 epochs, from scratch (resnet34) and from ImageNet EfficientNet-Lite0
   accuracy:  recipes/fast.yaml from ImageNet-Lite0 and from a smoke-pretrained model (--init-from)
              against smp_script.py lite0 20 epochs
@@ -21,6 +21,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
+
+from smokeseg.layout import TEST_PREDICTIONS_NAME
+from smokeseg.metrics import summarize_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -75,6 +80,14 @@ def _timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
+def _test_detection(table: Path) -> dict[str, float]:
+    """F-beta (dataset-level) and image-level recall from a test predictions table: every smoke-ht test
+    frame holds smoke, so recall is the share of frames the alarm rule flags."""
+    rows = pd.read_parquet(table)
+    f_beta = summarize_counts(rows[["tp", "fp", "fn"]].to_numpy(), ["F-beta"])["F-beta"]
+    return {"test_F_beta": f_beta, "test_image_recall": float(rows["smoke"].mean())}
+
+
 def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, object]:
     out = workdir / run.name.replace(" ", "_").replace(",", "")
     if run.config is None:
@@ -93,6 +106,7 @@ def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, object
         seconds = _timed([SMOKESEG, *arguments], workdir)
         metrics = json.loads((out / "fold0/metrics.json").read_text())
         scores = {key: metrics.get(key) for key in ("validation_IoU", "test_IoU", "test_mean_image_IoU")}
+        scores.update(_test_detection(out / "fold0" / TEST_PREDICTIONS_NAME))
         command = "smokeseg " + " ".join(arguments[:-3]).replace(str(ROOT) + "/", "").replace(
             str(SHARED.parent) + "/", "../"
         )
@@ -106,6 +120,7 @@ def main() -> None:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--init-from", type=Path, help="smoke-pretrained experiment folder (accuracy suite)")
+    parser.add_argument("--keep", type=Path, help="keep each run's outputs in this folder (else a temp one)")
     args = parser.parse_args()
     if not SEED_CONFIG.is_file() or not BASELINE.is_file():
         sys.exit(f"needs {SEED_CONFIG} and {BASELINE} beside the checkout")
@@ -113,7 +128,9 @@ def main() -> None:
     if args.init_from is None:
         runs = [run for run in runs if not any("{init}" in o for o in run.overrides)]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_one(run, Path(tmp), args.init_from) for run in runs]
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        results = [run_one(run, workdir.resolve(), args.init_from) for run in runs]
     by_name = {result["run"]: result for result in results}
     for run, result in zip(runs, results, strict=True):
         if run.compare_to:

@@ -4,7 +4,10 @@ Pretraining must not see the images it is judged on, nor their neighbours: a fra
 (or the same camera view) is nearly the same picture. Groups come from ``dataset.group_rule:
 fire_sequence``; any group holding a smoke-ht image is left out whole.
 
-usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0]
+With ``--all-real`` it writes every real frame instead (no exclusion): the table for grouped
+cross-validation on SMOKE5K's real frames.
+
+usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0] [--all-real]
 The table's image ids are relative to ``../shared/datasets/smoke5k/images``.
 """
 
@@ -54,10 +57,13 @@ def split_real_frames() -> tuple[list[Sample], list[Sample]]:
     return kept, unseen
 
 
-def pretraining_table(synthetic: int, seed: int) -> pd.DataFrame:
-    kept, _ = split_real_frames()
-    print(f"real frames kept outside smoke-ht's fires and scenes: {len(kept)}")
+def pretraining_table(synthetic: int, seed: int, all_real: bool = False) -> pd.DataFrame:
     samples = samples_from_folders(SMOKE5K)
+    if all_real:
+        kept = [s for s in samples if not _is_synthetic(s.image_id)]
+    else:
+        kept, _ = split_real_frames()
+        print(f"real frames kept outside smoke-ht's fires and scenes: {len(kept)}")
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
     kept += [synthetic_samples[i] for i in sorted(chosen)]
@@ -80,8 +86,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic SMOKE5K images to add")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all-real", action="store_true", help="every real frame, none left out")
     args = parser.parse_args()
-    table = pretraining_table(args.synthetic, args.seed)
+    table = pretraining_table(args.synthetic, args.seed, args.all_real)
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
     print(f"{len(table)} rows -> {args.out}")
