@@ -228,7 +228,7 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
 )
 def test_mixed_precision_uses_what_the_device_computes_fast(monkeypatch, mixed, cuda, cpu_bfloat16, expected):
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
-    assert run.training_precision(mixed, cuda) == expected
+    assert run.lightning_precision(mixed, cuda) == expected
 
 
 def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):

@@ -405,8 +405,9 @@ def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> 
 _LIGHTNING_PRECISION = {None: "32-true", torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}
 
 
-def training_precision(mixed_precision: bool, use_cuda: bool) -> str:
-    """Lightning's precision for ``environment.mixed_precision_training`` (see ``model.precision``)."""
+def lightning_precision(mixed_precision: bool, use_cuda: bool) -> str:
+    """Lightning's precision for ``environment.mixed_precision_training`` / ``_inference`` (see
+    ``model.precision``)."""
     return _LIGHTNING_PRECISION[mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu")]
 
 
@@ -434,7 +435,7 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerat
         max_epochs=training.epochs,
         accelerator=accelerator,
         devices=1,
-        precision=training_precision(config.environment.mixed_precision_training, use_cuda),
+        precision=lightning_precision(config.environment.mixed_precision_training, use_cuda),
         callbacks=callbacks,
         logger=_logger_factory(config, fold_dir),
         enable_progress_bar=progress,
@@ -466,7 +467,7 @@ def _finish_fold(
     validation_set = _validation_dataset(data.validation, config)
     L.Trainer(
         accelerator="cpu",
-        precision=training_precision(config.environment.mixed_precision_inference, use_cuda=False),
+        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda=False),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
