@@ -35,7 +35,7 @@ from smokeseg.data.dataset import fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import smoke_verdict
-from smokeseg.storage import atomic_path
+from smokeseg.storage import atomic_path, write_bytes_atomic
 
 TABLE_NAME = "smoke_free.csv"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -72,9 +72,7 @@ def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int)
         for k, (y, x) in enumerate(smoke_free_windows(mask, size, margin, per_frame, rng)):
             name = f"{Path(sample.image_id).stem}_{k}.png"
             crop = cv2.cvtColor(image[y : y + size, x : x + size], cv2.COLOR_RGB2BGR)
-            with atomic_path(folder / "images" / name) as tmp:
-                cv2.imwrite(str(tmp.with_suffix(".png")), crop)
-                tmp.with_suffix(".png").rename(tmp)
+            write_bytes_atomic(folder / "images" / name, cv2.imencode(".png", crop)[1].tobytes())
             rows.append({"image_id": name, "frame_height": image.shape[0], "frame_width": image.shape[1]})
         return rows
 
