@@ -28,11 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from smoke_pretrain_table import SMOKE_HT, split_real_frames
+from smoke_pretrain_table import SMOKE5K, SMOKE_HT, split_real_frames
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.dataset import fit_to_size
-from smokeseg.data.formats import Sample, load_samples, parallel_map
+from smokeseg.data.dataset import fit_scale, fit_to_size
+from smokeseg.data.formats import Sample, load_samples, parallel_map, samples_from_folders
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.storage import atomic_path, write_bytes_atomic
@@ -60,7 +60,7 @@ def smoke_free_windows(mask: np.ndarray, size: int, margin: int, count: int, rng
 
 def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int) -> Path:
     """Cut the smoke-free crops into ``folder/images`` and list them in ``folder/smoke_free.csv``."""
-    _, frames = split_real_frames()
+    _, frames = split_real_frames(samples_from_folders(SMOKE5K))
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     def crops_of(item: tuple[int, Sample]) -> list[dict[str, object]]:
@@ -105,8 +105,7 @@ def crop_probability_maps(predictor: Predictor, crops: list[Sample], frames: Fra
     scorer = Predictor(predictor.models, as_is, predictor.device)
     maps = []
     for crop in crops:
-        scale = side / max(frames[crop.image_id])
-        scale = scale if scale < 1 or enlarge else 1.0
+        scale = fit_scale(*frames[crop.image_id], (side, side), enlarge)
         image = crop.load_image()
         size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
         scaled = scorer.predict_images([fit_to_size(image, size, enlarge=True)])[0]

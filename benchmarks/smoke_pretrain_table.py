@@ -35,15 +35,16 @@ def _is_synthetic(image_id: str) -> bool:
     return PurePosixPath(image_id).stem.replace("_", "").isdigit()
 
 
-def split_real_frames() -> tuple[list[Sample], list[Sample]]:
-    """SMOKE5K's real frames: (outside every fire and scene holding a smoke-ht image, the rest minus
-    smoke-ht's own images). The first feed pretraining; the second were never trained on by it."""
+def split_real_frames(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """SMOKE5K's real frames among ``samples``: (outside every fire and scene holding a smoke-ht image,
+    the rest minus smoke-ht's own images). The first feed pretraining; the second were never trained
+    on by it."""
     held_out = {
         PurePosixPath(name).name
         for table in ("train.pq", "test.pq")
         for name in read_table(SMOKE_HT / table)["image_id"]
     }
-    real = [s for s in samples_from_folders(SMOKE5K) if not _is_synthetic(s.image_id)]
+    real = [s for s in samples if not _is_synthetic(s.image_id)]
     groups = assign_groups(real, "fire_sequence")
     excluded_groups = {
         g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out
@@ -62,7 +63,7 @@ def pretraining_table(synthetic: int, seed: int, all_real: bool = False) -> pd.D
     if all_real:
         kept = [s for s in samples if not _is_synthetic(s.image_id)]
     else:
-        kept, _ = split_real_frames()
+        kept, _ = split_real_frames(samples)
         print(f"real frames kept outside smoke-ht's fires and scenes: {len(kept)}")
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]

@@ -26,6 +26,12 @@ def limit_opencv_threads() -> None:
     cv2.setNumThreads(1)
 
 
+def fit_scale(height: int, width: int, size: tuple[int, int], enlarge: bool = False) -> float:
+    """The factor ``fit_to_size`` scales a ``height`` x ``width`` image by (1.0: left as it is)."""
+    scale = min(size[0] / height, size[1] / width)
+    return scale if scale < 1.0 or enlarge else 1.0
+
+
 def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False) -> np.ndarray:
     """Scale keeping the aspect ratio until height or width meets ``size`` (both within it).
 
@@ -33,8 +39,8 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False)
     smoke stays visible; enlarging is bilinear.
     """
     height, width = image.shape[:2]
-    scale = min(size[0] / height, size[1] / width)
-    if scale == 1.0 or (scale > 1.0 and not enlarge):
+    scale = fit_scale(height, width, size, enlarge)
+    if scale == 1.0:
         return image
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
