@@ -23,5 +23,7 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# SUITE=accuracy INIT_FROM=output/smoke-pretrain-real for the recipes (see benchmarks/RESULTS.md).
+SUITE ?= reference
 benchmark: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(SUITE) $(if $(INIT_FROM),--init-from $(INIT_FROM))

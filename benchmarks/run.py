@@ -98,7 +98,7 @@ def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, object
             "test_IoU": result["test_dataset_iou"],
             "test_mean_image_IoU": result["test_mean_image_iou"],
         }
-        command = f"python {BASELINE.relative_to(SHARED.parent)} {' '.join(run.baseline_args)} out.json"
+        command = f"python ../{BASELINE.relative_to(SHARED.parent)} {' '.join(run.baseline_args)} out.json"
     else:
         overrides = [o.format(init=init_from) for o in (*run.overrides, "environment.seed=0")]
         sets = [part for override in overrides for part in ("--set", override)]
@@ -127,10 +127,14 @@ def main() -> None:
     runs = SUITES[args.suite]
     if args.init_from is None:
         runs = [run for run in runs if not any("{init}" in o for o in run.overrides)]
+    elif not args.init_from.exists():
+        sys.exit(f"--init-from {args.init_from} does not exist: train the smoke-pretraining recipes first")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        results = [run_one(run, workdir.resolve(), args.init_from) for run in runs]
+        # Absolute: smokeseg resolves a relative --set path against the config's folder, not this one.
+        init_from = args.init_from.resolve() if args.init_from else None
+        results = [run_one(run, workdir.resolve(), init_from) for run in runs]
     by_name = {result["run"]: result for result in results}
     for run, result in zip(runs, results, strict=True):
         if run.compare_to:

@@ -111,6 +111,23 @@ def test_overrides_parse_values_as_yaml(tmp_path: Path):
     assert config.dataset.validation_dataframe is None
 
 
+def test_set_paths_resolve_against_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    recipes, work = tmp_path / "recipes", tmp_path / "work"
+    recipes.mkdir()
+    work.mkdir()
+    path = recipes / "exp.yaml"
+    path.write_text("dataset:\n  train_dataframe: train.pq\n  data_folder: images\n")
+    monkeypatch.chdir(work)
+    config = load_config(
+        path,
+        ["architecture.init_from=runs/pretrain", "dataset.data_folder=frames", "dataset.test_dataframe=None"],
+    )
+    assert config.dataset.train_dataframe == (recipes / "train.pq").resolve()  # written in the file
+    assert config.dataset.data_folder == (work / "frames").resolve()  # typed on the command line
+    assert config.architecture.init_from == (work / "runs/pretrain").resolve()
+    assert config.dataset.test_dataframe is None
+
+
 def test_unknown_key_names_section_and_closest_key():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["training.epoch=3"])

@@ -1,7 +1,7 @@
 """Read a Hydrogen Torch YAML, apply ``--set`` overrides, resolve paths, and explain every mistake.
 
-Relative dataset paths resolve against the folder that holds the config file, so a config and its
-data can move together.
+Relative paths in the file resolve against the folder that holds it, so a config and its data can move
+together; paths given with ``--set`` resolve against the current folder, as anything typed in a shell.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ PATH_KEYS = (
     "train_dataframe",
     "validation_dataframe",
 )
+_PATH_KEYS_BY_SECTION = {"dataset": PATH_KEYS, "architecture": ("pretrained_weights", "init_from")}
 
 
 def load_config(
@@ -52,17 +53,15 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentC
 
 def resolve_paths(config: ExperimentConfig, base_dir: Path) -> ExperimentConfig:
     """Make dataset and weight paths absolute, relative ones taken from ``base_dir``."""
-    dataset = config.dataset.model_copy()
-    for key in PATH_KEYS:
-        value = getattr(dataset, key)
-        if value is not None and not Path(value).is_absolute():
-            setattr(dataset, key, (base_dir / value).resolve())
-    architecture = config.architecture.model_copy()
-    for key in ("pretrained_weights", "init_from"):
-        value = getattr(architecture, key)
-        if value is not None and not Path(value).is_absolute():
-            setattr(architecture, key, (base_dir / value).resolve())
-    return config.model_copy(update={"dataset": dataset, "architecture": architecture})
+    sections = {}
+    for section, keys in _PATH_KEYS_BY_SECTION.items():
+        values = getattr(config, section).model_copy()
+        for key in keys:
+            value = getattr(values, key)
+            if value is not None and not Path(value).is_absolute():
+                setattr(values, key, (base_dir / value).resolve())
+        sections[section] = values
+    return config.model_copy(update=sections)
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:
@@ -109,6 +108,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if value is None and text.strip() == "":
         value = ""
     keys = key_path.strip().split(".")
+    if _is_path_key(keys) and isinstance(value, str) and value not in ("", "None"):
+        # Typed in a shell, a path means what it means there: relative to the current folder.
+        value = str((Path.cwd() / value).resolve())
     node = raw
     for key in keys[:-1]:
         child = node.setdefault(key, {})
@@ -116,6 +118,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"Override {override!r}: {key!r} is a value, not a section.")
         node = child
     node[keys[-1]] = value
+
+
+def _is_path_key(keys: list[str]) -> bool:
+    return len(keys) == 2 and keys[1] in _PATH_KEYS_BY_SECTION.get(keys[0], ())
 
 
 def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:

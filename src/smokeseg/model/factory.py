@@ -164,7 +164,10 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise ConfigError(f"architecture.init_from={path} does not exist")
+        raise ConfigError(
+            f"architecture.init_from={path} does not exist: train that experiment first, "
+            "or point it at a checkpoint file or an experiment folder"
+        )
     found = sorted(file for pattern in _CHECKPOINT_PATTERNS for file in path.rglob(pattern))
     if not found:
         raise ConfigError(
