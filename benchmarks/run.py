@@ -132,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        # Absolute: smokeseg resolves a relative --set path against the config's folder, not this one.
+        # Absolute: each run works in its own folder, not the one --init-from was typed in.
         init_from = args.init_from.resolve() if args.init_from else None
         results = [run_one(run, workdir.resolve(), init_from) for run in runs]
     by_name = {result["run"]: result for result in results}

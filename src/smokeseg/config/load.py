@@ -108,7 +108,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if value is None and text.strip() == "":
         value = ""
     keys = key_path.strip().split(".")
-    if _is_path_key(keys) and isinstance(value, str) and value not in ("", "None"):
+    if _is_path_key(keys) and isinstance(value, str) and value.strip() not in {"None", ""}:
         # Typed in a shell, a path means what it means there: relative to the current folder.
         value = str((Path.cwd() / value).resolve())
     node = raw
