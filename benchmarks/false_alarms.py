@@ -35,7 +35,7 @@ from smokeseg.data.dataset import fit_scale, fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map, samples_from_folders
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import smoke_verdict
-from smokeseg.storage import atomic_path, write_bytes_atomic
+from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
 
 TABLE_NAME = "smoke_free.csv"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -174,7 +174,7 @@ def main() -> None:
     results = [score_model(model, negatives, frames, positives) for model in args.models]
     text = json.dumps(results, indent=1)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_text_atomic(args.out, text + "\n")
     print(json.dumps([{k: v for k, v in r.items() if k != "grid"} for r in results], indent=1))
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from smokeseg.layout import TEST_PREDICTIONS_NAME
 from smokeseg.metrics import summarize_counts
+from smokeseg.storage import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -143,7 +144,7 @@ def main() -> None:
             for key in ("test_IoU", "test_mean_image_IoU"):
                 result[f"{key}_minus_baseline"] = round(result[key] - baseline[key], 4)
     out = args.out or ROOT / f"benchmarks/results-{args.suite}.json"
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 
