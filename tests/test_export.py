@@ -362,12 +362,26 @@ def test_rle_and_verdict_equal_smokesegs(score: ModuleType):
         expected = smoke_verdict(probabilities, threshold, minimum)
         smoke, confidence, boxes = score.smoke_verdict(probabilities, threshold, minimum)
         assert (smoke, confidence) == (expected.smoke, expected.confidence)
-        # Regions of equal area may come in another order: OpenCV numbers regions in 2x2 blocks.
-        assert sorted(boxes) == sorted(expected.boxes)
+        assert boxes == expected.boxes
         for order in ("F", "C"):
             assert score.rle_encode(probabilities > threshold, order) == rle_encode(
                 probabilities > threshold, order
             )
+
+
+def test_regions_of_equal_area_come_in_one_order(score: ModuleType):
+    """Raster order of each region's first pixel, which neither OpenCV's 2x2-block numbering nor the
+    boxes' top-left corners give."""
+    probabilities = np.zeros((10, 14), np.float32)
+    probabilities[0, 6:10] = 1  # first pixel (row 0, column 6)
+    probabilities[1, 0:4] = 1  # first pixel (row 1, column 0): OpenCV numbers this region first
+    probabilities[4:7, 4:8] = probabilities[4, 8] = 1  # first pixel (4, 4), box corner (4, 4)
+    for row, column in [(4, 12), (5, 11), (6, 10), (7, 9)]:  # first pixel (4, 12), box corner (4, 0)
+        probabilities[row, column] = 1
+    probabilities[8, 0:9] = 1
+    expected = [[4, 4, 9, 7, 13, 1.0], [0, 4, 13, 9, 13, 1.0], [6, 0, 10, 1, 4, 1.0], [0, 1, 4, 2, 4, 1.0]]
+    assert smoke_verdict(probabilities, 0.5, 4).boxes == expected
+    assert score.smoke_verdict(probabilities, 0.5, 4)[2] == expected
 
 
 # --- the package's table ---------------------------------------------------------------------------
@@ -410,9 +424,8 @@ def assert_same_predictions(ours: pd.DataFrame, theirs: pd.DataFrame, predictor:
         boxes = [
             json.loads(cell) if isinstance(cell, str) else cell for cell in (mine.boxes, reference.boxes)
         ]
-        mine_boxes, reference_boxes = (sorted(np.asarray(box).tolist() for box in each) for each in boxes)
         np.testing.assert_allclose(
-            np.reshape(mine_boxes, (-1, 6)), np.reshape(reference_boxes, (-1, 6)), atol=1e-4
+            *(np.reshape(np.asarray(each, dtype=float), (-1, 6)) for each in boxes), atol=1e-4
         )
 
 

@@ -38,8 +38,9 @@ def default_min_region_pixels(height: int, width: int) -> int:
 
 @dataclass(frozen=True)
 class Verdict:
-    """``boxes``: one ``[x0, y0, x1, y1, area, mean_probability]`` per kept region, largest first;
-    x1 and y1 are exclusive (``x1 - x0`` is the width), in the image's own pixels."""
+    """``boxes``: one ``[x0, y0, x1, y1, area, mean_probability]`` per kept region, largest first and
+    equal areas in raster order of their first pixel (top to bottom, then left to right); x1 and y1 are
+    exclusive (``x1 - x0`` is the width), in the image's own pixels."""
 
     smoke: bool
     confidence: float
@@ -54,14 +55,17 @@ def smoke_verdict(
     minimum = default_min_region_pixels(height, width) if min_region_pixels is None else min_region_pixels
     mask = (probabilities > threshold).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    boxes, peak = [], 0.0
+    keyed, peak = [], 0.0
     for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= minimum) + 1:  # label 0 is the background
         x0, y0, box_w, box_h, area = (int(v) for v in stats[label])
         window = (slice(y0, y0 + box_h), slice(x0, x0 + box_w))
-        inside = probabilities[window][labels[window] == label]
-        boxes.append([x0, y0, x0 + box_w, y0 + box_h, area, float(inside.mean())])
+        region = labels[window] == label
+        inside = probabilities[window][region]
+        first_x = x0 + int(np.argmax(region[0]))  # the region's first pixel in raster order is in its top row
+        keyed.append(((-area, y0, first_x), [x0, y0, x0 + box_w, y0 + box_h, area, float(inside.mean())]))
         peak = max(peak, float(inside.max()))
-    boxes.sort(key=lambda box: -box[4])
+    # OpenCV numbers regions in 2x2 blocks, not in raster order: the key alone decides, as in score.py.
+    boxes = [box for _, box in sorted(keyed)]
     confidence = peak if boxes else 1.0 - float(probabilities.max())
     return Verdict(bool(boxes), confidence, boxes)
 

@@ -316,16 +316,19 @@ def smoke_verdict(
 ) -> tuple[bool, float, list[list[float]]]:
     """(smoke, confidence, boxes): smoke when an 8-connected region above the threshold has at least
     ``min_region_pixels`` pixels; confidence is the highest probability in such regions, else 1 - the
-    image's highest; one ``[x0, y0, x1, y1, area, mean_probability]`` box per region."""
+    image's highest; one ``[x0, y0, x1, y1, area, mean_probability]`` box per region, largest first and
+    equal areas in raster order of their first pixel, as smokeseg orders them."""
     labels, stats = label_regions(probabilities > threshold)
-    boxes, peak = [], 0.0
+    keyed, peak = [], 0.0
     for label in np.flatnonzero(stats[:, 4] >= min_region_pixels):
         x0, y0, x1, y1, area = (int(value) for value in stats[label])
         window = (slice(y0, y1), slice(x0, x1))
-        inside = probabilities[window][labels[window] == label + 1]
-        boxes.append([x0, y0, x1, y1, area, float(inside.mean())])
+        region = labels[window] == label + 1
+        inside = probabilities[window][region]
+        first_x = x0 + int(np.argmax(region[0]))  # the region's first pixel in raster order is in its top row
+        keyed.append(((-area, y0, first_x), [x0, y0, x1, y1, area, float(inside.mean())]))
         peak = max(peak, float(inside.max()))
-    boxes.sort(key=lambda box: (-box[4], box[1], box[0]))  # largest first; ties top to bottom, left to right
+    boxes = [box for _, box in sorted(keyed)]  # largest first; equal areas in raster order of first pixel
     confidence = peak if boxes else 1.0 - float(probabilities.max())
     return bool(boxes), confidence, boxes
 
