@@ -135,6 +135,12 @@ def test_unknown_key_names_section_and_closest_key():
     assert "'epoch'" in message and "'training'" in message and "training.epochs" in message
 
 
+def test_an_unrelated_unknown_key_gets_no_suggestion():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["training.frobnicate=3"])
+    assert "unknown key 'frobnicate'" in str(error.value) and "Did you mean" not in str(error.value)
+
+
 def test_unknown_section_is_named():
     with pytest.raises(ConfigError, match=r"unknown key 'trainng'.*Did you mean 'training'"):
         load_config(None, ["trainng.epochs=3"])

@@ -446,6 +446,22 @@ def test_package_writes_the_table_smokeseg_predict_writes(
     assert_same_predictions(ours, smokeseg_tables[table_format], predictor, images)
 
 
+def test_package_table_is_readable_by_others_and_errors_name_the_file(
+    score: ModuleType, images: Path, tmp_path: Path
+):
+    """As `smokeseg predict` writes it: mode 0644 under umask 022, not mkstemp's 0600; and a file Pillow
+    cannot read is named, not the in-memory stream it was read from."""
+    umask = os.umask(0o022)
+    try:
+        assert score.main([str(images / "broken.jpg"), str(images / "double.png"), "-o", str(tmp_path)]) == 0
+    finally:
+        os.umask(umask)
+    table = tmp_path / "predictions.csv"
+    assert table.stat().st_mode & 0o777 == 0o644
+    error = pd.read_csv(table).set_index("image_id").loc["broken.jpg", "error"]
+    assert "broken.jpg is not an image Pillow can read" in error and "BytesIO" not in error
+
+
 def test_package_runs_in_a_fresh_virtual_environment(
     package: Path,
     predictor: Predictor,

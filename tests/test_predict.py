@@ -152,6 +152,8 @@ def test_corrupt_image_is_reported_and_the_others_scored(tmp_path: Path, caplog)
     with caplog.at_level(logging.ERROR):
         rows = _predict([images], tmp_path / "out", table_format="csv").set_index("image_id")
     assert "broken.png" in rows.loc["broken.png", "error"]
+    for foreign in ("on_bad_sample", "BytesIO"):  # training's setting; the stream Pillow read from
+        assert foreign not in rows.loc["broken.png", "error"]
     assert pd.isna(rows.loc["broken.png", "rle_mask"])
     scored = rows.drop(index="broken.png")
     assert scored["error"].isna().all() and scored["rle_mask"].notna().all()

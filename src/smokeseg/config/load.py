@@ -25,6 +25,9 @@ PATH_KEYS = (
     "validation_dataframe",
 )
 _PATH_KEYS_BY_SECTION = {"dataset": PATH_KEYS, "architecture": ("pretrained_weights", "init_from")}
+# How alike (difflib ratio) an unknown key and a valid one must be to suggest it: typos such as
+# "epoch" or "learning_rat", not "frobnicate" for "learning_rate" (0.52).
+_SUGGESTION_CUTOFF = 0.7
 
 
 def load_config(
@@ -149,7 +152,7 @@ def _unknown_key_message(location: list[str]) -> str:
         model = annotation
     section = ".".join(section_path) or "top level"
     valid = sorted(model.model_fields)
-    closest = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    closest = difflib.get_close_matches(key, valid, n=1, cutoff=_SUGGESTION_CUTOFF)
     hint = f" Did you mean {'.'.join([*section_path, closest[0]])!r}?" if closest else ""
     return f"unknown key {key!r} in section {section!r}.{hint} Valid keys: {', '.join(valid)}."
 

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from smokeseg.errors import DataError
 
@@ -19,9 +19,8 @@ _WIDE_INTEGER_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # EXIF orientations that swap width and height (the transposing and the 90-degree rotations).
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION_TAG = 0x0112
-_SKIP_HINT = (
-    "Re-export the file (e.g. open and save it again), or set dataset.on_bad_sample: skip to leave it out."
-)
+# Only the file's fix: which setting (if any) leaves the file out depends on the command that read it.
+_REEXPORT_HINT = "Re-export the file (e.g. open and save it again)."
 
 
 def read_image(data: bytes | Path, name: str) -> np.ndarray:
@@ -72,7 +71,7 @@ def _decode(data: bytes | Path, name: str) -> Image.Image:
             image.load()
             return ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError) as error:
-            raise DataError(f"Image {name} is truncated or corrupt ({error}). {_SKIP_HINT}") from None
+            raise DataError(f"Image {name} is truncated or corrupt ({error}). {_REEXPORT_HINT}") from None
 
 
 def _opened(data: bytes | Path, name: str) -> Image.Image:
@@ -88,11 +87,16 @@ def _opened(data: bytes | Path, name: str) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise DataError(
             f"Image {name} is too large to decode safely ({error}). If it is a genuine photo, downscale it "
-            "(smoke segmentation trains at a few hundred pixels), or set dataset.on_bad_sample: skip."
+            "(smoke segmentation trains at a few hundred pixels)."
         ) from None
     except (OSError, ValueError, SyntaxError) as error:
-        kind = "is empty" if not data else f"is not an image Pillow can read ({error})"
-        raise DataError(f"Image {name} {kind}. {_SKIP_HINT}") from None
+        kind = "is empty" if not data else f"is not an image Pillow can read ({_reason(error)})"
+        raise DataError(f"Image {name} {kind}. {_REEXPORT_HINT}") from None
+
+
+def _reason(error: Exception) -> str:
+    """Pillow's reason, less the in-memory stream it names when it recognises no format."""
+    return "not a format it knows" if isinstance(error, UnidentifiedImageError) else str(error)
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

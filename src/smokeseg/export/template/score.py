@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 HERE = Path(__file__).resolve().parent
 SETTINGS_NAME = "scoring.json"
@@ -69,7 +69,9 @@ def read_image(path: Path) -> np.ndarray:
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ScoringError(f"{path} is not an image Pillow can read ({error}).") from None
+        # Pillow names the in-memory stream, not the file, when it recognises no format.
+        reason = "not a format it knows" if isinstance(error, UnidentifiedImageError) else error
+        raise ScoringError(f"{path} is not an image Pillow can read ({reason}).") from None
     if image.mode in _WIDE_INTEGER_MODES:
         wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
         gray = ((wide + 128) // 257).astype(np.uint8)
@@ -511,10 +513,17 @@ def write_table(rows: list[dict[str, Any]], output_dir: Path, table_format: str 
     os.close(descriptor)
     try:
         TABLE_WRITERS[table_format](rows, Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a table is shared like any file
         os.replace(temporary, target)
     finally:
         Path(temporary).unlink(missing_ok=True)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def main(argv: Sequence[str] | None = None) -> int:
