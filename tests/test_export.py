@@ -462,6 +462,19 @@ def test_package_table_is_readable_by_others_and_errors_name_the_file(
     assert "broken.jpg is not an image Pillow can read" in error and "BytesIO" not in error
 
 
+def test_package_fails_when_no_image_could_be_scored_and_keeps_the_columns(
+    score: ModuleType, images: Path, smokeseg_tables: dict[str, pd.DataFrame], tmp_path: Path
+):
+    for table_format, read in (("csv", pd.read_csv), ("parquet", pd.read_parquet)):
+        arguments = [str(images / "broken.jpg"), "-o", str(tmp_path), "--format", table_format]
+        assert score.main(arguments) == 1
+        failed = read(tmp_path / f"predictions.{table_format}")
+        assert list(failed.columns) == list(smokeseg_tables[table_format].columns)
+        if table_format == "parquet":
+            sizes_and_scores = ["height", "width", "smoke_fraction", "probability_max", "confidence"]
+            assert failed.dtypes[sizes_and_scores].equals(smokeseg_tables["parquet"].dtypes[sizes_and_scores])
+
+
 def test_package_runs_in_a_fresh_virtual_environment(
     package: Path,
     predictor: Predictor,

@@ -162,6 +162,31 @@ def test_corrupt_image_is_reported_and_the_others_scored(tmp_path: Path, caplog)
     assert len(table) == 4 and table["height"].isna().sum() == 1
 
 
+@pytest.mark.parametrize("table_format", ["csv", "parquet"])
+def test_a_table_of_failures_alone_keeps_the_usual_columns(tmp_path: Path, table_format: str):
+    images = _write_images(tmp_path / "images", {"ok.png": (8, 8)})
+    read = pd.read_csv if table_format == "csv" else pd.read_parquet
+    _predict([images], tmp_path / "scored", table_format=table_format)
+    (images / "ok.png").write_bytes(b"not an image")
+    _predict([images], tmp_path / "failed", table_format=table_format)
+    scored, failed = (read(tmp_path / run / f"predictions.{table_format}") for run in ("scored", "failed"))
+    assert list(failed.columns) == list(scored.columns) and len(scored.columns) == 12
+    if table_format == "parquet":
+        sizes_and_scores = ["height", "width", "smoke_fraction", "probability_max", "confidence"]
+        assert failed.dtypes[sizes_and_scores].equals(scored.dtypes[sizes_and_scores])
+
+
+def test_predict_command_fails_when_no_image_could_be_scored(tmp_path: Path, monkeypatch):
+    images = _write_images(tmp_path / "images", {"ok.png": (8, 8)})
+    monkeypatch.setattr(Predictor, "from_path", lambda *args, **kwargs: _predictor())
+    arguments = ["predict", "model", str(images), "-o", str(tmp_path / "out"), "--format", "csv"]
+    assert CliRunner().invoke(app, arguments).exit_code == 0
+    (images / "ok.png").write_bytes(b"not an image")
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code != 0 and "no image could be scored" in result.output
+    assert len(pd.read_csv(tmp_path / "out/predictions.csv").columns) == 12
+
+
 @pytest.mark.parametrize("tile", [None, TileSpec()])
 def test_one_pixel_image_scores(tmp_path: Path, tile: TileSpec | None):
     images = _write_images(tmp_path / "images", {"dot.png": (1, 1)})

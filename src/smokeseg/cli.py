@@ -253,6 +253,9 @@ def predict(
     console.print(
         f"{run.images} images: {run.with_smoke} with smoke, {run.failed} not scored. Predictions: {run.table}"
     )
+    if run.failed == run.images:
+        console.print("Error: no image could be scored; each row's error says why.", style="red")
+        raise typer.Exit(1)
 
 
 class _ImageProgress:

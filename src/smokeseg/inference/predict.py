@@ -34,8 +34,16 @@ logger = logging.getLogger(__name__)
 
 TABLE_STEM = "predictions"
 TableFormat = Literal["parquet", "csv"]
-# Pixel columns that failed rows leave empty: kept integer (nullable) rather than turned into floats.
-_SIZE_COLUMNS = ("height", "width")
+# Types of the columns failed rows leave empty, so that a table of failures alone keeps them: sizes stay
+# integers (nullable) rather than turning into floats.
+_COLUMN_TYPES = {
+    "height": "Int64",
+    "width": "Int64",
+    "smoke_fraction": "float64",
+    "probability_max": "float64",
+    "probability_mean": "float64",
+    "confidence": "float64",
+}
 _JPEG_QUALITY = 90
 
 ImageEncoder = Callable[[Prediction, np.ndarray, dict[str, Any]], bytes]
@@ -126,7 +134,7 @@ def predict(
 
     order = {sample.image_id: index for index, sample in enumerate(samples)}
     frame = pd.DataFrame(sorted(rows, key=lambda row: order[row["image_id"]]))
-    frame = frame.astype({column: "Int64" for column in _SIZE_COLUMNS if column in frame})
+    frame = frame.astype({column: kind for column, kind in _COLUMN_TYPES.items() if column in frame})
     table = output_dir / f"{TABLE_STEM}.{table_format}"
     return PredictionRun(table, write_table(frame, table))
 

@@ -30,6 +30,20 @@ from smokeseg.storage import atomic_path
 MIN_REGION_FRACTION = 1e-4
 MIN_REGION_FLOOR = 16
 CLASS_NAME = "smoke"
+# The columns of every prediction row, in order; a row that could not be scored has them too, empty.
+PREDICTION_COLUMNS = (
+    "image_id",
+    "class_id",
+    "rle_mask",
+    "height",
+    "width",
+    "smoke_fraction",
+    "probability_max",
+    "probability_mean",
+    "smoke",
+    "confidence",
+    "boxes",
+)
 
 
 def default_min_region_pixels(height: int, width: int) -> int:
@@ -111,8 +125,11 @@ def dataset_scores(rows: pd.DataFrame) -> dict[str, float]:
 
 
 def failed_row(sample: Sample, error: str) -> dict[str, Any]:
-    """The row of an image that could not be scored: no mask (not an empty one) and the reason."""
-    return {"image_id": sample.image_id, "class_id": CLASS_NAME, "rle_mask": None, "error": error}
+    """The row of an image that could not be scored: every column of a scored row, empty (no mask, not an
+    empty one), and the reason; so a table of failures alone has the usual columns."""
+    row: dict[str, Any] = dict.fromkeys(PREDICTION_COLUMNS)
+    row.update(image_id=sample.image_id, class_id=CLASS_NAME, error=error)
+    return row
 
 
 def write_table(rows: Iterable[dict[str, Any]] | pd.DataFrame, target: Path) -> pd.DataFrame:

@@ -40,6 +40,30 @@ TABLE_STEM = "predictions"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Above this many pixels, resizing to the model size discards nearly everything: smokeseg refuses too.
 MAX_PIXELS = 100_000_000
+# The table's columns, in order, as `smokeseg predict` writes them.
+TABLE_COLUMNS = (
+    "image_id",
+    "class_id",
+    "rle_mask",
+    "height",
+    "width",
+    "smoke_fraction",
+    "probability_max",
+    "probability_mean",
+    "smoke",
+    "confidence",
+    "boxes",
+    "error",
+)
+# Types of the columns a failed row leaves empty, so that a Parquet table of failures alone keeps them.
+_COLUMN_TYPES = {
+    "height": "Int64",
+    "width": "Int64",
+    "smoke_fraction": "float64",
+    "probability_max": "float64",
+    "probability_mean": "float64",
+    "confidence": "float64",
+}
 # Modes whose values span 0..65535; Pillow's own convert("RGB") would clip them instead of scaling.
 _WIDE_INTEGER_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # OpenCV's fixed-point bilinear weights for 8-bit images: 11 fractional bits.
@@ -401,13 +425,11 @@ class Scorer:
         }
 
     def failed_row(self, image_id: str, error: str) -> dict[str, Any]:
-        """No mask (not an empty one) for an image that could not be scored, and the reason."""
-        return {
-            "image_id": image_id,
-            "class_id": self.settings["class_name"],
-            "rle_mask": None,
-            "error": error,
-        }
+        """Every column of a scored row, empty (no mask, not an empty one), for an image that could not be
+        scored, and the reason; so a table of failures alone has the usual columns."""
+        row: dict[str, Any] = dict.fromkeys(TABLE_COLUMNS)
+        row.update(image_id=image_id, class_id=self.settings["class_name"], error=error)
+        return row
 
     def score(
         self, images: Sequence[tuple[str, Path]], batch_size: int | None = None
@@ -475,9 +497,8 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _write_csv(rows: list[dict[str, Any]], target: Path) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
     with target.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, columns, restval="")
+        writer = csv.DictWriter(file, TABLE_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows({key: _csv_cell(value) for key, value in row.items()} for row in rows)
 
@@ -493,10 +514,8 @@ def _pandas() -> Any:
 
 
 def _write_parquet(rows: list[dict[str, Any]], target: Path) -> None:
-    frame = _pandas().DataFrame(rows)
-    frame.astype({column: "Int64" for column in ("height", "width") if column in frame}).to_parquet(
-        target, index=False
-    )
+    frame = _pandas().DataFrame(rows, columns=TABLE_COLUMNS)
+    frame.astype(_COLUMN_TYPES).to_parquet(target, index=False)
 
 
 TABLE_WRITERS: dict[str, Callable[[list[dict[str, Any]], Path], None]] = {
@@ -547,9 +566,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScoringError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 2
-    smoke = sum(bool(row.get("smoke")) for row in rows)
+    smoke = sum(bool(row["smoke"]) for row in rows)
     failed = sum(row["error"] is not None for row in rows)
     print(f"{len(rows)} images: {smoke} with smoke, {failed} not scored. Predictions: {table}")
+    if failed == len(rows):
+        print("Error: no image could be scored; each row's error says why.", file=sys.stderr)
+        return 1
     return 0
 
 
