@@ -475,6 +475,18 @@ def test_package_fails_when_no_image_could_be_scored_and_keeps_the_columns(
             assert failed.dtypes[sizes_and_scores].equals(smokeseg_tables["parquet"].dtypes[sizes_and_scores])
 
 
+def test_package_gives_files_that_share_a_stem_their_own_rows(score: ModuleType, tmp_path: Path):
+    """The ids `smokeseg predict` gives them: the file names, extensions kept."""
+    folder = tmp_path / "same_stem"
+    folder.mkdir()
+    for name in ("image.bmp", "image.tiff"):
+        Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(folder / name)
+    assert [image_id for image_id, _ in score.find_images([folder])] == ["image.bmp", "image.tiff"]
+    assert score.main([str(folder), "-o", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out/predictions.csv")
+    assert table["image_id"].tolist() == ["image.bmp", "image.tiff"] and table["error"].isna().all()
+
+
 def test_package_runs_in_a_fresh_virtual_environment(
     package: Path,
     predictor: Predictor,

@@ -119,8 +119,25 @@ def test_ids_stay_apart_and_repeats_are_scored_once(tmp_path: Path):
     cams = _write_images(tmp_path / "cams", {"cam1/x.png": (8, 8), "cam2/x.png": (8, 8)})
     ids = [s.image_id for s in collect_inputs([str(cams / "*" / "x.png"), cams / "cam1" / "x.png", cams])]
     assert ids == ["cam1/x.png", "cam2/x.png"]
-    with pytest.raises(DataError, match="common parent folder"):
+    with pytest.raises(DataError, match=r"both be row 'x.png'.*Pass the folder that holds both"):
         collect_inputs([cams / "cam1", cams / "cam2"])
+
+
+def test_files_that_share_a_stem_get_their_own_rows_and_files(tmp_path: Path):
+    images = _write_images(
+        tmp_path / "images", {"image.bmp": (8, 8), "image.tiff": (9, 9), "other.png": (7, 7)}
+    )
+    rows = _predict([images], tmp_path / "out", image_outputs=["masks", "overlays"])
+    assert rows["image_id"].tolist() == ["image.bmp", "image.tiff", "other.png"]
+    assert rows["error"].isna().all()
+    masks = tmp_path / "out/masks"
+    assert sorted(path.name for path in masks.iterdir()) == ["image.bmp.png", "image.tiff.png", "other.png"]
+    assert Image.open(masks / "image.tiff.png").size == (9, 9)
+    assert (tmp_path / "out/overlays/image.bmp.jpg").is_file()
+    (images / "image.bmp.png").write_bytes((images / "other.png").read_bytes())  # would write image.bmp.png
+    with pytest.raises(DataError, match=r"image.bmp and image.bmp.png would both write masks/image.bmp.png"):
+        _predict([images], tmp_path / "again", image_outputs=["masks"])
+    assert not (tmp_path / "again").exists(), "refused before scoring"
 
 
 @pytest.mark.parametrize("kind", ["empty folder", "unmatched glob", "missing file", "not an image"])

@@ -37,7 +37,7 @@ def collect_inputs(paths: Sequence[str | Path], data_folder: DataFolder = None) 
     """Every image the inputs name, in input order; an image named twice is scored once.
 
     ``data_folder`` holds the images of a table (default: the table's own folder). An input that
-    names no image, or two different images that would share output files, is a DataError.
+    names no image, or two different images that would share an id, is a DataError.
     """
     samples: list[Sample] = []
     for path in paths:
@@ -149,18 +149,17 @@ _RESOLVERS: list[tuple[Callable[[str], bool], Callable[[str, DataFolder], list[S
 
 
 def _unique(samples: list[Sample]) -> list[Sample]:
-    """Keep the first mention of each file; refuse two files whose output names (id less suffix) collide."""
+    """Keep the first mention of each file; refuse two files that would share an id (a table row)."""
     kept: dict[str, Sample] = {}
-    by_key: dict[str, Sample] = {}
+    by_id: dict[str, Sample] = {}
     for sample in samples:
         if sample.image_location in kept:
             continue
-        key = PurePosixPath(sample.image_id).with_suffix("").as_posix()
-        if key in by_key:
+        if sample.image_id in by_id:
             raise DataError(
-                f"{by_key[key].image_location} and {sample.image_location} would both be image {key} in the "
-                "predictions table and its mask and overlay files. Pass their common parent folder instead "
-                "(ids are then paths relative to it), or rename one of them."
+                f"{by_id[sample.image_id].image_location} and {sample.image_location} would both be row "
+                f"{sample.image_id!r} of the predictions table: they were given as separate inputs. Pass the "
+                "folder that holds both (ids are then paths relative to it), or rename one of them."
             )
-        kept[sample.image_location] = by_key[key] = sample
+        kept[sample.image_location] = by_id[sample.image_id] = sample
     return list(kept.values())

@@ -1,9 +1,11 @@
 """``smokeseg predict``: score images into a Hydrogen Torch-format table, plus optional per-image files.
 
-The output folder holds ``predictions.parquet`` (or ``.csv``) and, on request, ``masks/<id>.png``
-(0/255), ``probabilities/<id>.png`` (probability x 255) and ``overlays/<id>.jpg`` (mask tinted and
-outlined, each smoke region boxed). Every file is written atomically and the table last, so a table
-on disk means a finished run. An image that cannot be read gets a row with its ``error`` (and a
+The output folder holds ``predictions.parquet`` (or ``.csv``) and, on request, ``masks/<name>.png``
+(0/255), ``probabilities/<name>.png`` (probability x 255) and ``overlays/<name>.jpg`` (mask tinted and
+outlined, each smoke region boxed), where ``<name>`` is the image id less its extension, or the whole
+id where two ids share that stem (``image.bmp`` and ``image.tiff`` write ``masks/image.bmp.png`` and
+``masks/image.tiff.png``). Every file is written atomically and the table last, so a table on disk
+means a finished run. An image that cannot be read gets a row with its ``error`` (and a
 logged error); the others are still scored.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,7 +26,7 @@ from PIL import Image
 
 from smokeseg.data.formats import Sample, safe_relative_name
 from smokeseg.data.images import encode_png
-from smokeseg.errors import SmokesegError
+from smokeseg.errors import DataError, SmokesegError
 from smokeseg.inference.predictor import Prediction, Predictor
 from smokeseg.inference.scoring import failed_row, prediction_row, write_table
 from smokeseg.report.html import PREDICTED_COLOR
@@ -108,6 +111,7 @@ def predict(
     if unknown:
         raise SmokesegError(f"Unknown image outputs {sorted(unknown)}: choose from {sorted(IMAGE_OUTPUTS)}.")
     output_dir = Path(output_dir)
+    names = output_names(samples, output_dir) if image_outputs else {}
     threshold = predictor.threshold if threshold is None else threshold
     rows: list[dict[str, Any]] = []
 
@@ -127,9 +131,8 @@ def predict(
         mask = prediction.probabilities > threshold
         for name in image_outputs:
             suffix, encode = IMAGE_OUTPUTS[name]
-            write_bytes_atomic(
-                _image_output_path(output_dir, name, prediction.sample, suffix), encode(prediction, mask, row)
-            )
+            target = output_dir / name / f"{names[prediction.sample.image_id]}{suffix}"
+            write_bytes_atomic(target, encode(prediction, mask, row))
         finished(row)
 
     order = {sample.image_id: index for index, sample in enumerate(samples)}
@@ -139,6 +142,20 @@ def predict(
     return PredictionRun(table, write_table(frame, table))
 
 
-def _image_output_path(output_dir: Path, folder: str, sample: Sample, suffix: str) -> Path:
-    name = PurePosixPath(sample.image_id).with_suffix(suffix).as_posix()
-    return output_dir / folder / safe_relative_name(name, str(output_dir / folder))
+def output_names(samples: Sequence[Sample], output_dir: Path) -> dict[str, str]:
+    """Each image id's per-image file name, less suffix: the id less its extension, or the whole id where
+    another id has the same stem, so that no image's files overwrite another's. Names that point outside
+    ``output_dir``, or that still collide, are a DataError before any scoring."""
+    ids = {sample.image_id: safe_relative_name(sample.image_id, str(output_dir)) for sample in samples}
+    stems = {image_id: PurePosixPath(name).with_suffix("").as_posix() for image_id, name in ids.items()}
+    shared = {stem for stem, count in Counter(stems.values()).items() if count > 1}
+    owners: dict[str, str] = {}
+    for image_id, stem in stems.items():
+        name = ids[image_id] if stem in shared else stem
+        if name in owners:
+            raise DataError(
+                f"Images {owners[name]} and {image_id} would both write masks/{name}.png (and the other "
+                "per-image files). Rename one of them."
+            )
+        owners[name] = image_id
+    return {image_id: name for name, image_id in owners.items()}
