@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +143,34 @@ def smoke5k_root() -> Path:
     if not (path / "images").is_dir():
         pytest.skip(f"needs the shared smoke5k dataset at {path}, which is not beside this checkout")
     return path
+
+
+# --- output folders that cannot take the outputs (predict, score.py) ---------------------------------
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``mount(free_bytes=None, read_only=False)``: a fresh small tmpfs with about ``free_bytes`` left
+    (None: all of its 256 KB), or mounted read-only. Root bypasses file permissions, so only a real
+    file system shows a full or read-only disk; where mounting is not allowed (not root, no
+    CAP_SYS_ADMIN, not Linux) the test is skipped."""
+    mounted: list[Path] = []
+
+    def mount(free_bytes: int | None = None, read_only: bool = False) -> Path:
+        target = tmp_path / f"mount{len(mounted)}"
+        target.mkdir()
+        options = "size=256k" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'mount failed'})")
+        mounted.append(target)
+        if free_bytes is not None:
+            stats = os.statvfs(target)
+            (target / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - free_bytes))
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], check=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import zipfile
 from pathlib import Path
 
@@ -19,13 +20,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from smokeseg.cli import app
+from smokeseg.cli import app, main
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.normalization import normalize
 from smokeseg.data.rle import rle_decode
 from smokeseg.data.synthetic import generate_demo_dataset
-from smokeseg.errors import DataError, ModelError, SmokesegError
+from smokeseg.errors import DataError, ModelError, OutputError, SmokesegError
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
 from smokeseg.inference.predictor import Predictor, TileSpec
@@ -202,6 +203,43 @@ def test_predict_command_fails_when_no_image_could_be_scored(tmp_path: Path, mon
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code != 0 and "no image could be scored" in result.output
     assert len(pd.read_csv(tmp_path / "out/predictions.csv").columns) == 12
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_an_output_folder_that_cannot_be_written_fails_before_scoring(
+    tmp_path: Path, small_filesystem, monkeypatch, capsys, disk: str
+):
+    images = _write_images(tmp_path / "images")
+    mount = small_filesystem(read_only=True) if disk == "read-only" else small_filesystem(free_bytes=0)
+    with pytest.raises(
+        OutputError, match=rf"Cannot write {mount}.*(Read-only|No space).*another output"
+    ) as caught:
+        predict(
+            _predictor(), collect_inputs([images]), mount / "out", progress=lambda *_: pytest.fail("scored")
+        )
+    assert "\n" not in str(caught.value)
+    # The command: one message, no traceback, exit status 2.
+    monkeypatch.setattr(Predictor, "from_path", lambda *args, **kwargs: _predictor())
+    monkeypatch.setattr(sys, "argv", ["smokeseg", "predict", "model", str(images), "-o", str(mount / "out")])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("Error: Cannot write") and "Traceback" not in stderr
+
+
+def test_a_write_that_fails_during_the_run_is_one_clear_error(tmp_path: Path, small_filesystem):
+    images = _write_images(tmp_path / "images")
+    nearly_full = small_filesystem(free_bytes=8192)  # the probe fits; the images' files do not
+    with pytest.raises(OutputError, match=rf"Cannot write {nearly_full}.*No space left") as caught:
+        predict(
+            _predictor(),
+            collect_inputs([images]),
+            nearly_full,
+            image_outputs=["masks", "probabilities", "overlays"],
+        )
+    assert "\n" not in str(caught.value)
+    assert not list(nearly_full.rglob("*.tmp")) and not (nearly_full / "predictions.parquet").exists()
 
 
 @pytest.mark.parametrize("tile", [None, TileSpec()])

@@ -1,4 +1,4 @@
-"""Atomic file writes: an output either exists whole or not at all."""
+"""Atomic file writes: an output either exists whole or not at all; a folder that cannot take them says so."""
 
 from __future__ import annotations
 
@@ -7,6 +7,37 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from smokeseg.errors import OutputError
+
+# A write probe the size of a file system block: a full disk refuses it, where an empty file still fits.
+_PROBE_BYTES = 4096
+
+
+def ensure_writable_folder(path: Path) -> None:
+    """Create ``path`` if needed and write a probe file in it, so that a read-only or full disk fails
+    before the work (minutes or hours of it), not after."""
+    path = Path(path)
+    with reporting_write_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".write-probe.") as probe:
+            probe.write(b"\0" * _PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+
+
+@contextmanager
+def reporting_write_errors(folder: Path) -> Iterator[None]:
+    """Turn an OSError met while writing into ``folder`` (read-only, full, not a folder) into one line
+    naming the file and the way out."""
+    try:
+        yield
+    except OSError as error:
+        where = folder if error.filename is None else error.filename
+        raise OutputError(
+            f"Cannot write {where}: {error.strerror or error}. Free space on that disk or make the folder "
+            "writable, or give another output folder."
+        ) from None
 
 
 @contextmanager

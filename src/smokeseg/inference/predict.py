@@ -31,7 +31,7 @@ from smokeseg.inference.predictor import Prediction, Predictor
 from smokeseg.inference.scoring import failed_row, prediction_row, write_table
 from smokeseg.report.html import PREDICTED_COLOR
 from smokeseg.report.overlay import overlay_mask
-from smokeseg.storage import write_bytes_atomic
+from smokeseg.storage import ensure_writable_folder, reporting_write_errors, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,16 @@ def predict(
     """Score ``samples`` into ``output_dir``; ``progress(done, total)`` is called after each image.
 
     ``image_outputs``: names from ``IMAGE_OUTPUTS``. ``threshold`` defaults to the model's
-    ``prediction.probability_threshold``; ``min_region_pixels`` to the verdict rule's default.
+    ``prediction.probability_threshold``; ``min_region_pixels`` to the verdict rule's default. An output
+    folder that cannot be written (read-only, full) is an OutputError before any scoring, and a write
+    that fails later is one too.
     """
     unknown = set(image_outputs) - IMAGE_OUTPUTS.keys()
     if unknown:
         raise SmokesegError(f"Unknown image outputs {sorted(unknown)}: choose from {sorted(IMAGE_OUTPUTS)}.")
     output_dir = Path(output_dir)
     names = output_names(samples, output_dir) if image_outputs else {}
+    ensure_writable_folder(output_dir)
     threshold = predictor.threshold if threshold is None else threshold
     rows: list[dict[str, Any]] = []
 
@@ -132,14 +135,16 @@ def predict(
         for name in image_outputs:
             suffix, encode = IMAGE_OUTPUTS[name]
             target = output_dir / name / f"{names[prediction.sample.image_id]}{suffix}"
-            write_bytes_atomic(target, encode(prediction, mask, row))
+            with reporting_write_errors(output_dir):
+                write_bytes_atomic(target, encode(prediction, mask, row))
         finished(row)
 
     order = {sample.image_id: index for index, sample in enumerate(samples)}
     frame = pd.DataFrame(sorted(rows, key=lambda row: order[row["image_id"]]))
     frame = frame.astype({column: kind for column, kind in _COLUMN_TYPES.items() if column in frame})
     table = output_dir / f"{TABLE_STEM}.{table_format}"
-    return PredictionRun(table, write_table(frame, table))
+    with reporting_write_errors(output_dir):
+        return PredictionRun(table, write_table(frame, table))
 
 
 def output_names(samples: Sequence[Sample], output_dir: Path) -> dict[str, str]:

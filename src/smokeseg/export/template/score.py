@@ -64,6 +64,8 @@ _COLUMN_TYPES = {
     "probability_mean": "float64",
     "confidence": "float64",
 }
+# A write probe the size of a file system block: a full disk refuses it, where an empty file still fits.
+_PROBE_BYTES = 4096
 # Modes whose values span 0..65535; Pillow's own convert("RGB") would clip them instead of scaling.
 _WIDE_INTEGER_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 # OpenCV's fixed-point bilinear weights for 8-bit images: 11 fractional bits.
@@ -524,18 +526,42 @@ TABLE_WRITERS: dict[str, Callable[[list[dict[str, Any]], Path], None]] = {
 }
 
 
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and write a probe file in it, so that a read-only or full disk fails
+    before the scoring, not after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-probe.") as probe:
+            probe.write(b"\0" * _PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise _write_error(folder, error) from None
+
+
+def _write_error(folder: Path, error: OSError) -> ScoringError:
+    where = folder if error.filename is None else error.filename
+    return ScoringError(
+        f"Cannot write {where}: {error.strerror or error}. Free space on that disk or make the folder "
+        "writable, or give another --output folder."
+    )
+
+
 def write_table(rows: list[dict[str, Any]], output_dir: Path, table_format: str = "csv") -> Path:
     """``output_dir/predictions.<format>``, written to a temporary file first: never half a table."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"{TABLE_STEM}.{table_format}"
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=output_dir)
-    os.close(descriptor)
     try:
-        TABLE_WRITERS[table_format](rows, Path(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a table is shared like any file
-        os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=output_dir)
+        os.close(descriptor)
+        try:
+            TABLE_WRITERS[table_format](rows, Path(temporary))
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a table is shared like any file
+            os.replace(temporary, target)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+    except OSError as error:
+        raise _write_error(output_dir, error) from None
     return target
 
 
@@ -560,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = find_images(args.inputs)
         if args.table_format == "parquet":
             _pandas()  # a missing pandas fails before the scoring, not after it
+        ensure_writable_folder(args.output)
         scorer = Scorer(HERE, args.threshold, args.min_region_pixels)
         rows = scorer.score(images, args.batch_size)
         table = write_table(rows, args.output, args.table_format)
