@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -485,6 +486,17 @@ def test_package_gives_files_that_share_a_stem_their_own_rows(score: ModuleType,
     assert score.main([str(folder), "-o", str(tmp_path / "out")]) == 0
     table = pd.read_csv(tmp_path / "out/predictions.csv")
     assert table["image_id"].tolist() == ["image.bmp", "image.tiff"] and table["error"].isna().all()
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_package_checks_its_output_folder_before_scoring(
+    score: ModuleType, images: Path, small_filesystem, monkeypatch, capsys, disk: str
+):
+    mount = small_filesystem(read_only=True) if disk == "read-only" else small_filesystem(free_bytes=0)
+    monkeypatch.setattr(score, "Scorer", lambda *args, **kwargs: pytest.fail("scored before the check"))
+    assert score.main([str(images), "-o", str(mount / "out")]) == 2
+    stderr = capsys.readouterr().err
+    assert re.fullmatch(rf"Error: Cannot write {mount}\S*: (Read-only|No space).*output folder\.\n", stderr)
 
 
 def test_package_runs_in_a_fresh_virtual_environment(
