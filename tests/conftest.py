@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,21 @@ def smoke5k_root() -> Path:
     if not (path / "images").is_dir():
         pytest.skip(f"needs the shared smoke5k dataset at {path}, which is not beside this checkout")
     return path
+
+
+# --- images too large to decode (data, predict, score.py) -------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 16x16 gray PNG whose header claims ``width`` x ``height``: a reader that decodes it before checking
+    its size fails on truncated data (or allocates the claimed size) instead of refusing it as too large."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[start + 17 : start + 21] = zlib.crc32(bytes(data[start : start + 17])).to_bytes(4, "big")
+    return bytes(data)
 
 
 # --- output folders that cannot take the outputs (predict, score.py) ---------------------------------

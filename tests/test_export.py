@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import png_claiming
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.data.dataset import fit_to_size
@@ -425,9 +426,10 @@ def assert_same_predictions(ours: pd.DataFrame, theirs: pd.DataFrame, predictor:
         boxes = [
             json.loads(cell) if isinstance(cell, str) else cell for cell in (mine.boxes, reference.boxes)
         ]
-        np.testing.assert_allclose(
-            *(np.reshape(np.asarray(each, dtype=float), (-1, 6)) for each in boxes), atol=1e-4
+        mine_boxes, reference_boxes = (
+            np.reshape([np.asarray(b, float) for b in each], (-1, 6)) for each in boxes
         )
+        np.testing.assert_allclose(mine_boxes, reference_boxes, atol=1e-4)  # in order: one rule orders both
 
 
 @pytest.mark.parametrize("table_format", ["csv", "parquet"])
@@ -497,6 +499,25 @@ def test_package_checks_its_output_folder_before_scoring(
     assert score.main([str(images), "-o", str(mount / "out")]) == 2
     stderr = capsys.readouterr().err
     assert re.fullmatch(rf"Error: Cannot write {mount}\S*: (Read-only|No space).*output folder\.\n", stderr)
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_package_refuses_images_above_the_pixel_limit_from_the_header(
+    score: ModuleType, images: Path, tmp_path: Path, monkeypatch, capsys
+):
+    folder = tmp_path / "to_score"
+    folder.mkdir()
+    shutil.copy(images / "double.png", folder)
+    (folder / "big.png").write_bytes(png_claiming(10000, 10000))
+    assert score.main([str(folder), "-o", str(tmp_path / "out")]) == 0
+    errors = pd.read_csv(tmp_path / "out/predictions.csv").set_index("image_id")["error"]
+    assert re.search(r"big.png is too large.*10000x10000.*SMOKESEG_MAX_IMAGE_PIXELS", errors["big.png"])
+    assert pd.isna(errors["double.png"])
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", str(2 * MODEL_SIZE[0] * 2 * MODEL_SIZE[1] - 1))
+    assert score.main([str(folder), "-o", str(tmp_path / "out")]) == 1, "double.png is now one pixel too many"
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", "lots")
+    assert score.main([str(folder), "-o", str(tmp_path / "out")]) == 2
+    assert "SMOKESEG_MAX_IMAGE_PIXELS=lots is not" in capsys.readouterr().err
 
 
 def test_package_runs_in_a_fresh_virtual_environment(

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image, features
 
+from conftest import png_claiming
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import (
@@ -29,7 +30,7 @@ from smokeseg.data.formats import (
 )
 from smokeseg.data.images import encode_png, image_size, read_image, read_mask
 from smokeseg.data.rle import decodes_more_plausibly_in, rle_encode
-from smokeseg.errors import DataError
+from smokeseg.errors import ConfigError, DataError
 
 # --- every shape loads to the same masks -----------------------------------------------------------
 
@@ -380,6 +381,25 @@ def test_unreadable_images_name_the_file(data: bytes, expected: str) -> None:
 def test_missing_image_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         read_image(tmp_path / "x.png", str(tmp_path / "x.png"))
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_images_above_the_pixel_limit_are_refused_from_the_header(monkeypatch) -> None:
+    """A 10000x10000 PNG is refused with the limit and how to change it, not decoded with Pillow's warning."""
+    with pytest.raises(DataError, match=r"big.png is too large.*10000x10000.*SMOKESEG_MAX_IMAGE_PIXELS"):
+        read_image(png_claiming(10000, 10000), "big.png")
+    small = _encoded(Image.new("RGB", (40, 40)))
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", "1599")
+    with pytest.raises(DataError, match=r"40x40, 1,600 pixels; the limit is 1,599 pixels"):
+        read_image(small, "small.png")
+    with pytest.raises(DataError, match=r"too large"):
+        read_mask(small, "small_mask.png")
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", "1600")
+    assert read_image(small, "small.png").shape == (40, 40, 3)
+    for wrong in ("lots", "0", "200000000"):
+        monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", wrong)
+        with pytest.raises(ConfigError, match=rf"SMOKESEG_MAX_IMAGE_PIXELS={wrong} is not"):
+            read_image(small, "small.png")
 
 
 def test_decompression_bombs_are_refused(monkeypatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -20,13 +21,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import png_claiming
 from smokeseg.cli import app, main
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.normalization import normalize
 from smokeseg.data.rle import rle_decode
 from smokeseg.data.synthetic import generate_demo_dataset
-from smokeseg.errors import DataError, ModelError, OutputError, SmokesegError
+from smokeseg.errors import ConfigError, DataError, ModelError, OutputError, SmokesegError
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
 from smokeseg.inference.predictor import Predictor, TileSpec
@@ -250,8 +252,8 @@ def test_one_pixel_image_scores(tmp_path: Path, tile: TileSpec | None):
     assert not row["smoke"], "one pixel is below the smallest region that makes a verdict"
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_huge_image_is_refused_untiled_before_decoding(tmp_path: Path):
+def test_huge_image_is_refused_untiled_before_decoding(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", "150000000")  # decodable, but only tiled
     images = _write_images(tmp_path / "images", {"ok.png": (8, 8)})
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, format="JPEG")
@@ -268,6 +270,22 @@ def test_huge_image_is_refused_untiled_before_decoding(tmp_path: Path):
     with pytest.raises(SmokesegError, match="--tile"):
         _predictor(max_untiled_pixels=1000).predict_images([image])
     assert _predictor(max_untiled_pixels=1000, tile=TileSpec()).predict_images([image])[0].shape == (40, 40)
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("tile", [None, TileSpec()])
+def test_an_image_above_the_pixel_limit_is_refused_with_how_to_change_it(tmp_path: Path, monkeypatch, tile):
+    """10000x10000 passes the untiled limit (100 megapixels) but not the decoding one, which is checked
+    from the header: no Pillow warning, no gigabyte of pixels."""
+    images = _write_images(tmp_path / "images", {"ok.png": (8, 8)})
+    (images / "big.png").write_bytes(png_claiming(10000, 10000))
+    rows = _predict([images], tmp_path / "out", _predictor(tile=tile)).set_index("image_id")
+    error = rows.loc["big.png", "error"]
+    assert re.search(r"big.png is too large.*10000x10000.*SMOKESEG_MAX_IMAGE_PIXELS", error)
+    assert pd.isna(rows.loc["ok.png", "error"])
+    monkeypatch.setenv("SMOKESEG_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="SMOKESEG_MAX_IMAGE_PIXELS=lots is not"):
+        _predict([images], tmp_path / "again", _predictor(tile=tile))
 
 
 def test_file_that_is_not_a_model_is_a_model_error(tmp_path: Path):

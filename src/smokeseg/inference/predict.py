@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from smokeseg.data.formats import Sample, safe_relative_name
-from smokeseg.data.images import encode_png
+from smokeseg.data.images import encode_png, max_image_pixels
 from smokeseg.errors import DataError, SmokesegError
 from smokeseg.inference.predictor import Prediction, Predictor
 from smokeseg.inference.scoring import failed_row, prediction_row, write_table
@@ -115,6 +115,7 @@ def predict(
     output_dir = Path(output_dir)
     names = output_names(samples, output_dir) if image_outputs else {}
     ensure_writable_folder(output_dir)
+    max_image_pixels()  # a wrong SMOKESEG_MAX_IMAGE_PIXELS stops the run here, not in every row
     threshold = predictor.threshold if threshold is None else threshold
     rows: list[dict[str, Any]] = []
 

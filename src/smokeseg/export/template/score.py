@@ -14,6 +14,9 @@ class_id, rle_mask (1-indexed ``start length`` pairs in ``rle_order``, at the im
 width, smoke_fraction, probability_max, probability_mean, smoke, confidence, boxes (``[x0, y0, x1, y1,
 area, mean_probability]`` per region, x1/y1 exclusive) and error (why an image could not be scored).
 CSV cells holding lists are JSON. Parquet needs ``pip install pandas pyarrow``.
+
+Images above 89,478,485 pixels (about 9459x9459) are refused before decoding, as smokeseg refuses them;
+the environment variable SMOKESEG_MAX_IMAGE_PIXELS changes the limit (at most 178,956,970).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,8 +42,12 @@ HERE = Path(__file__).resolve().parent
 SETTINGS_NAME = "scoring.json"
 TABLE_STEM = "predictions"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# Above this many pixels, resizing to the model size discards nearly everything: smokeseg refuses too.
-MAX_PIXELS = 100_000_000
+# Images above this many pixels are refused from their header, before decoding (a 10000x10000 PNG can be
+# a few hundred KB on disk and over a gigabyte decoded), as smokeseg refuses them; the default is Pillow's
+# own decompression-bomb threshold, and Pillow refuses more than twice it whatever is set.
+MAX_PIXELS_VARIABLE = "SMOKESEG_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 89_478_485
+_PILLOW_HARD_LIMIT = 2 * DEFAULT_MAX_PIXELS
 # The table's columns, in order, as `smokeseg predict` writes them.
 TABLE_COLUMNS = (
     "image_id",
@@ -83,18 +91,44 @@ class ScoringError(Exception):
 # --- images --------------------------------------------------------------------------------------
 
 
+def max_pixels() -> int:
+    """The most pixels an image may decode to: ``SMOKESEG_MAX_IMAGE_PIXELS``, else the default."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    limit = int(text) if text.isdigit() else 0
+    if not 0 < limit <= _PILLOW_HARD_LIMIT:
+        raise ScoringError(
+            f"{MAX_PIXELS_VARIABLE}={text} is not a number of pixels from 1 to {_PILLOW_HARD_LIMIT} (above "
+            f"that Pillow refuses to decode). Set it within that range, or unset it for {DEFAULT_MAX_PIXELS}."
+        )
+    return limit
+
+
+def _too_large(path: Path, size: str) -> ScoringError:
+    return ScoringError(
+        f"{path} is too large to decode safely ({size}; the limit is {max_pixels():,} pixels). If it is a "
+        "genuine photo, downscale it (smoke segmentation works at a few hundred to a few thousand pixels "
+        f"a side), or raise the limit with {MAX_PIXELS_VARIABLE} (at most {_PILLOW_HARD_LIMIT})."
+    )
+
+
 def read_image(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, upright as a viewer shows it (EXIF applied), whatever the file's mode."""
+    """HxWx3 uint8 RGB, upright as a viewer shows it (EXIF applied), whatever the file's mode; an image
+    above ``max_pixels()`` is refused from its header, before its pixels are allocated."""
     try:
-        image = Image.open(io.BytesIO(path.read_bytes()))
+        with warnings.catch_warnings():
+            # Pillow warns from the header at its own threshold; max_pixels() is the limit applied below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(path.read_bytes()))
         width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ScoringError(
-                f"{path} is {width}x{height}, above {MAX_PIXELS // 1_000_000} megapixels: downscale it first."
-            )
+        if width * height > max_pixels():
+            raise _too_large(path, f"{width}x{height}, {width * height:,} pixels")
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:
+        raise _too_large(path, f"more than {_PILLOW_HARD_LIMIT:,} pixels") from None
+    except (OSError, ValueError, SyntaxError) as error:
         # Pillow names the in-memory stream, not the file, when it recognises no format.
         reason = "not a format it knows" if isinstance(error, UnidentifiedImageError) else error
         raise ScoringError(f"{path} is not an image Pillow can read ({reason}).") from None
@@ -584,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         images = find_images(args.inputs)
+        max_pixels()  # a wrong SMOKESEG_MAX_IMAGE_PIXELS stops the run here, not in every row
         if args.table_format == "parquet":
             _pandas()  # a missing pandas fails before the scoring, not after it
         ensure_writable_folder(args.output)
