@@ -232,7 +232,7 @@ def render_evaluation(result: EvaluationResult) -> RenderableType:
         _number(detection["region_recall"]),
         "",
     )
-    summary.add_row("alarms on smoke images (precision)", _number(detection["precision"]), "")
+    summary.add_row("alarms that were on smoke images (precision)", _number(detection["precision"]), "")
     summary.add_row(
         f"false-alarm rate on smoke-free images, n={detection['images_without_smoke']}",
         _number(detection["false_positive_rate"]),
