@@ -243,10 +243,10 @@ def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: P
 
 
 def test_training_reports_the_region_view_as_evaluate_does(trained):
-    """Training's test scores (metrics.json) and evaluate's on the same images and threshold agree."""
+    """Training's test scores (metrics.json) and evaluate's on the same images, at the model's threshold."""
     config_path, experiment = trained
     metrics = json.loads((experiment / "fold0" / "metrics.json").read_text())
-    result = evaluate(experiment, config_path, threshold=0.5)
+    result = evaluate(experiment, config_path)
     detection = result.detection()
     for name in ("region_recall", "false_region_frames", "false_regions_per_frame", "image_AUROC"):
         assert metrics[f"test_{name}"] == pytest.approx(detection[name]), name
