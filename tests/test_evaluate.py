@@ -18,7 +18,7 @@ from smokeseg.data.formats import convert_table_to_folders
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import evaluate
-from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.threshold import THRESHOLD_NAME, tune_threshold
 from smokeseg.metrics import (
     COUNT_METRICS,
@@ -209,3 +209,21 @@ def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "Evaluation: 4 images" in result.output and "F-beta" in result.output
     assert json.loads(output.read_text())["images"] == 4
+
+
+def test_cli_evaluate_scores_in_tiles_on_the_device_asked_for(trained, tmp_path: Path, monkeypatch):
+    config_path, experiment = trained
+    seen = {}
+
+    def from_path(*args, **kwargs):
+        seen.update(device=args[1], tile=kwargs["tile"])
+        return real_from_path(*args, **kwargs)
+
+    real_from_path = Predictor.from_path
+    monkeypatch.setattr(Predictor, "from_path", from_path)
+    arguments = ["evaluate", str(experiment), str(config_path), "--output", str(tmp_path / "scores.json")]
+    options = ["--tile", "--tile-size", "64", "--tile-overlap", "16", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*arguments, *options])
+    assert result.exit_code == 0, result.output
+    assert seen == {"device": "cpu", "tile": TileSpec(64, 16)}
+    assert json.loads((tmp_path / "scores.json").read_text())["images"] == 4
