@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import convert_table_to_folders
+from smokeseg.data.formats import convert_dataset, convert_table_to_folders
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import evaluate
@@ -139,7 +139,15 @@ def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: P
         data / "test.pq", data / "images", tmp_path / "folders", DatasetConfig()
     )
     archive = shutil.make_archive(str(tmp_path / "set"), "zip", folders)
-    sources = [(config_path, None), (data / "test.pq", data / "images"), (folders, None), (archive, None)]
+    converted = convert_dataset(folders, tmp_path / "converted")[0].parent  # a table beside images/
+    sources = [
+        (config_path, None),
+        (data / "test.pq", data / "images"),
+        (data / "test.pq", None),  # its images are found beside it
+        (folders, None),
+        (archive, None),
+        (converted, None),
+    ]
     results = [evaluate(experiment, source, threshold=0.5, data_folder=folder) for source, folder in sources]
     reference = _comparable(results[0])
     assert reference["images"] == 4

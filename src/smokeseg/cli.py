@@ -86,26 +86,28 @@ def data_check(config: ConfigArgument, overrides: Overrides = None) -> None:
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="An images/ + masks/ folder, or a Parquet/CSV table.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An images/ + masks/ folder, a Parquet/CSV table, or a folder or zip holding one table and "
+            "its images (such as one `convert` wrote)."
+        ),
+    ],
     output: Annotated[Path, typer.Argument(help="Folder to write the converted dataset to.")],
     data_folder: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Folder (or zip) with the images, when SOURCE is a table."),
+        typer.Option(help="Folder (or zip) with a table's images (default: found beside the table)."),
     ] = None,
     rle_order: Annotated[
         Literal["F", "C"], typer.Option(help="F: column-major (Hydrogen Torch); C: row-major.")
     ] = "F",
 ) -> None:
-    """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE), or a table back to folders."""
-    from smokeseg.config.schema import DatasetConfig
-    from smokeseg.data.formats import TABLE_SUFFIXES, convert_folders_to_table, convert_table_to_folders
+    """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE) and a config that trains on it,
+    or a table back to folders."""
+    from smokeseg.data.formats import convert_dataset
 
-    if source.suffix.lower() in TABLE_SUFFIXES:
-        dataset = DatasetConfig(rle_order=rle_order)
-        written = convert_table_to_folders(source, data_folder or source.parent, output, dataset)
-    else:
-        written = convert_folders_to_table(source, output, rle_order=rle_order)
-    console.print(f"Wrote {written}")
+    written = convert_dataset(source, output, data_folder, rle_order)
+    console.print(f"Wrote {', '.join(map(str, written))}")
 
 
 @app.command()
@@ -303,7 +305,7 @@ def evaluate(
     ] = None,
     data_folder: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Folder (or zip) with the images of a table (default: the table's folder)."),
+        typer.Option(help="Folder (or zip) with the images of a table (default: found beside the table)."),
     ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
