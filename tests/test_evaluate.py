@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import Sample, convert_table_to_folders
+from smokeseg.data.formats import Sample, convert_dataset, convert_table_to_folders
 from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import evaluate
-from smokeseg.inference.predictor import Prediction, Predictor
+from smokeseg.inference.predictor import Prediction, Predictor, TileSpec
 from smokeseg.inference.scoring import dataset_scores, prediction_row, smoke_verdict
 from smokeseg.inference.threshold import THRESHOLD_NAME, tune_threshold
 from smokeseg.metrics import (
@@ -219,7 +219,15 @@ def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: P
         data / "test.pq", data / "images", tmp_path / "folders", DatasetConfig()
     )
     archive = shutil.make_archive(str(tmp_path / "set"), "zip", folders)
-    sources = [(config_path, None), (data / "test.pq", data / "images"), (folders, None), (archive, None)]
+    converted = convert_dataset(folders, tmp_path / "converted")[0].parent  # a table beside images/
+    sources = [
+        (config_path, None),
+        (data / "test.pq", data / "images"),
+        (data / "test.pq", None),  # its images are found beside it
+        (folders, None),
+        (archive, None),
+        (converted, None),
+    ]
     results = [evaluate(experiment, source, threshold=0.5, data_folder=folder) for source, folder in sources]
     reference = _comparable(results[0])
     assert reference["images"] == 4
@@ -307,3 +315,21 @@ def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "Evaluation: 4 images" in result.output and "F-beta" in result.output
     assert json.loads(output.read_text())["images"] == 4
+
+
+def test_cli_evaluate_scores_in_tiles_on_the_device_asked_for(trained, tmp_path: Path, monkeypatch):
+    config_path, experiment = trained
+    seen = {}
+
+    def from_path(*args, **kwargs):
+        seen.update(device=args[1], tile=kwargs["tile"])
+        return real_from_path(*args, **kwargs)
+
+    real_from_path = Predictor.from_path
+    monkeypatch.setattr(Predictor, "from_path", from_path)
+    arguments = ["evaluate", str(experiment), str(config_path), "--output", str(tmp_path / "scores.json")]
+    options = ["--tile", "--tile-size", "64", "--tile-overlap", "16", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*arguments, *options])
+    assert result.exit_code == 0, result.output
+    assert seen == {"device": "cpu", "tile": TileSpec(64, 16)}
+    assert json.loads((tmp_path / "scores.json").read_text())["images"] == 4

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import pickle
+import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -12,14 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, features
+from typer.testing import CliRunner
 
 from conftest import png_claiming
+from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import (
     FolderStore,
     Sample,
     ZipStore,
+    convert_dataset,
     convert_folders_to_table,
     convert_table_to_folders,
     load_samples,
@@ -31,6 +36,8 @@ from smokeseg.data.formats import (
 from smokeseg.data.images import encode_png, image_size, read_image, read_mask
 from smokeseg.data.rle import decodes_more_plausibly_in, rle_encode
 from smokeseg.errors import ConfigError, DataError
+from smokeseg.training.run import ExperimentData
+from test_training import TINY
 
 # --- every shape loads to the same masks -----------------------------------------------------------
 
@@ -432,6 +439,52 @@ def test_folders_to_table_to_folders_is_lossless(toy_datasets, toy_pairs) -> Non
     assert len(load_samples(table_dir, None, DatasetConfig(), require_masks=True)) == len(toy_pairs)
 
 
+def _masks_by_id(samples: list[Sample]) -> dict[str, np.ndarray]:
+    masks = {}
+    for sample in samples:
+        height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
+        masks[sample.image_id] = sample.load_mask(height, width)
+    return masks
+
+
+@pytest.mark.parametrize("rle_order", ["F", "C"])
+def test_what_convert_wrote_reads_as_it_is(toy_datasets, toy_pairs, rle_order: str) -> None:
+    """The folder, its table alone, and its experiment.yaml each load, convert back, and train."""
+    source = toy_datasets.folders()
+    out = toy_datasets.root / "out"
+    assert convert_dataset(source, out, rle_order=rle_order) == [out / "train.pq", out / "experiment.yaml"]
+    expected = {f"train/{pair.name}": pair.mask for pair in toy_pairs}
+    dataset = DatasetConfig(rle_order=rle_order)
+    for path, require_masks in itertools.product([out, out / "train.pq"], [True, False]):
+        masks = _masks_by_id(load_samples(path, None, dataset, require_masks=require_masks))
+        assert masks.keys() == expected.keys(), (path, require_masks)
+        for image_id, mask in masks.items():
+            np.testing.assert_array_equal(mask, expected[image_id])
+
+    for name, converted in (("back", out), ("back_from_table", out / "train.pq")):
+        back = toy_datasets.root / name
+        assert convert_dataset(converted, back, rle_order=rle_order) == [back]
+        assert _masks_by_id(samples_from_folders(back)).keys() == expected.keys()
+
+    moved = shutil.move(out, toy_datasets.root / "moved")  # the config's paths are relative to it
+    config = load_config(Path(moved) / "experiment.yaml")
+    assert (config.dataset.train_dataframe, config.dataset.data_folder) == (
+        Path(moved).resolve() / "train.pq",
+        Path(moved).resolve() / "images",
+    )
+    assert config.dataset.rle_order == rle_order and config.experiment_name == "out"
+    data = ExperimentData.load(config)
+    assert _masks_by_id(data.train).keys() == expected.keys()
+
+
+def test_a_table_without_a_data_folder_finds_its_images_or_says_to_give_them(toy_datasets) -> None:
+    table, images = toy_datasets.table()
+    assert len(load_samples(table, None, DatasetConfig(), require_masks=True)) == len(toy_datasets.pairs)
+    shutil.rmtree(images)
+    with pytest.raises(DataError, match=r"None of the images named in .*table.*--data-folder"):
+        load_samples(table, None, DatasetConfig(), require_masks=True)
+
+
 def test_zipped_folders_convert_to_a_table(toy_datasets, toy_pairs) -> None:
     table = convert_folders_to_table(toy_datasets.zip(toy_datasets.folders()), toy_datasets.root / "out")
     samples = load_samples(table, table.parent / "images", DatasetConfig(), require_masks=True)
@@ -495,3 +548,30 @@ def test_smoke5k_folders_pair_up(smoke5k_root: Path) -> None:
     image = sample.load_image()
     assert sample.load_mask(*image.shape[:2]).all()
     assert rle_encode(sample.load_mask(*image.shape[:2])) == f"1 {image.shape[0] * image.shape[1]}"
+
+
+def test_convert_output_converts_back_checks_and_trains_from_the_command_line(toy_datasets, tmp_path) -> None:
+    """`smokeseg convert my_folders/ out/`, then `convert out/ back/` and `train out/experiment.yaml`."""
+    out, back = tmp_path / "out", tmp_path / "back"
+    runner = CliRunner()
+    for arguments in (
+        ["convert", str(toy_datasets.folders()), str(out)],
+        ["convert", str(out), str(back)],
+        ["data", "check", str(out / "experiment.yaml")],
+        ["train", str(out / "experiment.yaml"), "--output-dir", str(tmp_path / "run"), "--no-progress"]
+        + [
+            f"--set={override}"
+            for override in (
+                *TINY,
+                "architecture.pretrained=false",
+                "training.epochs=1",
+                "dataset.validation_size=0.5",
+            )
+        ],
+    ):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 0, f"{arguments[:2]}: {result.output}{result.exception!r}"
+    assert sorted(path.name for path in (back / "masks/train").iterdir()) == [
+        f"{pair.stem}.png" for pair in toy_datasets.pairs
+    ]
+    assert (tmp_path / "run/fold0/checkpoint.ckpt").is_file()

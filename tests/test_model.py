@@ -219,6 +219,34 @@ def test_a_bad_pretrained_weights_file_names_itself(tmp_path: Path, content: obj
     assert str(path) in str(error.value)
 
 
+class _OpensAFile:
+    """Unpickling this opens (creates) a file: proof that a load ran code from the weights file."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.target), "w")
+
+
+def test_a_weights_file_carrying_code_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    state = create_model(_config()).encoder.state_dict()
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": _OpensAFile(marker)}, path)
+    with pytest.raises(ModelError, match=r"Python objects besides tensors \(it names io\.open\)") as error:
+        create_model(_config(pretrained=True, pretrained_weights=path))
+    assert "weights_only=False" in str(error.value) and str(path) in str(error.value)
+    assert not marker.exists()
+
+
+def test_a_truncated_weights_file_is_not_called_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="not a complete PyTorch"):
+        create_model(_config(pretrained=True, pretrained_weights=path))
+
+
 def test_smp_weights_in_the_hugging_face_cache_load_offline(tmp_path: Path) -> None:
     source = create_model(_config()).encoder.state_dict()
     safetensors.torch.save_file(source, tmp_path / "model.safetensors")

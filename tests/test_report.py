@@ -18,6 +18,7 @@ from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.data.rle import rle_encode
 from smokeseg.errors import SmokesegError
 from smokeseg.report import overlay_mask, write_report
+from smokeseg.report.html import CHARTS, chart_figure
 from smokeseg.report.overlay import mask_edge
 
 HEIGHT, WIDTH = 36, 48
@@ -191,3 +192,43 @@ def test_mask_edge_ignores_the_image_border() -> None:
 def test_overlay_rejects_a_mask_of_another_size() -> None:
     with pytest.raises(ValueError, match="does not match"):
         overlay_mask(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), bool), (0, 255, 0))
+
+
+def _heights(axes, steps: list[float], values: list[float]) -> np.ndarray:
+    """Where points sit on a drawn chart, as a fraction of its height (0 bottom, 1 top)."""
+    axes.get_ylim()  # settles the autoscaled limits the transform reads
+    return (axes.transScale + axes.transLimits).transform(np.column_stack([steps, values]))[:, 1]
+
+
+def _validation_loss_axes(steps: list[float], values: list[float]):
+    spec = next(spec for spec in CHARTS if spec.name == "validation_loss")
+    return chart_figure(spec, {"validation_loss": {"step": steps, "value": values}}).axes[0]
+
+
+def test_a_first_validation_loss_far_above_the_rest_leaves_the_rest_readable() -> None:
+    """The demo run: epoch 1 at 2,300, the rest near 0.3; on a linear axis they were one flat line."""
+    steps, values = [100, 200, 300, 400, 500], [2300.0, 0.31, 0.27, 0.25, 0.24]
+    axes = _validation_loss_axes(steps, values)
+    heights = _heights(axes, steps, values)
+    assert heights[0] > 1, "the outlier is above the axis..."
+    assert [text.get_text() for text in axes.texts] == ["▲ 2,300"], "...and labelled at its top edge"
+    rest = heights[1:]
+    assert ((rest >= 0) & (rest <= 1)).all() and rest[0] - rest[-1] > 0.8, "the rest fill the chart"
+    assert (-np.diff(rest) > 0.05).all(), "each later epoch is visibly below the one before"
+
+
+@pytest.mark.parametrize(
+    ("values", "scale"),
+    [
+        ([0.6, 0.4, 0.35, 0.33, 0.3], "linear"),
+        ([50.0, 10.0, 2.0, 0.5, 0.3], "log"),
+        ([0.5, 0.0, 0.1], "linear"),
+    ],
+)
+def test_a_validation_loss_without_far_outliers_shows_every_point(values: list[float], scale: str) -> None:
+    steps = list(range(len(values)))
+    axes = _validation_loss_axes(steps, values)
+    heights = _heights(axes, steps, values)
+    assert axes.get_yscale() == scale and not axes.texts
+    assert ((heights >= 0) & (heights <= 1)).all()
+    assert (-np.diff(heights[:2]) > 0.05).all()

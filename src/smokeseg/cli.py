@@ -6,7 +6,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.text import Text
 
 from smokeseg import __version__
 from smokeseg.errors import SmokesegError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from smokeseg.inference.predictor import TileSpec
 
 app = typer.Typer(
     help="Find and outline smoke in camera images: train, evaluate, predict and export models.",
@@ -34,6 +37,16 @@ Overrides = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 ConfigArgument = Annotated[Path, typer.Argument(help="Hydrogen Torch-style experiment YAML.")]
+# Scoring options shared by predict and evaluate, so both score an image the same way when asked to.
+TileOption = Annotated[
+    bool, typer.Option("--tile/--no-tile", help="Score at native resolution in overlapping tiles.")
+]
+TileSizeOption = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(help="Tile side, a multiple of 32 (default: the model's training size)."),
+]
+TileOverlapOption = Annotated[float, typer.Option(help="Below 1: a fraction of the tile; else pixels.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (cuda when present).")]
 
 
 def _version(value: bool) -> None:
@@ -73,26 +86,28 @@ def data_check(config: ConfigArgument, overrides: Overrides = None) -> None:
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="An images/ + masks/ folder, or a Parquet/CSV table.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An images/ + masks/ folder, a Parquet/CSV table, or a folder or zip holding one table and "
+            "its images (such as one `convert` wrote)."
+        ),
+    ],
     output: Annotated[Path, typer.Argument(help="Folder to write the converted dataset to.")],
     data_folder: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Folder (or zip) with the images, when SOURCE is a table."),
+        typer.Option(help="Folder (or zip) with a table's images (default: found beside the table)."),
     ] = None,
     rle_order: Annotated[
         Literal["F", "C"], typer.Option(help="F: column-major (Hydrogen Torch); C: row-major.")
     ] = "F",
 ) -> None:
-    """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE), or a table back to folders."""
-    from smokeseg.config.schema import DatasetConfig
-    from smokeseg.data.formats import TABLE_SUFFIXES, convert_folders_to_table, convert_table_to_folders
+    """Convert image+mask folders to a Hydrogen Torch table (Parquet + RLE) and a config that trains on it,
+    or a table back to folders."""
+    from smokeseg.data.formats import convert_dataset
 
-    if source.suffix.lower() in TABLE_SUFFIXES:
-        dataset = DatasetConfig(rle_order=rle_order)
-        written = convert_table_to_folders(source, data_folder or source.parent, output, dataset)
-    else:
-        written = convert_folders_to_table(source, output, rle_order=rle_order)
-    console.print(f"Wrote {written}")
+    written = convert_dataset(source, output, data_folder, rle_order)
+    console.print(f"Wrote {', '.join(map(str, written))}")
 
 
 @app.command()
@@ -201,14 +216,9 @@ def predict(
         bool, typer.Option("--probabilities", help="Write probabilities/<id>.png (8-bit).")
     ] = False,
     overlays: Annotated[bool, typer.Option("--overlays", help="Write overlays/<id>.jpg.")] = False,
-    tile: Annotated[
-        bool, typer.Option("--tile/--no-tile", help="Score at native resolution in overlapping tiles.")
-    ] = False,
-    tile_size: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="Tile side, a multiple of 32 (default: the model's training size)."),
-    ] = None,
-    tile_overlap: Annotated[float, typer.Option(help="Below 1: a fraction of the tile; else pixels.")] = 0.25,
+    tile: TileOption = False,
+    tile_size: TileSizeOption = None,
+    tile_overlap: TileOverlapOption = 0.25,
     threshold: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(help="Probability threshold (default: the model's)."),
@@ -225,17 +235,16 @@ def predict(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Folder (or zip) holding a table's images (default: the table's folder)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (cuda when present).")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Score images into a Hydrogen Torch-format table with a smoke verdict and boxes per image."""
     from rich.progress import Progress
 
     from smokeseg.inference.inputs import collect_inputs
     from smokeseg.inference.predict import predict as predict_to_folder
-    from smokeseg.inference.predictor import Predictor, TileSpec
+    from smokeseg.inference.predictor import Predictor
 
-    spec = TileSpec(tile_size, tile_overlap) if tile else None
-    predictor = Predictor.from_path(model, device, batch_size, spec)
+    predictor = Predictor.from_path(model, device, batch_size, _tile_spec(tile, tile_size, tile_overlap))
     samples = collect_inputs(inputs, data_folder)
     wanted = {"masks": masks, "probabilities": probabilities, "overlays": overlays}
     with Progress(console=console) as bar:
@@ -256,6 +265,12 @@ def predict(
     if run.failed == run.images:
         console.print("Error: no image could be scored; each row's error says why.", style="red")
         raise typer.Exit(1)
+
+
+def _tile_spec(tile: bool, size: int | None, overlap: float) -> TileSpec | None:
+    from smokeseg.inference.predictor import TileSpec
+
+    return TileSpec(size, overlap) if tile else None
 
 
 class _ImageProgress:
@@ -293,7 +308,7 @@ def evaluate(
     ] = None,
     data_folder: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Folder (or zip) with the images of a table (default: the table's folder)."),
+        typer.Option(help="Folder (or zip) with the images of a table (default: found beside the table)."),
     ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
@@ -303,6 +318,10 @@ def evaluate(
         Optional[int],  # noqa: UP045
         typer.Option(help="Smallest smoke region for a smoke verdict (default: predict's)."),
     ] = None,
+    tile: TileOption = False,
+    tile_size: TileSizeOption = None,
+    tile_overlap: TileOverlapOption = 0.25,
+    device: DeviceOption = "auto",
 ) -> None:
     """Score a model on labelled images: IoU, Dice, precision, recall, F-beta, MAE, detection, worst ones."""
     from smokeseg.inference.evaluate import evaluate as run_evaluation
@@ -315,6 +334,8 @@ def evaluate(
             threshold=threshold,
             data_folder=data_folder,
             min_region_pixels=min_region_pixels,
+            tile=_tile_spec(tile, tile_size, tile_overlap),
+            device=device,
             progress=progress,
         )
     console.print(render_evaluation(result))

@@ -30,17 +30,20 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow
+import yaml
 
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.images import encode_png, image_size, read_image, read_mask
 from smokeseg.data.rle import Order, cell_strings, rle_decode, rle_encode, validate_rle
 from smokeseg.errors import DataError
-from smokeseg.storage import atomic_path, write_bytes_atomic
+from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TABLE_SUFFIXES = (".pq", ".parquet", ".csv")
+# The config `convert` writes beside a table it made.
+EXPERIMENT_CONFIG_NAME = "experiment.yaml"
 # Samples whose ids are probed to find which folder of an archive a table's images sit in.
 _ROOT_PROBE_SIZE = 20
 # How many problems an error message lists before summarising the rest as a count.
@@ -91,6 +94,10 @@ class ImageStore(ABC):
         """The store of a subfolder."""
 
     @abstractmethod
+    def subfolders(self) -> list[str]:
+        """The names of the folders directly below the store, sorted."""
+
+    @abstractmethod
     def __str__(self) -> str:
         """Where the store is, as a user would type it: ``/data/images`` or ``/data/set.zip/images``."""
 
@@ -127,6 +134,10 @@ class FolderStore(ImageStore):
 
     def child(self, folder: str) -> FolderStore:
         return FolderStore(self._path(folder))
+
+    def subfolders(self) -> list[str]:
+        # Not names(): beside a table given by path may lie a whole disk of unrelated files.
+        return sorted(path.name for path in self.root.iterdir() if path.is_dir())
 
     def __str__(self) -> str:
         return str(self.root)
@@ -200,6 +211,9 @@ class ZipStore(ImageStore):
 
     def child(self, folder: str) -> ZipStore:
         return ZipStore(self.zip_path, self.prefix + safe_relative_name(folder, str(self)))
+
+    def subfolders(self) -> list[str]:
+        return sorted({name.split("/")[0] for name in self._members if "/" in name})
 
     def __str__(self) -> str:
         return f"{self.zip_path}/{self.prefix}".rstrip("/")
@@ -463,21 +477,27 @@ def collect_samples(
     """
     path = Path(table_or_folder)
     if path.suffix.lower() in TABLE_SUFFIXES:
-        if data_folder is None:
+        frame = read_table(path)
+        if data_folder is not None:
+            store = open_store(data_folder)
+        else:
+            store = _find_image_root(open_store(path.parent), ".", _table_ids(frame, dataset_cfg))
+        if store is None:
             raise DataError(
-                f"Table {path} names image files but no data folder was given: set dataset.data_folder "
-                "to the folder (or .zip) that holds them."
+                f"None of the images named in {path} are in its folder or a subfolder of it: give the "
+                "folder (or .zip) that holds them (--data-folder, or dataset.data_folder in a config)."
             )
-        samples = samples_from_table(
-            read_table(path), open_store(data_folder), dataset_cfg, path.name, require_masks
-        )
-        return _screen(samples)
+        return _screen(samples_from_table(frame, store, dataset_cfg, path.name, require_masks))
 
     container = _unwrap_single_folder(open_store(path))
-    top_level = {name.split("/")[0] for name in container.names() if "/" in name}
-    if "images" in top_level and ("masks" in top_level or not require_masks):
-        return _folder_samples(container, require_masks)
+    top_level = set(container.subfolders())
     tables = [name for name in container.names() if PurePosixPath(name).suffix.lower() in TABLE_SUFFIXES]
+    # `convert` writes one table beside images/: that folder is the table's dataset, not loose images.
+    holds_one_table = len(tables) == 1 and "/" not in tables[0]
+    if _is_image_mask_pair(container) or (
+        "images" in top_level and not require_masks and not holds_one_table
+    ):
+        return _folder_samples(container, require_masks)
     if len(tables) != 1:
         found = f"{len(tables)} tables ({_listing(tables)})" if tables else "no table"
         raise DataError(
@@ -489,8 +509,9 @@ def collect_samples(
     frame = _parse_table(
         io.BytesIO(container.read(table)), PurePosixPath(table).suffix, container.describe(table)
     )
-    ids = frame[dataset_cfg.image_column].tolist() if dataset_cfg.image_column in frame.columns else []
-    store = _find_image_root(container, PurePosixPath(table).parent.as_posix(), ids)
+    store = _find_image_root(
+        container, PurePosixPath(table).parent.as_posix(), _table_ids(frame, dataset_cfg)
+    )
     if store is None and data_folder is not None:
         store = open_store(data_folder)
     if store is None:
@@ -555,10 +576,18 @@ def _unwrap_single_folder(store: ImageStore) -> ImageStore:
     return store
 
 
+def _is_image_mask_pair(container: ImageStore) -> bool:
+    return {"images", "masks"} <= set(container.subfolders())
+
+
+def _table_ids(frame: pd.DataFrame, dataset_cfg: DatasetConfig) -> list[Any]:
+    return frame[dataset_cfg.image_column].tolist() if dataset_cfg.image_column in frame.columns else []
+
+
 def _find_image_root(container: ImageStore, table_folder: str, ids: Sequence[Any]) -> ImageStore | None:
     """The folder beside a table, or one of its subfolders, in which the table's first ids exist."""
     base = container if table_folder == "." else container.child(table_folder)
-    subfolders = sorted({name.split("/")[0] for name in base.names() if "/" in name})
+    subfolders = base.subfolders()
     probe = [str(image_id) for image_id in ids[:_ROOT_PROBE_SIZE] if not _is_missing(image_id)]
     best, best_hits = None, 0
     for candidate in [base, *(base.child(folder) for folder in subfolders)]:
@@ -626,12 +655,32 @@ def _listing(items: Sequence[str], limit: int = 10) -> str:
 # --- conversion -----------------------------------------------------------------------------------
 
 
-def convert_folders_to_table(root: str | Path, out_dir: str | Path, rle_order: Order = "F") -> Path:
-    """Write ``out_dir/train.pq`` (image_id, class_id, rle_mask) and copy the images to ``out_dir/images``.
+def convert_dataset(
+    source: str | Path, out_dir: str | Path, data_folder: str | Path | None = None, rle_order: Order = "F"
+) -> list[Path]:
+    """images/ + masks/ folders to a table (with its experiment YAML); any table dataset to folders.
+
+    So ``convert``'s own output converts back as it is. ``rle_order`` is the order the table is written
+    in, or read in. Returns what was written.
+    """
+    if Path(source).suffix.lower() not in TABLE_SUFFIXES:
+        container = _unwrap_single_folder(open_store(source))
+        if _is_image_mask_pair(container):
+            table = convert_folders_to_table(container, out_dir, rle_order)
+            return [table, table.parent / EXPERIMENT_CONFIG_NAME]
+    dataset = DatasetConfig(rle_order=rle_order)
+    return [convert_table_to_folders(source, data_folder, out_dir, dataset)]
+
+
+def convert_folders_to_table(
+    root: str | Path | ImageStore, out_dir: str | Path, rle_order: Order = "F"
+) -> Path:
+    """Write ``out_dir/train.pq`` (image_id, class_id, rle_mask), copy the images to ``out_dir/images``,
+    and write ``out_dir/experiment.yaml``, a config that trains on them (``smokeseg train`` takes it).
 
     Image ids are paths relative to ``out_dir/images``, so the result loads with
-    ``data_folder: images``. Every mask is encoded before anything is written, and the table is
-    written last: a failure never leaves a table that looks complete.
+    ``data_folder: images``. Every mask is encoded before anything is written, the table after the
+    images and the config last: a failure never leaves a table or config that looks complete.
     """
     samples = samples_from_folders(root)
     out_dir = Path(out_dir)
@@ -653,7 +702,22 @@ def convert_folders_to_table(root: str | Path, out_dir: str | Path, rle_order: O
     table = out_dir / "train.pq"
     with atomic_path(table) as temporary:
         frame.to_parquet(temporary, index=False)
+    _write_experiment_config(out_dir, table.name, "images", rle_order)
     return table
+
+
+def _write_experiment_config(out_dir: Path, table: str, images: str, rle_order: Order) -> Path:
+    """A minimal Hydrogen Torch config beside the table, with paths relative to it, so the folder moves
+    as one; every key it leaves out takes its default (``smokeseg config show`` lists them)."""
+    config = {
+        "experiment_name": out_dir.resolve().name,
+        "dataset": {"train_dataframe": table, "data_folder": images, "rle_order": rle_order},
+    }
+    text = (
+        f"# Written by `smokeseg convert`. Train with: smokeseg train {EXPERIMENT_CONFIG_NAME} (from this "
+        f"folder; paths are relative to it).\n{yaml.safe_dump(config, sort_keys=False)}"
+    )
+    return write_text_atomic(out_dir / EXPERIMENT_CONFIG_NAME, text)
 
 
 def convert_table_to_folders(

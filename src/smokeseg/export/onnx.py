@@ -34,7 +34,11 @@ OPSET = 18
 TOLERANCE = 1e-3
 _STRIDE = 32
 _ONNX_OPTIMIZER_LOGGERS = ("onnx_ir", "onnxscript")
-_INSTALL_HINT = "Install the export extra: pip install 'smokeseg[export]'."
+# onnx, onnxscript and onnxruntime are dependencies of smokeseg itself: no extra brings them.
+_INSTALL_HINT = (
+    "If onnx, onnxscript or onnxruntime is missing or broken, reinstall them: "
+    "pip install --force-reinstall onnx onnxscript onnxruntime"
+)
 
 Runner = Callable[[np.ndarray], np.ndarray]
 

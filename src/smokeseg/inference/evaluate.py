@@ -19,7 +19,7 @@ from rich.table import Table
 
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import TABLE_SUFFIXES, Sample, load_samples
+from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError
 from smokeseg.inference.predictor import Prediction, Predictor, TileSpec
 from smokeseg.inference.scoring import smoke_verdict
@@ -64,8 +64,6 @@ def load_labelled_samples(
         dataset_cfg = config.dataset
         data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
         data = dataset_cfg.test_dataframe
-    elif data.suffix.lower() in TABLE_SUFFIXES:
-        data_folder = data_folder or data.parent
     samples = load_samples(data, data_folder, dataset_cfg, require_masks=False)
     unlabelled = [sample for sample in samples if not sample.has_mask]
     if unlabelled:

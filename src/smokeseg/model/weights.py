@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import socket
 import threading
 from collections.abc import Mapping
@@ -70,6 +71,8 @@ BACKBONE_ALIASES = {name: f"tu-{name}" for name in PACKAGED_WEIGHTS}
 _PROBE_TIMEOUT_S = 2.0
 # timm looks for these in a Hugging Face repo when its pretrained config names no file.
 _TIMM_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+# How torch's safe loader names the first object it refused to unpickle.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(path, device="cpu")
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # Lightning checkpoints also pickle hyperparameters and callback state, which the safe loader
-            # refuses; the file is the user's own choice, so load it fully rather than fail.
-            logger.warning("%s holds more than tensors; loading it with full unpickling", path)
-            content = torch.load(path, map_location="cpu", weights_only=False)
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's advice, weights_only=False, runs whatever code the file carries: never take it here.
+        named = _UNSUPPORTED_GLOBAL.search(str(error))
+        if named:
+            raise ModelError(_pickled_objects_message(path, named.group(1))) from None
+        raise ModelError(
+            f"cannot read weights file {path}: it is not a complete PyTorch (torch.save) or .safetensors "
+            "file of tensors; check the path, or save the weights again"
+        ) from None
     except Exception as error:
         raise ModelError(f"cannot read weights file {path}: {error}") from error
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
@@ -163,6 +169,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "one under 'state_dict'; save one with torch.save(module.state_dict(), PATH)"
         )
     return dict(content)
+
+
+def _pickled_objects_message(path: Path, refused: str) -> str:
+    return (
+        f"{path} holds Python objects besides tensors (it names {refused}). Loading it would unpickle them, "
+        "which runs any code the file carries, so smokeseg refuses. If you trust the file, keep only its "
+        "tensors once, in a Python session: import torch; content = torch.load(PATH, weights_only=False); "
+        "torch.save(content.get('state_dict', content), 'weights.pt') -- or save them as .safetensors -- "
+        "and name that file instead."
+    )
 
 
 def load_matching(module: nn.Module, state: Mapping[str, torch.Tensor]) -> InitReport:

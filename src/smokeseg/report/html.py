@@ -75,12 +75,28 @@ class ChartSpec:
     title: str
     ylabel: str
     series: tuple[tuple[str, str], ...]  # (charts.json key, colour)
+    # A first value at 1000x the rest would flatten them to a line at 0: fit the axis to the rest instead
+    # (see _fit_axis_to_inliers).
+    robust_axis: bool = False
 
+
+# An axis turns logarithmic when its largest value is this many times its smallest.
+LOG_SCALE_SPREAD = 10.0
+# Values above Q3 + OUTLIER_IQRS * IQR (of log values) are drawn off the axis, labelled.
+OUTLIER_IQRS = 3.0
+_AXIS_PADDING = 0.05
 
 CHARTS = (
     ChartSpec("learning_rate", "Learning rate", "learning rate", (("learning_rate", "#6a3d9a"),)),
+    # The batch loss keeps a linear axis, clipped at its 99th percentile: see _draw_train_loss.
     ChartSpec("train_loss", "Train batch loss", "loss", (("train_loss", "#1f77b4"),)),
-    ChartSpec("validation_loss", "Validation loss", "loss", (("validation_loss", "#d62728"),)),
+    ChartSpec(
+        "validation_loss",
+        "Validation loss",
+        "loss",
+        (("validation_loss", "#d62728"),),
+        robust_axis=True,
+    ),
     # Training records validation_<prediction.metric> and validation_Dice, so IoU may be absent.
     ChartSpec(
         "validation_metric",
@@ -220,6 +236,13 @@ def _moving_average(values: np.ndarray) -> np.ndarray | None:
 
 
 def _chart_png(spec: ChartSpec, charts: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    chart_figure(spec, charts).savefig(buffer, format="png", facecolor="white")
+    return buffer.getvalue()
+
+
+def chart_figure(spec: ChartSpec, charts: dict[str, Any]) -> Figure:
+    """One chart of ``charts.json``, drawn but not rendered: its axes say what a reader will see."""
     figure = Figure(figsize=(6.0, 3.4), dpi=110, layout="constrained")
     axes = figure.add_subplot()
     axes.set_title(spec.title, loc="left", fontsize=12, fontweight="bold")
@@ -243,14 +266,63 @@ def _chart_png(spec: ChartSpec, charts: dict[str, Any]) -> bytes:
         _plot_line(axes, steps, values, color, label=key.removeprefix("validation_"))
         if spec.name == "validation_metric" and index == 0:
             _mark_best(axes, steps, values, color)
+        if spec.robust_axis:
+            _fit_axis_to_inliers(axes, steps, values, color)
     if spec.name == "learning_rate" and drawn:
         axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         axes.set_ylim(bottom=0)
     if len(drawn) > 1:
         axes.legend(frameon=False, loc="lower right")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", facecolor="white")
-    return buffer.getvalue()
+    return figure
+
+
+def _fit_axis_to_inliers(axes: Axes, steps: np.ndarray, values: np.ndarray, color: str) -> None:
+    """Fit the y axis to the values bar far outliers, each labelled at the top edge with its value; a log
+    axis when the rest span a decade or more. The line still runs off the top towards an outlier.
+
+    Losses are positive; with a zero or negative value the axis stays linear and autoscaled.
+    """
+    keep = np.isfinite(values)
+    steps, values = steps[keep], values[keep]
+    if not len(values) or values.min() <= 0:
+        return
+    outlier = np.log10(values) > _upper_fence(np.log10(values))
+    low, high = float(values[~outlier].min()), float(values[~outlier].max())
+    log = high >= LOG_SCALE_SPREAD * low
+    if log:
+        axes.set_yscale("log")
+    if not outlier.any():
+        return
+    axes.set_ylim(*_padded(low, high, log))
+    for step, value in zip(steps[outlier], values[outlier], strict=True):
+        axes.annotate(
+            f"▲ {value:,.4g}",
+            (step, 1.0),
+            xycoords=axes.get_xaxis_transform(),
+            textcoords="offset points",
+            xytext=(-4, -12),
+            ha="left",
+            fontsize=9,
+            color=color,
+        )
+
+
+def _upper_fence(log_values: np.ndarray) -> float:
+    """Tukey's far-out fence on log values, and at least a decade above the upper quartile; none for
+    fewer than four values, too few to call one an outlier."""
+    if len(log_values) < 4:
+        return math.inf
+    q1, q3 = np.percentile(log_values, [25, 75])
+    return float(q3 + max(OUTLIER_IQRS * (q3 - q1), 1.0))
+
+
+def _padded(low: float, high: float, log: bool) -> tuple[float, float]:
+    if log:
+        low_exp, high_exp = math.log10(low), math.log10(high)
+        pad = _AXIS_PADDING * ((high_exp - low_exp) or 1.0)
+        return 10 ** (low_exp - pad), 10 ** (high_exp + pad)
+    pad = _AXIS_PADDING * ((high - low) or high)
+    return low - pad, high + pad
 
 
 def _plot_line(

@@ -1,0 +1,34 @@
+"""What the messages tell users to install exists: an extra named in a hint is declared in pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA = re.compile(r"smokeseg\[([^\]]+)\]")
+
+
+def _declared_extras() -> set[str]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        return set(tomllib.load(file)["project"]["optional-dependencies"])
+
+
+def _texts() -> list[Path]:
+    return [*sorted((ROOT / "src").rglob("*.py")), ROOT / "README.md"]
+
+
+def test_every_extra_named_in_a_message_or_the_readme_is_declared() -> None:
+    declared = _declared_extras()
+    named = {
+        (path.relative_to(ROOT).as_posix(), extra.strip())
+        for path in _texts()
+        for match in EXTRA.finditer(path.read_text(encoding="utf-8"))
+        for extra in match.group(1).split(",")
+    }
+    assert named, "the scan found no smokeseg[...] hint at all; is the pattern still right?"
+    assert {(where, extra) for where, extra in named if extra not in declared} == set()
