@@ -29,6 +29,14 @@ def test_every_extra_named_in_a_message_or_the_readme_is_declared() -> None:
         for path in _texts()
         for match in EXTRA.finditer(path.read_text(encoding="utf-8"))
         for extra in match.group(1).split(",")
+        if not extra.startswith("{")  # a formatted hint: its values are checked below
     }
     assert named, "the scan found no smokeseg[...] hint at all; is the pattern still right?"
     assert {(where, extra) for where, extra in named if extra not in declared} == set()
+
+
+def test_every_packaged_weights_extra_is_declared() -> None:
+    """The offline-weights hints are formatted from the registry: each of its extras must exist."""
+    from smokeseg.model.weights import PACKAGED_WEIGHTS
+
+    assert {packaged.extra for packaged in PACKAGED_WEIGHTS.values()} <= _declared_extras()
