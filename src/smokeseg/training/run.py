@@ -92,7 +92,7 @@ def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
         ) from None
 
 
-def experiment_dir_for(config: ExperimentConfig, output_dir: Path | None) -> Path:
+def experiment_dir_for(config: ExperimentConfig, output_dir: str | Path | None) -> Path:
     return Path(output_dir) if output_dir else Path("output") / config.experiment_name
 
 
@@ -115,7 +115,7 @@ def validate_before_training(config: ExperimentConfig, *, starting_weights: bool
 
 def train(
     config: ExperimentConfig,
-    output_dir: Path | None = None,
+    output_dir: str | Path | None = None,
     *,
     progress: bool = True,
     accelerator: str = "auto",
