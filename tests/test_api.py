@@ -24,6 +24,7 @@ import smokeseg
 from smokeseg.config.load import load_config
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, ModelError, TrainingInterrupted
+from smokeseg.export.onnx import write_model
 from smokeseg.inference import runtimes
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
@@ -208,6 +209,9 @@ def test_from_path_picks_the_first_runtime_loader_that_takes_the_path(
     predictor = Predictor.from_path(marked, "cpu")
     assert predictor.predict_images([np.zeros((40, 50, 3), np.uint8)])[0] == pytest.approx(0.5)
     assert isinstance(Predictor.from_path(experiment, "cpu").models[0], torch.nn.Module)
+    with pytest.raises(ModelError, match="Only PyTorch checkpoints can be exported"):
+        write_model(predictor, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 # --- starting weights, resume, seeds ---------------------------------------------------------------------
