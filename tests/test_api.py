@@ -159,8 +159,7 @@ def _assert_names_model_paths(error: ModelError, path: Path) -> None:
     message = str(error)
     assert str(path) in message
     assert "fold or experiment folder" in message and "scoring package" in message
-    for internals in ("weights_only", "KeyError", "101", "Unpickl"):
-        assert internals not in message, internals
+    assert "weights_only" not in message and not re.search(r"\w+Error", message), "no torch internals"
 
 
 def test_a_file_that_is_not_a_checkpoint_gets_a_clear_message(tmp_path: Path):

@@ -360,6 +360,14 @@ def test_init_from_that_fills_the_encoder_needs_no_pretrained_weights(tmp_path: 
     _assert_same_encoder(model, trained.state_dict())
 
 
+def test_init_from_a_file_that_is_not_weights_names_it_without_pickle_internals(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.ckpt"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a checkpoint")
+    with pytest.raises(ModelError, match=r"photo\.ckpt: it is not a \.safetensors or PyTorch file") as error:
+        _start(_config(init_from=photo))
+    assert "weights_only" not in str(error.value) and "Unpickl" not in str(error.value)
+
+
 def test_init_from_that_fits_nothing_is_an_error(tmp_path: Path) -> None:
     torch.save({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ModelError, match="no tensor"):

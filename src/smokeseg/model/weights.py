@@ -109,8 +109,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             # refuses; the file is the user's own choice, so load it fully rather than fail.
             logger.warning("%s holds more than tensors; loading it with full unpickling", path)
             content = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ModelError(f"cannot read weights file {path}: {error}") from error
+    except Exception:
+        # The loaders' own messages are about pickling internals, not about what the user gave.
+        raise ModelError(
+            f"cannot read weights file {path}: it is not a .safetensors or PyTorch file, or it is damaged; "
+            "give a checkpoint or state dict saved with torch.save"
+        ) from None
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not (
