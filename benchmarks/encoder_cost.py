@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from smokeseg.config.schema import ArchitectureConfig
-from smokeseg.model import create_model
+from smokeseg.model import build_model
 from smokeseg.model.weights import PACKAGED_WEIGHTS
 from smokeseg.storage import write_text_atomic
 
@@ -71,7 +71,7 @@ def step_seconds(model: torch.nn.Module, steps: int) -> list[tuple[float, float]
 
 
 def measure(name: str, steps: int) -> dict[str, object]:
-    model = create_model(ArchitectureConfig(architecture="Unet", backbone=name, pretrained=False)).train()
+    model = build_model(ArchitectureConfig(architecture="Unet", backbone=name, pretrained=False)).train()
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         model(torch.zeros(BATCH_SHAPE))
     wall, cpu = zip(*step_seconds(model, steps), strict=True)

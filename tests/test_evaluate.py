@@ -19,9 +19,10 @@ from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import evaluate
-from smokeseg.inference.predictor import Prediction, Predictor, TileSpec
-from smokeseg.inference.scoring import dataset_scores, prediction_row, smoke_verdict
-from smokeseg.inference.threshold import THRESHOLD_NAME, tune_threshold
+from smokeseg.inference.predictor import Predictor, TileSpec
+from smokeseg.inference.scoring import Prediction, dataset_scores, prediction_row, smoke_verdict
+from smokeseg.inference.threshold import tune_threshold
+from smokeseg.layout import THRESHOLD_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
     auroc,

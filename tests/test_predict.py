@@ -290,10 +290,10 @@ def test_an_image_above_the_pixel_limit_is_refused_with_how_to_change_it(tmp_pat
 
 def test_file_that_is_not_a_model_is_a_model_error(tmp_path: Path):
     (tmp_path / "garbage.ckpt").write_bytes(b"not a model")
-    with pytest.raises(ModelError, match=r"garbage\.ckpt is not a smokeseg checkpoint"):
+    with pytest.raises(ModelError, match=r"garbage\.ckpt is not a checkpoint"):
         Predictor.from_path(tmp_path / "garbage.ckpt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="No model found"):
+    with pytest.raises(ModelError, match="empty holds no model"):
         Predictor.from_path(tmp_path / "empty")
 
 

@@ -348,8 +348,9 @@ def tune_threshold(
     metric: Annotated[Literal["IoU", "Dice", "F-beta"], typer.Option(help="What to maximise.")] = "IoU",
 ) -> None:
     """Pick the probability threshold that maximises a metric on the out-of-fold validation images."""
-    from smokeseg.inference.threshold import THRESHOLD_NAME, render_tuning
+    from smokeseg.inference.threshold import render_tuning
     from smokeseg.inference.threshold import tune_threshold as run_tuning
+    from smokeseg.layout import THRESHOLD_NAME
 
     with _ImageProgress("Re-scoring validation images") as progress:
         result = run_tuning(experiment, metric, progress=progress)

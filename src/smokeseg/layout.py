@@ -12,5 +12,6 @@ CHECKPOINT_NAME = "checkpoint.ckpt"
 LAST_CHECKPOINT_NAME = "last.ckpt"
 VALIDATION_PREDICTIONS_NAME = "validation_predictions.parquet"
 TEST_PREDICTIONS_NAME = "test_predictions.parquet"
+THRESHOLD_NAME = "threshold.json"  # written by `smokeseg tune-threshold` beside each checkpoint
 SCORING_PACKAGE_NAME = "scoring_package"
 PACKAGE_MODEL_NAME = "model.onnx"

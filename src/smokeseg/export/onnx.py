@@ -192,7 +192,13 @@ def write_model(predictor: Predictor, target: str | Path, format: str = "onnx") 
     """Write ``predictor``'s models as one graph, verified against PyTorch before it takes its name."""
     exporter = export_format(format)
     target = Path(target)
-    module = Ensemble(predictor.models).cpu().eval()
+    modules = [model for model in predictor.models if isinstance(model, torch.nn.Module)]
+    if len(modules) < len(predictor.models):
+        raise ModelError(
+            "Only PyTorch checkpoints can be exported: a scoring package already holds its graph as "
+            "model.onnx. Export the checkpoint, fold or experiment folder the package was built from."
+        )
+    module = Ensemble(modules).cpu().eval()
     height, width = predictor.model_size
     # Batch 2, not 1: an example batch of 1 lets the tracer treat the batch size as a constant.
     example = torch.zeros(2, 3, height, width)

@@ -21,8 +21,8 @@ from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError
-from smokeseg.inference.predictor import Prediction, Predictor, TileSpec
-from smokeseg.inference.scoring import smoke_verdict
+from smokeseg.inference.predictor import Predictor, TileSpec
+from smokeseg.inference.scoring import Prediction, smoke_verdict
 from smokeseg.metrics import (
     COUNT_METRICS,
     FBETA_SQUARED,

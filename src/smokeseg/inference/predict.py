@@ -27,8 +27,8 @@ from PIL import Image
 from smokeseg.data.formats import Sample, safe_relative_name
 from smokeseg.data.images import encode_png, max_image_pixels
 from smokeseg.errors import DataError, SmokesegError
-from smokeseg.inference.predictor import Prediction, Predictor
-from smokeseg.inference.scoring import failed_row, prediction_row, write_table
+from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.scoring import Prediction, failed_row, prediction_row, write_table
 from smokeseg.report.html import PREDICTED_COLOR
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.storage import ensure_writable_folder, reporting_write_errors, write_bytes_atomic

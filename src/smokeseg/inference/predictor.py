@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -25,10 +24,10 @@ from smokeseg.data.dataset import fit_to_size, limit_opencv_threads
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
-from smokeseg.errors import ModelError, SmokesegError
-from smokeseg.inference.runtimes import is_package, load_package
-from smokeseg.layout import CHECKPOINT_NAME
-from smokeseg.model.factory import create_model
+from smokeseg.errors import SmokesegError
+from smokeseg.inference.inputs import collect_inputs
+from smokeseg.inference.runtimes import Runtime, load_model
+from smokeseg.inference.scoring import ImageResult, Prediction
 from smokeseg.model.precision import mixed_precision_dtype
 
 # Above this, resizing to the model size discards nearly every pixel and a batch of decoded frames
@@ -48,47 +47,6 @@ TEST_TIME_AUGMENTATIONS: dict[str, tuple[TensorMap, TensorMap]] = {
     "rotate180": (lambda x: x.rot90(2, (-2, -1)), lambda y: y.rot90(-2, (-2, -1))),
     "rotate270": (lambda x: x.rot90(3, (-2, -1)), lambda y: y.rot90(-3, (-2, -1))),
 }
-
-
-def find_checkpoints(path: str | Path) -> list[Path]:
-    """A checkpoint file, a fold folder, or an experiment folder (every fold: an ensemble)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if (path / CHECKPOINT_NAME).is_file():
-        return [path / CHECKPOINT_NAME]
-    folds = sorted(path.glob(f"fold*/{CHECKPOINT_NAME}"))
-    if folds:
-        return folds
-    raise ModelError(
-        f"No model found at {path}. Give a checkpoint file, a fold folder holding {CHECKPOINT_NAME}, "
-        "or an experiment folder from `smokeseg train`."
-    )
-
-
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ExperimentConfig]:
-    """Rebuild the model from a smokeseg checkpoint alone: no training data, no pretrained download."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        config = ExperimentConfig.model_validate(checkpoint["hyper_parameters"]["config"])
-        state = checkpoint["state_dict"]
-    except Exception as error:
-        raise ModelError(
-            f"{path} is not a smokeseg checkpoint ({type(error).__name__}: {error}). "
-            "Give the checkpoint.ckpt written by `smokeseg train`, or its fold or experiment folder."
-        ) from None
-    architecture = config.architecture.model_copy(update={"init_from": None})
-    model = create_model(architecture, load_pretrained=False)
-    model.load_state_dict({key.removeprefix("model."): value for key, value in state.items()})
-    return model.eval(), config
-
-
-@dataclass
-class Prediction:
-    sample: Sample
-    image: np.ndarray
-    probabilities: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -133,7 +91,7 @@ class Predictor:
 
     def __init__(
         self,
-        models: Sequence[torch.nn.Module],
+        models: Sequence[Runtime],
         config: ExperimentConfig,
         device: str | torch.device = "cpu",
         batch_size: int | None = None,
@@ -164,24 +122,18 @@ class Predictor:
     def from_path(
         cls,
         path: str | Path,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         batch_size: int | None = None,
         tile: TileSpec | None = None,
     ) -> Predictor:
         """A checkpoint, a fold folder, an experiment folder (its folds averaged as an ensemble), or a
-        scoring package from `smokeseg export --package` (run on onnxruntime).
+        scoring package from `smokeseg export --package` (run on onnxruntime); see ``runtimes.load_model``.
 
-        A threshold stored beside the checkpoints by `smokeseg tune-threshold` replaces the config's.
+        ``device`` defaults to ``auto``, as in `smokeseg predict`. A threshold stored beside the
+        checkpoints by `smokeseg tune-threshold` replaces the config's.
         """
-        from smokeseg.inference.threshold import with_stored_threshold  # it imports this module
-
-        if is_package(Path(path)):
-            model, config = load_package(Path(path))
-            return cls([model], config, device, batch_size, tile)
-        checkpoints = find_checkpoints(path)
-        loaded = [load_checkpoint(checkpoint) for checkpoint in checkpoints]
-        config = with_stored_threshold(loaded[0][1], checkpoints[0].parent)
-        return cls([model for model, _ in loaded], config, device, batch_size, tile)
+        loaded = load_model(path)
+        return cls(loaded.runtimes, loaded.config, device, batch_size, tile)
 
     @property
     def model_size(self) -> tuple[int, int]:
@@ -271,6 +223,31 @@ class Predictor:
         if pending:
             yield from self._flush(pending)
 
+    def predict_paths(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        threshold: float | None = None,
+        min_region_pixels: int | None = None,
+        data_folder: str | Path | None = None,
+    ) -> list[ImageResult]:
+        """Score image files, folders, quoted globs, tables or zips (what `smokeseg predict` takes), one
+        result per image in input order, with `smokeseg predict`'s verdict; an unreadable image gets a
+        result with its ``error`` instead of stopping the others.
+
+        ``threshold`` defaults to the model's; ``min_region_pixels`` to the verdict rule's default.
+        """
+        samples = collect_inputs([inputs] if isinstance(inputs, str | Path) else inputs, data_folder)
+        threshold = self.threshold if threshold is None else threshold
+        results: dict[str, ImageResult] = {}
+
+        def unreadable(sample: Sample, error: SmokesegError) -> None:
+            results[sample.image_id] = ImageResult(sample.image_id, error=str(error))
+
+        for prediction in self.predict_samples(samples, on_error=unreadable):
+            results[prediction.sample.image_id] = ImageResult.scored(prediction, threshold, min_region_pixels)
+        return [results[sample.image_id] for sample in samples]
+
     def _flush(self, pending: list[tuple[Sample, np.ndarray]]) -> Iterator[Prediction]:
         maps = self.predict_images([image for _, image in pending])
         for (sample, image), probabilities in zip(pending, maps, strict=True):
@@ -323,7 +300,7 @@ class Predictor:
         return total[:height, :width]
 
 
-def _ready_for_inference(model: Any, device: torch.device) -> Any:
+def _ready_for_inference(model: Runtime, device: torch.device) -> Runtime:
     """On the device, in eval mode; torch models on CPU also channels-last, which scored a 1280x960
     frame 1.7x faster there with the same numbers (up to float rounding)."""
     model = model.to(device).eval()

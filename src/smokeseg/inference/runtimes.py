@@ -1,28 +1,56 @@
-"""Model runtimes behind one interface: a torch module, or an exported ONNX package's graph.
+"""Model runtimes behind one interface, and the registry ``Predictor.from_path`` loads a model path with.
 
-The Predictor calls ``model(batch) -> logits``; an exported package's graph returns probabilities
-(its folds already averaged), so the ONNX runtime hands back their logits, and the Predictor's
-sigmoid, test-time augmentation and resizing stay the one scoring path for both.
+A runtime is a torch module or an exported package's ONNX graph: the Predictor calls ``model(batch) ->
+logits``. A package's graph returns probabilities (its folds already averaged), so the ONNX runtime
+hands back their logits, and the Predictor's sigmoid, test-time augmentation and resizing stay the one
+scoring path for both. This module imports nothing of scoring, so everything that scores may import it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.errors import ModelError
-from smokeseg.layout import CONFIG_NAME, PACKAGE_MODEL_NAME
+from smokeseg.layout import CONFIG_NAME, PACKAGE_MODEL_NAME, THRESHOLD_NAME
+from smokeseg.model.checkpoints import (
+    MODEL_PATH_HELP,
+    checkpoint_files,
+    find_checkpoints,
+    is_package,
+    no_model_error,
+)
+from smokeseg.model.factory import build_model
 
 # Probabilities are clipped this far from 0 and 1 before the logit: sigmoid(logit(p)) gives p back
 # to well within the 1e-3 the export is held to.
 _PROBABILITY_EPSILON = 1e-7
 
 
-def is_package(path: Path) -> bool:
-    return path.is_dir() and (path / PACKAGE_MODEL_NAME).is_file() and (path / CONFIG_NAME).is_file()
+class Runtime(Protocol):
+    """What the Predictor runs: logits for a preprocessed Bx3xHxW batch. A torch module is one."""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Runtime: ...
+
+    def eval(self) -> Runtime: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The runtimes of a model path (one per fold) and the config they score with."""
+
+    runtimes: list[Runtime]
+    config: ExperimentConfig
 
 
 class OnnxRuntimeModel:
@@ -51,6 +79,81 @@ class OnnxRuntimeModel:
         return torch.logit(torch.from_numpy(probabilities), eps=_PROBABILITY_EPSILON).to(batch.device)
 
 
-def load_package(path: Path) -> tuple[OnnxRuntimeModel, ExperimentConfig]:
+def load_package(path: Path) -> LoadedModel:
     """The graph and the effective config of a package written by ``smokeseg export --package``."""
-    return OnnxRuntimeModel(path / PACKAGE_MODEL_NAME), load_config(path / CONFIG_NAME)
+    return LoadedModel([OnnxRuntimeModel(path / PACKAGE_MODEL_NAME)], load_config(path / CONFIG_NAME))
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ExperimentConfig]:
+    """Rebuild the model from a smokeseg checkpoint alone: no training data, no pretrained download."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # torch's own message suggests weights_only=False, which would run code from a file of unknown origin.
+        raise ModelError(
+            f"{path} is not a checkpoint: PyTorch cannot read it (another kind of file, or a damaged one). "
+            f"{MODEL_PATH_HELP}"
+        ) from None
+    try:
+        config = ExperimentConfig.model_validate(checkpoint["hyper_parameters"]["config"])
+        state = checkpoint["state_dict"]
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(
+            f"{path} is a PyTorch file but not a smokeseg checkpoint (it holds no smokeseg config and "
+            f"state_dict). {MODEL_PATH_HELP} Weights from elsewhere can start a run through "
+            "architecture.init_from or architecture.pretrained_weights."
+        ) from None
+    model = build_model(config.architecture)
+    model.load_state_dict({key.removeprefix("model."): value for key, value in state.items()})
+    return model.eval(), config
+
+
+def load_checkpoints(path: Path) -> LoadedModel:
+    """Every fold of a checkpoint path, with the threshold ``smokeseg tune-threshold`` stored beside it."""
+    checkpoints = find_checkpoints(path)
+    loaded = [load_checkpoint(checkpoint) for checkpoint in checkpoints]
+    config = with_stored_threshold(loaded[0][1], checkpoints[0].parent)
+    return LoadedModel([model for model, _ in loaded], config)
+
+
+def with_stored_threshold(config: ExperimentConfig, folder: Path) -> ExperimentConfig:
+    """``config`` with the probability threshold stored in ``folder/threshold.json``, if there is one."""
+    path = folder / THRESHOLD_NAME
+    if not path.is_file():
+        return config
+    try:
+        value = float(json.loads(path.read_text(encoding="utf-8"))["probability_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise ModelError(
+            f"{path} does not hold a probability_threshold between 0 and 1. Run `smokeseg tune-threshold` "
+            "again, or delete the file to use the config's threshold."
+        )
+    prediction = config.prediction.model_copy(update={"probability_threshold": value})
+    return config.model_copy(update={"prediction": prediction})
+
+
+@dataclass(frozen=True)
+class RuntimeLoader:
+    """Recognises one kind of model path and loads it."""
+
+    matches: Callable[[Path], bool]
+    load: Callable[[Path], LoadedModel]
+
+
+# Tried in order by ``load_model``: a package folder first, since it also holds a config but no checkpoint.
+RUNTIME_LOADERS: dict[str, RuntimeLoader] = {
+    "onnx_package": RuntimeLoader(is_package, load_package),
+    "pytorch_checkpoints": RuntimeLoader(lambda path: bool(checkpoint_files(path)), load_checkpoints),
+}
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """The runtimes and config of any model path, by the first loader in ``RUNTIME_LOADERS`` that takes it."""
+    path = Path(path)
+    for loader in RUNTIME_LOADERS.values():
+        if loader.matches(path):
+            return loader.load(path)
+    raise no_model_error(path)

@@ -22,7 +22,6 @@ import pandas as pd
 
 from smokeseg.data.formats import Sample
 from smokeseg.data.rle import rle_encode
-from smokeseg.inference.predictor import Prediction
 from smokeseg.metrics import (
     dice_from_counts,
     iou_from_counts,
@@ -54,6 +53,15 @@ PREDICTION_COLUMNS = (
 
 def default_min_region_pixels(height: int, width: int) -> int:
     return max(MIN_REGION_FLOOR, math.ceil(MIN_REGION_FRACTION * height * width))
+
+
+@dataclass
+class Prediction:
+    """A scored image: its sample, its pixels, and its probability map at its own size."""
+
+    sample: Sample
+    image: np.ndarray
+    probabilities: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,37 @@ def prediction_row(
         row["tp"], row["fp"], row["fn"] = (int(c) for c in counts[0])
         row["false_regions"], row["region_hit"] = region_outcome(verdict.regions, truth)
     return row
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image as ``Predictor.predict_paths`` returns it: the probability map, the mask at the
+    threshold, and `smokeseg predict`'s verdict (``prediction_row``); or, for an unreadable image, only
+    its ``error``."""
+
+    image_id: str
+    probabilities: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    smoke: bool | None = None
+    confidence: float | None = None
+    boxes: list[list[float]] = field(default_factory=list)
+    smoke_fraction: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def scored(
+        cls, prediction: Prediction, threshold: float, min_region_pixels: int | None = None
+    ) -> ImageResult:
+        row = prediction_row(prediction, threshold, min_region_pixels=min_region_pixels)
+        return cls(
+            image_id=row["image_id"],
+            probabilities=prediction.probabilities,
+            mask=prediction.probabilities > threshold,
+            smoke=row["smoke"],
+            confidence=row["confidence"],
+            boxes=row["boxes"],
+            smoke_fraction=row["smoke_fraction"],
+        )
 
 
 def dataset_scores(rows: pd.DataFrame) -> dict[str, float | None]:

@@ -10,7 +10,6 @@ lowers the validation score. The choice is written as ``threshold.json`` beside 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,32 +24,15 @@ from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
-from smokeseg.inference.predictor import Predictor, find_checkpoints
-from smokeseg.layout import CONFIG_NAME, VALIDATION_PREDICTIONS_NAME
+from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.runtimes import with_stored_threshold
+from smokeseg.layout import CONFIG_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import COUNT_METRICS, threshold_counts
+from smokeseg.model.checkpoints import find_checkpoints
 from smokeseg.storage import write_text_atomic
 
-THRESHOLD_NAME = "threshold.json"
 TUNING_METRICS = ("IoU", "Dice", "F-beta")
 DEFAULT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 101), 2))
-
-
-def with_stored_threshold(config: ExperimentConfig, folder: Path) -> ExperimentConfig:
-    """``config`` with the probability threshold stored in ``folder/threshold.json``, if there is one."""
-    path = folder / THRESHOLD_NAME
-    if not path.is_file():
-        return config
-    try:
-        value = float(json.loads(path.read_text(encoding="utf-8"))["probability_threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise ModelError(
-            f"{path} does not hold a probability_threshold between 0 and 1. Run `smokeseg tune-threshold` "
-            "again, or delete the file to use the config's threshold."
-        )
-    prediction = config.prediction.model_copy(update={"probability_threshold": value})
-    return config.model_copy(update={"prediction": prediction})
 
 
 @dataclass

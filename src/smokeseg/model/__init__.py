@@ -1,12 +1,11 @@
-"""Segmentation networks, their pretrained weights, and their losses."""
+"""Segmentation networks, their starting weights, and their losses."""
 
+from smokeseg.model.checkpoints import find_checkpoints, init_checkpoint
 from smokeseg.model.factory import (
     ARCHITECTURES,
     build_model,
     check_architecture,
-    create_model,
-    find_checkpoint,
-    init_from_checkpoint,
+    initialize_weights,
     resolve_architecture,
     resolve_backbone,
 )
@@ -21,9 +20,9 @@ __all__ = [
     "check_architecture",
     "check_loss_name",
     "create_loss",
-    "create_model",
-    "find_checkpoint",
-    "init_from_checkpoint",
+    "find_checkpoints",
+    "init_checkpoint",
+    "initialize_weights",
     "load_pretrained_encoder",
     "parse_loss_name",
     "resolve_architecture",

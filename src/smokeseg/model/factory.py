@@ -7,8 +7,6 @@ before training starts, so a typo costs a second, not a data-loading run.
 from __future__ import annotations
 
 import difflib
-import logging
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,16 +17,14 @@ from torch import nn
 
 from smokeseg.config.schema import ArchitectureConfig
 from smokeseg.errors import ConfigError, ModelError
+from smokeseg.model.checkpoints import init_checkpoint
 from smokeseg.model.weights import (
     BACKBONE_ALIASES,
-    InitReport,
     canonical_backbone,
     load_matching,
     load_pretrained_encoder,
     read_state_dict,
 )
-
-logger = logging.getLogger("smokeseg")
 
 # smp class -> the further names Hydrogen Torch configs use for it.
 _ARCHITECTURE_ALIASES: dict[str, tuple[str, ...]] = {
@@ -53,7 +49,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     for name in (class_name, *aliases)
 }
 
-_CHECKPOINT_PATTERNS = ("*.ckpt", "checkpoint.pt")
 # Lightning saves the LightningModule's state; its segmentation network is the attribute ``model``.
 _LIGHTNING_PREFIX = "model."
 
@@ -101,8 +96,12 @@ def _is_timm_model(name: str) -> bool:
     return timm.is_model(base) and (not tag or name in timm.list_pretrained(f"{base}.*"))
 
 
-def check_architecture(cfg: ArchitectureConfig) -> None:
-    """Fail fast on names, paths and architecture-backbone pairs that would fail only after data loading."""
+def check_architecture(cfg: ArchitectureConfig, *, starting_weights: bool = True) -> None:
+    """Fail fast on names, paths and architecture-backbone pairs that would fail only after data loading.
+
+    ``starting_weights=False`` (a resume whose folds all continue from checkpoints) skips the weight
+    files: ``initialize_weights`` will not read them.
+    """
     try:
         # On the meta device building allocates nothing and takes milliseconds.
         with torch.device("meta"):
@@ -110,10 +109,12 @@ def check_architecture(cfg: ArchitectureConfig) -> None:
     except ModelError:
         # Some encoders' initialisation reads tensor values, which meta tensors lack: build for real.
         build_model(cfg)
+    if not starting_weights:
+        return
     if cfg.pretrained and cfg.pretrained_weights is not None and not cfg.pretrained_weights.is_file():
         raise ConfigError(f"architecture.pretrained_weights={cfg.pretrained_weights} is not a file")
     if cfg.init_from is not None:
-        find_checkpoint(cfg.init_from)
+        init_checkpoint(cfg.init_from)
 
 
 def build_model(cfg: ArchitectureConfig) -> nn.Module:
@@ -130,54 +131,28 @@ def build_model(cfg: ArchitectureConfig) -> nn.Module:
         ) from error
 
 
-def create_model(cfg: ArchitectureConfig, *, load_pretrained: bool = True) -> nn.Module:
-    """Build the network and fill in its weights: pretrained encoder, then ``init_from`` on top.
+def initialize_weights(model: nn.Module, cfg: ArchitectureConfig) -> str:
+    """Give a freshly built network its starting weights, by the one policy; return where they came from.
 
-    ``load_pretrained=False`` skips the encoder weights, for a model whose weights a checkpoint replaces
-    anyway (inference, export). When ``init_from`` fills the whole encoder, the pretrained encoder is
-    skipped too, so such a run does not need the network.
+    The policy: ``init_from`` (``checkpoints.init_checkpoint`` picks the file) loads every tensor that
+    fits; the pretrained encoder goes underneath unless ``init_from`` fills the whole encoder, so such a
+    run does not need the network. A resumed fold takes its state from its last checkpoint instead, so
+    training calls this only for a fold that starts fresh.
     """
-    model = build_model(cfg)
-    init_path = find_checkpoint(cfg.init_from) if cfg.init_from is not None else None
+    init_path = init_checkpoint(cfg.init_from) if cfg.init_from is not None else None
     init_state = read_model_state(init_path) if init_path is not None else {}
-    if cfg.pretrained and load_pretrained:
-        if init_state and _fills_encoder(model, init_state):
-            logger.info("Encoder weights: from init_from %s", init_path)
-        else:
-            logger.info("Encoder weights: %s", load_pretrained_encoder(model, cfg))
+    sources = []
+    if cfg.pretrained and not (init_state and _fills_encoder(model, init_state)):
+        sources.append(f"pretrained encoder: {load_pretrained_encoder(model, cfg)}")
     if init_path is not None:
-        _report_init(init_path, load_matching(model, init_state))
-    return model
-
-
-def init_from_checkpoint(model: nn.Module, path: str | Path) -> InitReport:
-    """Load the tensors of a checkpoint (file or experiment folder) that fit ``model``; report the rest."""
-    checkpoint = find_checkpoint(path)
-    report = load_matching(model, read_model_state(checkpoint))
-    _report_init(checkpoint, report)
-    return report
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file itself, or the one in an experiment folder (fold 0's where folds are saved apart)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ConfigError(
-            f"architecture.init_from={path} does not exist: train that experiment first, "
-            "or point it at a checkpoint file or an experiment folder"
-        )
-    found = sorted(file for pattern in _CHECKPOINT_PATTERNS for file in path.rglob(pattern))
-    if not found:
-        raise ConfigError(
-            f"architecture.init_from={path} holds no {' or '.join(_CHECKPOINT_PATTERNS)}; "
-            "point it at a checkpoint file"
-        )
-    fold0 = [
-        file for file in found if any(re.fullmatch(r"fold_?0", part) for part in file.relative_to(path).parts)
-    ]
-    return (fold0 or found)[0]
+        report = load_matching(model, init_state)
+        if not report.loaded:
+            raise ModelError(
+                f"no tensor of {init_path} fits this model ({report}); is init_from a checkpoint of "
+                "another architecture or backbone?"
+            )
+        sources.append(f"init_from {init_path}: {report}")
+    return "; ".join(sources) or "random (architecture.pretrained is false)"
 
 
 def read_model_state(path: Path) -> dict[str, torch.Tensor]:
@@ -198,14 +173,3 @@ def _fills_encoder(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
         for name, tensor in model.state_dict().items()
         if name.startswith("encoder.")
     )
-
-
-def _report_init(path: Path, report: InitReport) -> None:
-    """Log what init_from left out; a checkpoint that fits nothing is a mistake, not a warning."""
-    if not report.loaded:
-        raise ModelError(
-            f"no tensor of {path} fits this model ({report}); is init_from a checkpoint of "
-            "another architecture or backbone?"
-        )
-    level = logging.WARNING if report.skipped_missing or report.skipped_shape else logging.INFO
-    logger.log(level, "init_from %s: %s", path, report)

@@ -155,8 +155,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot read weights file {path}: it is not a complete PyTorch (torch.save) or .safetensors "
             "file of tensors; check the path, or save the weights again"
         ) from None
-    except Exception as error:
-        raise ModelError(f"cannot read weights file {path}: {error}") from error
+    except Exception:
+        # The loaders' own messages are about pickling internals, not about what the user gave.
+        raise ModelError(
+            f"cannot read weights file {path}: it is not a .safetensors or PyTorch file, or it is damaged; "
+            "give a checkpoint or state dict saved with torch.save"
+        ) from None
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not (

@@ -18,7 +18,7 @@ from smokeseg import __version__
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import mix_batch
 from smokeseg.metrics import OverlapScores
-from smokeseg.model.factory import create_model
+from smokeseg.model.factory import build_model
 from smokeseg.model.losses import create_loss
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -56,7 +56,9 @@ class SmokeSegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config, "smokeseg_version": __version__})
         self.config = ExperimentConfig.model_validate(config)
-        self.model = create_model(self.config.architecture, load_pretrained=False)
+        # Bare: a fresh run's starting weights come from run.py (initialize_weights), a resumed one's from
+        # its checkpoint, so building the module never reads init_from or downloads weights.
+        self.model = build_model(self.config.architecture)
         self.loss = create_loss(self.config.training)
         threshold = self.config.prediction.probability_threshold
         self.validation_scores = OverlapScores(threshold)

@@ -44,10 +44,9 @@ from smokeseg.layout import (
     TEST_PREDICTIONS_NAME,
     VALIDATION_PREDICTIONS_NAME,
 )
-from smokeseg.model.factory import check_architecture, init_from_checkpoint
+from smokeseg.model.factory import check_architecture, initialize_weights
 from smokeseg.model.losses import check_loss_name
 from smokeseg.model.precision import mixed_precision_dtype
-from smokeseg.model.weights import load_pretrained_encoder
 from smokeseg.training.module import SmokeSegmentationModule
 from smokeseg.training.outputs import (
     AtomicCheckpointIO,
@@ -93,13 +92,16 @@ def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
         ) from None
 
 
-def experiment_dir_for(config: ExperimentConfig, output_dir: Path | None) -> Path:
+def experiment_dir_for(config: ExperimentConfig, output_dir: str | Path | None) -> Path:
     return Path(output_dir) if output_dir else Path("output") / config.experiment_name
 
 
-def validate_before_training(config: ExperimentConfig) -> None:
-    """Fail in seconds, before any data is read, on names and settings that cannot work."""
-    check_architecture(config.architecture)
+def validate_before_training(config: ExperimentConfig, *, starting_weights: bool = True) -> None:
+    """Fail in seconds, before any data is read, on names and settings that cannot work.
+
+    ``starting_weights=False``: no fold starts fresh, so ``init_from`` and weight files are not checked.
+    """
+    check_architecture(config.architecture, starting_weights=starting_weights)
     check_loss_name(config.training.loss_function)
     build_train_transform(config.augmentation, config.image)
     build_inference_transform(config.augmentation, config.image)
@@ -113,7 +115,7 @@ def validate_before_training(config: ExperimentConfig) -> None:
 
 def train(
     config: ExperimentConfig,
-    output_dir: Path | None = None,
+    output_dir: str | Path | None = None,
     *,
     progress: bool = True,
     accelerator: str = "auto",
@@ -138,7 +140,8 @@ def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -
             f"{run_dir} holds no {CONFIG_NAME}; give the output folder of an earlier `smokeseg train`."
         )
     config = load_config(experiment_dir / CONFIG_NAME)
-    validate_before_training(config)
+    # Started folds continue from last.ckpt: an init_from source moved since is needed only by new folds.
+    validate_before_training(config, starting_weights=_has_new_folds(config, experiment_dir))
     results = _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
     _build_scoring_pipeline(config, experiment_dir)
     return results
@@ -220,6 +223,8 @@ def _train_folds(
         if resume and (fold_dir / METRICS_NAME).is_file():
             results.append(FoldResult(fold, fold_dir, read_json(fold_dir / METRICS_NAME)))
             continue
+        # Seeded before the model is built, as its random initial weights are part of the run.
+        L.seed_everything(config.environment.seed, workers=True, verbose=False)
         # The model (and its pretrained weights) comes before the data: a missing download fails in seconds.
         module, resume_from = _fold_module(config, fold_dir, resume)
         data = data or ExperimentData.load(config)
@@ -239,12 +244,16 @@ def _fold_module(
     last_checkpoint = fold_dir / LAST_CHECKPOINT_NAME
     if resume and last_checkpoint.is_file():
         return module, last_checkpoint
-    architecture = config.architecture
-    if architecture.init_from is not None:
-        module.init_report = init_from_checkpoint(module.model, architecture.init_from)
-    elif architecture.pretrained:
-        module.weights_source = load_pretrained_encoder(module.model, architecture)
+    module.weights_source = initialize_weights(module.model, config.architecture)
     return module, None
+
+
+def _has_new_folds(config: ExperimentConfig, experiment_dir: Path) -> bool:
+    """Whether a resumed experiment has a fold that neither finished nor left a last checkpoint."""
+    folds = [experiment_dir / f"fold{fold}" for fold in map(int, config.dataset.folds)]
+    return any(
+        not (fold / METRICS_NAME).is_file() and not (fold / LAST_CHECKPOINT_NAME).is_file() for fold in folds
+    )
 
 
 def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
@@ -301,7 +310,6 @@ def _train_fold(
     started = time.perf_counter()
     fold_data = data.fold(config, fold)
     try:
-        L.seed_everything(config.environment.seed, workers=True, verbose=False)
         logger.info("Global random seed: %d", config.environment.seed)
         logger.info("Fold: %d", fold)
         logger.info("Number of observations in train dataset: %d", len(fold_data.train))
@@ -310,10 +318,8 @@ def _train_fold(
             logger.info("Number of observations in test dataset: %d", len(data.test))
         if resume_from is not None:
             logger.info("Resuming from %s", resume_from)
-        elif config.architecture.init_from is not None:
-            logger.info("Initialised from %s: %s", config.architecture.init_from, module.init_report)
-        elif config.architecture.pretrained:
-            logger.info("Pretrained encoder weights: %s", module.weights_source)
+        else:
+            logger.info("Starting weights: %s", module.weights_source)
         trainer = _fit(module, config, fold_dir, fold_data, resume_from, progress, accelerator)
         metrics = _finish_fold(module, trainer, config, fold, fold_dir, fold_data, data.test)
     finally:

@@ -1,0 +1,71 @@
+"""What a model path is: the one answer predict, evaluate, export, tuning and ``init_from`` share.
+
+A model path is a checkpoint file, a fold folder holding ``checkpoint.ckpt``, an experiment folder from
+``smokeseg train`` (every fold: an ensemble), or a scoring package folder from ``smokeseg export
+--package``. This module only looks at paths (no torch), so anything may import it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from smokeseg.errors import ConfigError, ModelError
+from smokeseg.layout import CHECKPOINT_NAME, CONFIG_NAME, PACKAGE_MODEL_NAME
+
+MODEL_PATH_HELP = (
+    f"A model is a {CHECKPOINT_NAME} file, a fold or experiment folder from `smokeseg train`, "
+    "or a scoring package folder from `smokeseg export --package`."
+)
+_FOLD_NUMBER = re.compile(r"fold(\d+)")
+
+
+def is_package(path: Path) -> bool:
+    return path.is_dir() and (path / PACKAGE_MODEL_NAME).is_file() and (path / CONFIG_NAME).is_file()
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    """The checkpoints a path names, folds in fold order; empty when it names none."""
+    if path.is_file():
+        return [path]
+    if (path / CHECKPOINT_NAME).is_file():
+        return [path / CHECKPOINT_NAME]
+    return sorted(path.glob(f"fold*/{CHECKPOINT_NAME}"), key=_fold_order)
+
+
+def find_checkpoints(path: str | Path) -> list[Path]:
+    """The checkpoints of a checkpoint file, a fold folder, or an experiment folder (all its folds)."""
+    path = Path(path)
+    found = checkpoint_files(path)
+    if not found:
+        raise no_model_error(path)
+    return found
+
+
+def no_model_error(path: Path) -> ModelError:
+    what = "holds no model" if path.exists() else "does not exist"
+    return ModelError(f"{path} {what}. {MODEL_PATH_HELP}")
+
+
+def init_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``architecture.init_from`` starts from: the file itself, a fold folder's, or an
+    experiment's first fold (fold 0 of a k-fold run); an ensemble cannot be one starting point."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"architecture.init_from={path} does not exist: train that experiment first, or point it at "
+            "a checkpoint file, a fold folder or an experiment folder"
+        )
+    found = checkpoint_files(path)
+    if not found:
+        raise ConfigError(
+            f"architecture.init_from={path} holds no {CHECKPOINT_NAME}: point it at a checkpoint file, "
+            "a fold folder or an experiment folder from `smokeseg train`"
+        )
+    return found[0]
+
+
+def _fold_order(checkpoint: Path) -> tuple[int, str]:
+    """fold2 before fold10, which a plain sort would not give."""
+    match = _FOLD_NUMBER.fullmatch(checkpoint.parent.name)
+    return (int(match.group(1)) if match else -1, checkpoint.parent.name)
