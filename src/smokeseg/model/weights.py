@@ -137,6 +137,13 @@ def load_pretrained_encoder(model: nn.Module, cfg: ArchitectureConfig) -> str:
     return _download(model, backbone)
 
 
+def _unreadable_message(path: Path) -> str:
+    return (
+        f"cannot read weights file {path}: it is not a complete PyTorch (torch.save) or .safetensors "
+        "file of tensors; check the path, or save the weights again"
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors by name from a .safetensors or torch file (of a Lightning checkpoint: its ``state_dict``)."""
     path = Path(path)
@@ -151,16 +158,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         named = _UNSUPPORTED_GLOBAL.search(str(error))
         if named:
             raise ModelError(_pickled_objects_message(path, named.group(1))) from None
-        raise ModelError(
-            f"cannot read weights file {path}: it is not a complete PyTorch (torch.save) or .safetensors "
-            "file of tensors; check the path, or save the weights again"
-        ) from None
+        raise ModelError(_unreadable_message(path)) from None
     except Exception:
         # The loaders' own messages are about pickling internals, not about what the user gave.
-        raise ModelError(
-            f"cannot read weights file {path}: it is not a .safetensors or PyTorch file, or it is damaged; "
-            "give a checkpoint or state dict saved with torch.save"
-        ) from None
+        raise ModelError(_unreadable_message(path)) from None
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not (
