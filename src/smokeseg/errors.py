@@ -19,3 +19,7 @@ class ModelError(SmokesegError):
 
 class TrainingInterrupted(SmokesegError):
     """Ctrl-C during training; the last good checkpoint is kept for ``--resume``."""
+
+
+class OutputError(SmokesegError):
+    """An output folder that cannot take the outputs: read-only, full, or held by another run."""

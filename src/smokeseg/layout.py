@@ -14,3 +14,4 @@ VALIDATION_PREDICTIONS_NAME = "validation_predictions.parquet"
 TEST_PREDICTIONS_NAME = "test_predictions.parquet"
 SCORING_PACKAGE_NAME = "scoring_package"
 PACKAGE_MODEL_NAME = "model.onnx"
+LOCK_NAME = ".lock"  # held (flock) by the run writing an experiment folder

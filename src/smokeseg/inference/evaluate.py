@@ -58,7 +58,7 @@ def load_labelled_samples(
                 f"{data} has no dataset.test_dataframe to evaluate on. Set it to a table with masks, "
                 "or give the table or an images/ + masks/ folder instead of the config."
             )
-        dataset_cfg = config.dataset
+        dataset_cfg = config.dataset.for_test_table()
         data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
         data = dataset_cfg.test_dataframe
     elif data.suffix.lower() in TABLE_SUFFIXES:
