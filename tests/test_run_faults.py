@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import smokeseg
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.data.rle import rle_decode, rle_encode
@@ -35,7 +36,7 @@ TINY = [
     "environment.seed=7",
     "training.build_scoring_pipelines=false",
 ]
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(smokeseg.__file__).resolve().parents[1]  # the sources under test, for the subprocesses
 
 
 @pytest.fixture(scope="module")
