@@ -106,15 +106,21 @@ def order_mismatch(table: str, order: str, probes: int, votes: int, setting: str
 def check_rle_order(samples: Sequence[Sample], table: str | Path, setting: str) -> None:
     """Refuse to train on masks scrambled by the wrong RLE order: probe a few, from image headers only."""
     probed = [sample for sample in samples if sample.rles][:_ORDER_PROBE_SIZE]
-    votes = sum(better is not None for better in parallel_map(_other_order, probed))
-    problem = order_mismatch(str(table), probed[0].rle_order if probed else "F", len(probed), votes, setting)
+    votes = [vote for vote in parallel_map(_other_order_vote, probed) if vote is not None]
+    order = probed[0].rle_order if probed else "F"
+    problem = order_mismatch(str(table), order, len(votes), sum(votes), setting)
     if problem:
         raise DataError(f"{problem}.")
 
 
-def _other_order(sample: Sample) -> str | None:
-    height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
-    return decodes_more_plausibly_in(sample.rles, height, width, sample.rle_order)
+def _other_order_vote(sample: Sample) -> bool | None:
+    """Whether the mask looks like a shape only in the other order; None for a sample that cannot be
+    read, which training reports (or skips) by ``dataset.on_bad_sample`` as it reaches it."""
+    try:
+        height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
+        return decodes_more_plausibly_in(sample.rles, height, width, sample.rle_order) is not None
+    except DataError:
+        return None
 
 
 def _check_split(
