@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 
 import smokeseg
 from smokeseg.cli import app
-from smokeseg.config.load import load_config
+from smokeseg.config.load import load_config, save_config
 from smokeseg.data.rle import rle_decode, rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import DataError, OutputError, SmokesegError
 from smokeseg.export import build_package, export_model
+from smokeseg.inference.evaluate import load_labelled_samples
 from smokeseg.training import run
 
 TINY = [
@@ -113,8 +114,11 @@ def test_a_table_in_the_other_rle_order_is_refused_naming_its_setting(tmp_path: 
         run.ExperimentData.load(load_config(config_path, TINY))
     with pytest.raises(DataError, match=r"train\.pq.*set dataset\.rle_order: F"):
         run.ExperimentData.load(load_config(config_path, [*TINY, "dataset.rle_order=C"]))
-    data = run.ExperimentData.load(load_config(config_path, [*TINY, "dataset.test_rle_order=C"]))
+    config = load_config(config_path, [*TINY, "dataset.test_rle_order=C"])
+    data = run.ExperimentData.load(config)
     assert {sample.rle_order for sample in data.test} == {"C"} and {s.rle_order for s in data.train} == {"F"}
+    evaluated = load_labelled_samples(save_config(config, tmp_path / "c.yaml"), None, config.dataset)
+    assert {sample.rle_order for sample in evaluated} == {"C"}, "evaluate reads the test table alike"
 
 
 # --- item 8: one run per folder ---
