@@ -216,6 +216,15 @@ def test_a_finished_runs_folder_is_refused_and_kept(finished: tuple[Path, list[b
     assert (folder / "fold0/metrics.json").read_text() == before
 
 
+def test_an_unfinished_runs_folder_is_refused_pointing_at_resume(tiny_dataset: Path, tmp_path: Path):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(tiny_dataset.read_text())
+    with pytest.raises(OutputError, match=r"unfinished run \(continue it with `smokeseg train --resume"):
+        run.train(load_config(tiny_dataset, TINY), folder, progress=False)
+    assert sorted(path.name for path in folder.iterdir()) == [".lock", "config.yaml"]
+
+
 # --- item 8: read-only and full disks ---
 
 

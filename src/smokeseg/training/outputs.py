@@ -70,10 +70,13 @@ def experiment_folder(folder: Path, *, resume: bool) -> Iterator[None]:
                 "another --output-dir."
             ) from None
         if not resume and (folder / CONFIG_NAME).is_file():
-            finished = "a finished run" if (folder / METRICS_NAME).is_file() else "an earlier run"
+            earlier = (
+                f"a finished run ({METRICS_NAME})"
+                if (folder / METRICS_NAME).is_file()
+                else f"an unfinished run (continue it with `smokeseg train --resume {folder}`)"
+            )
             raise OutputError(
-                f"{folder} holds {finished} ({CONFIG_NAME}). Give another --output-dir, delete the folder, "
-                f"or continue an unfinished run with `smokeseg train --resume {folder}`."
+                f"{folder} holds {earlier}. Give another --output-dir, or delete the folder first."
             )
         try:
             with reporting_write_errors(folder):
