@@ -273,9 +273,11 @@ def test_a_run_that_fails_on_its_data_leaves_no_folder(tmp_path: Path):
     image.write_bytes(data[: len(data) // 2])  # its header reads (the data loads), its pixels do not
     with pytest.raises(DataError, match=r"(?i)truncated"):
         run.train(
-            load_config(config_path, [*TINY, "dataset.test_dataframe=None"]), tmp_path / "exp", progress=False
+            load_config(config_path, [*TINY, "dataset.test_dataframe=None"]),
+            tmp_path / "output/exp",
+            progress=False,
         )
-    assert not (tmp_path / "exp").exists()
+    assert not (tmp_path / "output").exists(), "nor the parent folders it made"
 
 
 def test_resume_removes_a_killed_package_build_and_writes_the_report(finished: tuple[Path, list[bool]]):

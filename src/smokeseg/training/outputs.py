@@ -58,8 +58,8 @@ def experiment_folder(folder: Path, *, resume: bool) -> Iterator[None]:
     The hold is an ``flock`` on ``.lock``: the system releases it when the process ends however it
     ends, so a crashed run never leaves the folder locked.
     """
-    existed = folder.exists()
-    fresh = not existed or not any(folder.iterdir())
+    created = _first_missing(folder)  # what the run creates, up to the first folder that exists
+    fresh = created is not None or not any(folder.iterdir())
     ensure_writable_folder(folder)
     with (folder / LOCK_NAME).open("a") as lock:
         try:
@@ -85,15 +85,24 @@ def experiment_folder(folder: Path, *, resume: bool) -> Iterator[None]:
             raise
         except Exception:
             if fresh and not resume and not any(folder.rglob("*.ckpt")):
-                _take_back(folder, existed)
+                _take_back(folder, created)
             raise
 
 
-def _take_back(folder: Path, existed: bool) -> None:
+def _first_missing(folder: Path) -> Path | None:
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def _take_back(folder: Path, created: Path | None) -> None:
     """Remove what a failed run wrote, so no stub looks like an experiment; an empty folder the user
     gave stays."""
-    if not existed:
-        shutil.rmtree(folder, ignore_errors=True)
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
         return
     for path in folder.iterdir():
         if path.is_dir():
