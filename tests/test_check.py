@@ -13,6 +13,7 @@ from rich.console import Console
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.data.check import DatasetReport, check_dataset, render_report
+from smokeseg.data.rle import rle_encode
 
 
 def _config(**dataset: object) -> ExperimentConfig:
@@ -72,9 +73,25 @@ def test_wrong_rle_order_is_noted(toy_datasets) -> None:
     table, images = toy_datasets.table()
     report = check_dataset(_config(train_dataframe=table, data_folder=images, rle_order="C"))
     assert report.notes == [
-        "rle_order is C but masks decode far more plausibly as F; set dataset.rle_order: F"
+        f"{table}: RLE order is C but 2 of 3 masks decode far more plausibly as F (stripes instead of "
+        "shapes); set dataset.rle_order: F"
     ]
     assert "set dataset.rle_order: F" in _rendered(report)
+
+
+def test_each_tables_rle_order_is_checked_on_its_own(toy_datasets, toy_pairs) -> None:
+    """A row-major test table beside a column-major train table: pooled, their votes would cancel."""
+    train, images = toy_datasets.table()
+    test = train.with_name("test.pq")
+    shaped = toy_pairs[0]  # a.png: big enough to tell the orders apart
+    frame = pd.DataFrame([{"image_id": shaped.name, "rle_mask": rle_encode(shaped.mask, "C")}])
+    frame.to_parquet(test, index=False)
+    config = _config(train_dataframe=train, data_folder=images, test_dataframe=test)
+    report = check_dataset(config)
+    assert len(report.notes) == 1 and report.notes[0].startswith(f"{test}: RLE order is F")
+    assert report.notes[0].endswith("set dataset.test_rle_order: C")
+    config.dataset.test_rle_order = "C"
+    assert check_dataset(config).notes == []
 
 
 @pytest.mark.shared

@@ -142,13 +142,12 @@ def train(
     """Train and validate each selected fold; write checkpoints, charts, predictions and a report."""
     if (config is None) == (resume is None):
         raise SmokesegError("Give either a CONFIG file or --resume OUTPUT_DIR (not both).")
-    if resume is not None:
-        from smokeseg.training.run import resume as resume_run
-
-        _quiet_lightning()
-        _print_results(resume_run(resume, progress=progress))
-        return
-    _train_and_report(config, overrides or [], output_dir, progress)
+    if resume is not None and (overrides or output_dir is not None):
+        raise SmokesegError(
+            f"--resume continues {resume} with the config it was started with, in its own folder: drop "
+            "--set and --output-dir, or start a new run (a CONFIG file) for other settings."
+        )
+    _train_and_report(config, overrides or [], output_dir, progress, resume=resume)
 
 
 def _quiet_lightning() -> None:
@@ -159,17 +158,27 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
-def _train_and_report(config: Path, overrides: list[str], output_dir: Path | None, progress: bool) -> None:
+def _train_and_report(
+    config: Path | None,
+    overrides: list[str],
+    output_dir: Path | None,
+    progress: bool,
+    *,
+    resume: Path | None = None,
+) -> None:
+    """A fresh or a resumed run ends the same way: the results table, then the report."""
     from smokeseg.config.load import load_config
     from smokeseg.report.html import write_report
-    from smokeseg.training.run import experiment_dir_for
+    from smokeseg.training.run import resume as resume_run
     from smokeseg.training.run import train as run_training
 
     _quiet_lightning()
-    experiment = load_config(config, overrides)
-    results = run_training(experiment, output_dir, progress=progress)
+    if resume is not None:
+        results = resume_run(resume, progress=progress)
+    else:
+        results = run_training(load_config(config, overrides), output_dir, progress=progress)
     _print_results(results)
-    report = write_report(experiment_dir_for(experiment, output_dir))
+    report = write_report(results[0].fold_dir.parent)  # the experiment folder
     console.print(f"Report: {report}")
 
 

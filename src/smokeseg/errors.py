@@ -22,4 +22,5 @@ class TrainingInterrupted(SmokesegError):
 
 
 class OutputError(SmokesegError):
-    """An output folder that cannot take the outputs: read-only, full, or not a folder."""
+    """An output folder that cannot take the outputs: read-only, full, not a folder, or in use by another
+    run."""

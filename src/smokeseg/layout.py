@@ -15,3 +15,4 @@ TEST_PREDICTIONS_NAME = "test_predictions.parquet"
 THRESHOLD_NAME = "threshold.json"  # written by `smokeseg tune-threshold` beside each checkpoint
 SCORING_PACKAGE_NAME = "scoring_package"
 PACKAGE_MODEL_NAME = "model.onnx"
+LOCK_NAME = ".lock"  # held (flock) by the run writing an experiment folder

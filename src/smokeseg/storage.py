@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -9,35 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from smokeseg.errors import OutputError
-
-# A write probe the size of a file system block: a full disk refuses it, where an empty file still fits.
-_PROBE_BYTES = 4096
-
-
-def ensure_writable_folder(path: Path) -> None:
-    """Create ``path`` if needed and write a probe file in it, so that a read-only or full disk fails
-    before the work (minutes or hours of it), not after."""
-    path = Path(path)
-    with reporting_write_errors(path):
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".write-probe.") as probe:
-            probe.write(b"\0" * _PROBE_BYTES)
-            probe.flush()
-            os.fsync(probe.fileno())
-
-
-@contextmanager
-def reporting_write_errors(folder: Path) -> Iterator[None]:
-    """Turn an OSError met while writing into ``folder`` (read-only, full, not a folder) into one line
-    naming the file and the way out."""
-    try:
-        yield
-    except OSError as error:
-        where = folder if error.filename is None else error.filename
-        raise OutputError(
-            f"Cannot write {where}: {error.strerror or error}. Free space on that disk or make the folder "
-            "writable, or give another output folder."
-        ) from None
 
 
 @contextmanager
@@ -75,3 +47,52 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return Path(target)
+
+
+# Failures that mean "this disk will not take the file", as opposed to a bug or a bad input.
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM})
+
+
+def ensure_writable_folder(path: Path) -> None:
+    """Create ``path`` if needed and write a probe file in it, so a read-only or full disk fails before
+    the work (minutes or hours of it), not after."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".write-probe.") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise write_error(path, error) from None
+
+
+def write_error(folder: Path, error: OSError) -> OutputError:
+    """One line naming the folder (and file), what the system said, and the way out."""
+    where = f"{folder}" if error.filename is None else f"{error.filename}"
+    return OutputError(
+        f"Cannot write {where}: {error.strerror or error}. Free space on that disk or make the folder "
+        "writable, or give another output folder."
+    )
+
+
+@contextmanager
+def reporting_write_errors(folder: Path) -> Iterator[None]:
+    """Turn a full disk or a read-only folder met while writing into ``OutputError``; others pass on."""
+    try:
+        yield
+    except Exception as error:
+        refused = write_failure(error)
+        if refused is None:
+            raise
+        raise write_error(Path(folder), refused) from None
+
+
+def write_failure(error: BaseException) -> OSError | None:
+    """The disk refusing a write (full, read-only) behind ``error``, even where a library wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _WRITE_FAILURES:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -110,6 +110,9 @@ class DatasetConfig(Section):
         "F", description="F: column-major (Kaggle, Hydrogen Torch); C: row-major"
     )
     test_dataframe: OptionalPath = None
+    test_rle_order: Annotated[Literal["F", "C"] | None, BeforeValidator(_none_string_to_null)] = Field(
+        None, description="the test table's RLE order, where it differs from rle_order (None: rle_order)"
+    )
     train_dataframe: Path | None = Field(None, description="Parquet or CSV table, or an image+mask folder")
     validation_dataframe: OptionalPath = None
     validation_size: float = Field(0.2, gt=0, lt=1)
@@ -117,6 +120,10 @@ class DatasetConfig(Section):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="error: stop at a bad image or mask; skip: leave it out with a warning"
     )
+
+    def for_test_table(self) -> DatasetConfig:
+        """These settings as the test table is read: with its own RLE order, if it has one."""
+        return self.model_copy(update={"rle_order": self.test_rle_order or self.rle_order})
 
 
 class EnvironmentConfig(Section):

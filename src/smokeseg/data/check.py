@@ -6,6 +6,7 @@ Problems are collected, not raised, so one pass lists every file to fix.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.data.formats import Sample, collect_samples, parallel_map
+from smokeseg.data.images import image_size
 from smokeseg.data.rle import decodes_more_plausibly_in
 from smokeseg.errors import DataError
 
@@ -72,17 +74,53 @@ def check_dataset(config: ExperimentConfig) -> DatasetReport:
     report = DatasetReport(
         [_check_split("train", dataset.train_dataframe, dataset.data_folder, dataset, True)]
     )
+    orders = [(dataset.rle_order, RLE_ORDER_SETTINGS["train"])]
     if dataset.test_dataframe is not None:
         test_folder = dataset.data_folder_test or dataset.data_folder
-        report.splits.append(_check_split("test", dataset.test_dataframe, test_folder, dataset, False))
-    probes = sum(split.order_probes for split in report.splits)
-    if probes and sum(split.other_order_votes for split in report.splits) > probes / 2:
-        other = "C" if dataset.rle_order == "F" else "F"
-        report.notes.append(
-            f"rle_order is {dataset.rle_order} but masks decode far more plausibly as {other}; "
-            f"set dataset.rle_order: {other}"
-        )
+        test_cfg = dataset.for_test_table()
+        report.splits.append(_check_split("test", dataset.test_dataframe, test_folder, test_cfg, False))
+        orders.append((test_cfg.rle_order, RLE_ORDER_SETTINGS["test"]))
+    for split, (order, setting) in zip(report.splits, orders, strict=True):
+        # Each table on its own: a row-major table must not hide behind a column-major one.
+        note = order_mismatch(split.source, order, split.order_probes, split.other_order_votes, setting)
+        if note:
+            report.notes.append(note)
     return report
+
+
+# The setting that holds each table's RLE order.
+RLE_ORDER_SETTINGS = {"train": "dataset.rle_order", "test": "dataset.test_rle_order"}
+
+
+def order_mismatch(table: str, order: str, probes: int, votes: int, setting: str) -> str | None:
+    """The fix, when most probed masks of one table look like shapes only in the other order."""
+    if not probes or votes <= probes / 2:
+        return None
+    other = "C" if order == "F" else "F"
+    return (
+        f"{table}: RLE order is {order} but {votes} of {probes} masks decode far more plausibly as "
+        f"{other} (stripes instead of shapes); set {setting}: {other}"
+    )
+
+
+def check_rle_order(samples: Sequence[Sample], table: str | Path, setting: str) -> None:
+    """Refuse to train on masks scrambled by the wrong RLE order: probe a few, from image headers only."""
+    probed = [sample for sample in samples if sample.rles][:_ORDER_PROBE_SIZE]
+    votes = [vote for vote in parallel_map(_other_order_vote, probed) if vote is not None]
+    order = probed[0].rle_order if probed else "F"
+    problem = order_mismatch(str(table), order, len(votes), sum(votes), setting)
+    if problem:
+        raise DataError(f"{problem}.")
+
+
+def _other_order_vote(sample: Sample) -> bool | None:
+    """Whether the mask looks like a shape only in the other order; None for a sample that cannot be
+    read, which training reports (or skips) by ``dataset.on_bad_sample`` as it reaches it."""
+    try:
+        height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
+        return decodes_more_plausibly_in(sample.rles, height, width, sample.rle_order) is not None
+    except DataError:
+        return None
 
 
 def _check_split(

@@ -23,7 +23,7 @@ import torch
 
 from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.inference.predictor import Predictor
-from smokeseg.storage import atomic_path
+from smokeseg.storage import atomic_path, ensure_writable_folder, reporting_write_errors, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def _write_onnx(module: torch.nn.Module, example: torch.Tensor, target: Path) ->
             exporter(module, example, target)
             return
         except Exception as error:  # each exporter fails in its own ways; the next one may succeed
+            if write_failure(error) is not None:
+                raise  # a full or read-only disk: no exporter (or export extra) helps
             failures.append(f"{name} exporter: {type(error).__name__}: {error}")
             logger.warning("ONNX %s exporter failed (%s: %s)", name, type(error).__name__, error)
     raise ModelError(f"Could not export the model to ONNX. {' '.join(failures)} {_INSTALL_HINT}")
@@ -185,7 +187,9 @@ def export_model(model_path: str | Path, output: str | Path | None = None, forma
     """
     export_format(format)  # an unknown name fails before the model loads
     target = Path(output) if output is not None else default_output(model_path, format)
-    return write_model(Predictor.from_path(model_path), target, format)
+    ensure_writable_folder(target.parent)  # and so does a read-only or full disk
+    with reporting_write_errors(target.parent):
+        return write_model(Predictor.from_path(model_path), target, format)
 
 
 def write_model(predictor: Predictor, target: str | Path, format: str = "onnx") -> Path:

@@ -32,6 +32,7 @@ from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import CLASS_NAME, MIN_REGION_FLOOR, MIN_REGION_FRACTION
 from smokeseg.layout import CONFIG_NAME
 from smokeseg.layout import PACKAGE_MODEL_NAME as MODEL_NAME
+from smokeseg.storage import ensure_writable_folder, reporting_write_errors
 
 SETTINGS_NAME = "scoring.json"
 README_NAME = "README.md"
@@ -125,18 +126,20 @@ def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
+    ensure_writable_folder(out_dir.parent)  # a read-only or full disk fails before the model loads
+    _remove_abandoned_staging(out_dir)
     predictor = Predictor.from_path(model_path)
     settings = scoring_settings(predictor)  # a model score.py cannot mirror fails before the export
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _new_folder_beside(out_dir, "new")
     try:
-        write_model(predictor, staging / MODEL_NAME, "onnx")
-        (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        (staging / CONFIG_NAME).write_text(config_to_yaml(predictor.config), encoding="utf-8")
-        for name in TEMPLATE_FILES:
-            (staging / name).write_text(template_text(name), encoding="utf-8")
-        (staging / README_NAME).write_text(_readme(predictor, settings), encoding="utf-8")
-        _move_into_place(staging, out_dir)
+        with reporting_write_errors(out_dir.parent):
+            write_model(predictor, staging / MODEL_NAME, "onnx")
+            (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            (staging / CONFIG_NAME).write_text(config_to_yaml(predictor.config), encoding="utf-8")
+            for name in TEMPLATE_FILES:
+                (staging / name).write_text(template_text(name), encoding="utf-8")
+            (staging / README_NAME).write_text(_readme(predictor, settings), encoding="utf-8")
+            _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
@@ -207,3 +210,25 @@ def _new_folder_beside(target: Path, tag: str) -> Path:
     folder = target.parent / f".{target.name}.{tag}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     folder.mkdir()
     return folder
+
+
+def _remove_abandoned_staging(target: Path) -> None:
+    """Delete the half-built packages of builds killed before their cleanup (SIGTERM, power loss).
+
+    Only "new" folders of processes that no longer run: an "old" one may hold the only copy of the
+    previous package, and a live process may still be building its own.
+    """
+    for folder in target.parent.glob(f".{target.name}.new.*.*.tmp"):
+        pid = folder.name.removeprefix(f".{target.name}.new.").split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

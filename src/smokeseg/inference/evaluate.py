@@ -61,7 +61,7 @@ def load_labelled_samples(
                 f"{data} has no dataset.test_dataframe to evaluate on. Set it to a table with masks, "
                 "or give the table or an images/ + masks/ folder instead of the config."
             )
-        dataset_cfg = config.dataset
+        dataset_cfg = config.dataset.for_test_table()
         data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
         data = dataset_cfg.test_dataframe
     samples = load_samples(data, data_folder, dataset_cfg, require_masks=False)

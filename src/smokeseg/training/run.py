@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
+from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.data.groups import assign_groups
@@ -52,6 +53,7 @@ from smokeseg.training.outputs import (
     AtomicCheckpointIO,
     ChartsRecorder,
     ExperimentLog,
+    experiment_folder,
     open_experiment_log,
     read_json,
     slim_checkpoint,
@@ -126,8 +128,11 @@ def train(
     seed = resolve_seed(config.environment.seed)
     config = config.model_copy(update={"environment": config.environment.model_copy(update={"seed": seed})})
     experiment_dir = experiment_dir_for(config, output_dir)
-    results = _train_folds(config, experiment_dir, resume=False, progress=progress, accelerator=accelerator)
-    _build_scoring_pipeline(config, experiment_dir)
+    with experiment_folder(experiment_dir, resume=False):
+        results = _train_folds(
+            config, experiment_dir, resume=False, progress=progress, accelerator=accelerator
+        )
+        _build_scoring_pipeline(config, experiment_dir)
     return results
 
 
@@ -142,8 +147,11 @@ def resume(run_dir: Path, *, progress: bool = True, accelerator: str = "auto") -
     config = load_config(experiment_dir / CONFIG_NAME)
     # Started folds continue from last.ckpt: an init_from source moved since is needed only by new folds.
     validate_before_training(config, starting_weights=_has_new_folds(config, experiment_dir))
-    results = _train_folds(config, experiment_dir, resume=True, progress=progress, accelerator=accelerator)
-    _build_scoring_pipeline(config, experiment_dir)
+    with experiment_folder(experiment_dir, resume=True):
+        results = _train_folds(
+            config, experiment_dir, resume=True, progress=progress, accelerator=accelerator
+        )
+        _build_scoring_pipeline(config, experiment_dir)
     return results
 
 
@@ -167,27 +175,27 @@ class ExperimentData:
 
     @classmethod
     def load(cls, config: ExperimentConfig) -> ExperimentData:
+        """Each table's samples; a table whose masks decode as stripes in its RLE order is refused."""
         dataset_cfg = config.dataset
         train = load_samples(
             dataset_cfg.train_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
         )
-        validation = (
-            load_samples(
+        check_rle_order(train, dataset_cfg.train_dataframe, RLE_ORDER_SETTINGS["train"])
+        validation = []
+        if dataset_cfg.validation_strategy == "custom":
+            validation = load_samples(
                 dataset_cfg.validation_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
             )
-            if dataset_cfg.validation_strategy == "custom"
-            else []
-        )
-        test = (
-            load_samples(
+            check_rle_order(validation, dataset_cfg.validation_dataframe, RLE_ORDER_SETTINGS["train"])
+        test = []
+        if dataset_cfg.test_dataframe is not None:
+            test = load_samples(
                 dataset_cfg.test_dataframe,
                 dataset_cfg.data_folder_test or dataset_cfg.data_folder,
-                dataset_cfg,
+                dataset_cfg.for_test_table(),
                 require_masks=False,
             )
-            if dataset_cfg.test_dataframe is not None
-            else []
-        )
+            check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
         return cls(_subsample(train, dataset_cfg.data_sample, config.environment.seed), validation, test)
 
     def groups(self, rule: str) -> list[str]:
