@@ -25,6 +25,7 @@ from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import DataError, OutputError, SmokesegError
 from smokeseg.export import build_package, export_model
 from smokeseg.inference.evaluate import load_labelled_samples
+from smokeseg.layout import CONFIG_NAME, unused_run_folder
 from smokeseg.training import run
 
 TINY = [
@@ -312,3 +313,16 @@ def test_resume_refuses_what_it_would_ignore(tmp_path: Path, extra: list[str]):
     assert isinstance(result.exception, SmokesegError)
     assert "drop --set and --output-dir" in str(result.exception)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_the_demo_keeps_earlier_runs_in_numbered_folders(tmp_path: Path):
+    """`smokeseg demo` always trains into demo/run: a second demo goes to run-2, not into a refusal."""
+    base = tmp_path / "demo" / "run"
+    assert unused_run_folder(base) == base
+    base.mkdir(parents=True)
+    assert unused_run_folder(base) == base, "an empty folder holds no run"
+    (base / CONFIG_NAME).write_text("experiment_name: demo\n")
+    assert unused_run_folder(base) == tmp_path / "demo" / "run-2"
+    (tmp_path / "demo" / "run-2").mkdir()
+    (tmp_path / "demo" / "run-2" / CONFIG_NAME).write_text("experiment_name: demo\n")
+    assert unused_run_folder(base) == tmp_path / "demo" / "run-3"

@@ -118,11 +118,12 @@ def demo(
 ) -> None:
     """Generate the built-in synthetic smoke dataset, train on it, and write the report."""
     from smokeseg.data.synthetic import generate_demo_dataset
+    from smokeseg.layout import unused_run_folder
 
     config_path = generate_demo_dataset(output / "data")
     console.print(f"Demo dataset and config: {config_path}")
     if train_model:
-        _train_and_report(config_path, [], output / "run", progress)
+        _train_and_report(config_path, [], unused_run_folder(output / "run"), progress)
 
 
 @app.command()
