@@ -115,6 +115,27 @@ def test_random_seed_is_drawn_and_recorded(tiny_dataset: Path, tmp_path: Path):
     assert f"Global random seed: {recorded}" in (tmp_path / "exp/fold0/logs.log").read_text()
 
 
+@pytest.mark.parametrize(
+    ("choice", "thinned"),
+    [
+        ("[Train]", {"train"}),
+        ("[Validation]", {"validation"}),
+        ("[Train, Validation]", {"train", "validation"}),
+    ],
+)
+def test_data_sample_thins_the_sets_data_sample_choice_names(tiny_dataset: Path, choice: str, thinned: set):
+    full_config = _config(tiny_dataset)
+    full = run.ExperimentData.load(full_config).fold(full_config, 0)
+    config = _config(tiny_dataset, "dataset.data_sample=0.5", f"dataset.data_sample_choice={choice}")
+    sampled = run.ExperimentData.load(config).fold(config, 0)
+    for part in ("train", "validation"):
+        kept, every = ([s.image_id for s in getattr(fold, part)] for fold in (sampled, full))
+        if part in thinned:
+            assert len(kept) == max(1, round(len(every) / 2)) and set(kept) < set(every), part
+        else:
+            assert kept == every, part
+
+
 def test_interrupted_run_resumes_to_the_same_number_of_steps(tiny_dataset: Path, tmp_path: Path, monkeypatch):
     config = _config(tiny_dataset, "training.epochs=2")
     run.train(config, tmp_path / "full", progress=False)

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
 from smokeseg.config.load import load_config, save_config
-from smokeseg.config.schema import ExperimentConfig
+from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
@@ -185,7 +185,7 @@ class ExperimentData:
             if dataset_cfg.test_dataframe is not None
             else []
         )
-        return cls(_subsample(train, dataset_cfg.data_sample, config.environment.seed), validation, test)
+        return cls(train, validation, test)
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
@@ -203,8 +203,11 @@ class ExperimentData:
             seed=config.environment.seed,
             validation_groups=groups[len(self.train) :] if self.validation else None,
         )
-        train = [self.train[i] for i in train_idx]
-        validation = self.validation or [self.train[i] for i in validation_idx]
+        seed = config.environment.seed
+        train = _subsample([self.train[i] for i in train_idx], config.dataset, "Train", seed)
+        validation = _subsample(
+            self.validation or [self.train[i] for i in validation_idx], config.dataset, "Validation", seed
+        )
         if config.training.train_validation_data:
             train = train + validation
         return FoldData(train, validation)
@@ -247,10 +250,12 @@ def _fold_module(
     return module, None
 
 
-def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    if fraction >= 1:
+def _subsample(samples: list[Sample], dataset: DatasetConfig, part: str, seed: int) -> list[Sample]:
+    """Hydrogen Torch's ``data_sample``: a repeatable fraction of each set named in ``data_sample_choice``,
+    taken after the fold split, so sampling "Validation" thins the validation fold, not the train table."""
+    if dataset.data_sample >= 1 or part not in dataset.data_sample_choice:
         return samples
-    keep = max(1, round(len(samples) * fraction))
+    keep = max(1, round(len(samples) * dataset.data_sample))
     chosen = np.sort(np.random.default_rng(seed).permutation(len(samples))[:keep])
     return [samples[i] for i in chosen]
 
