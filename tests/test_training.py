@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from smokeseg.config.load import load_config
+from smokeseg.config.schema import EnvironmentConfig
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
@@ -66,6 +67,7 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
     log = (fold_dir / "logs.log").read_text()
     for line in (
         "Global random seed: 7",
+        "environment.gpus=['0'], but no CUDA GPU is in use: training on the CPU",
         "Number of observations in train dataset:",
         "Number of observations in validation dataset:",
         "Number of observations in test dataset: 4",
@@ -250,6 +252,70 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
 def test_mixed_precision_uses_what_the_device_computes_fast(monkeypatch, mixed, cuda, cpu_bfloat16, expected):
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
     assert run.lightning_precision(mixed, cuda) == expected
+
+
+CPU = {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("environment", "cuda_count", "expected"),
+    [
+        ({"gpus": []}, 2, CPU),
+        ({"gpus": ["0"]}, 0, CPU),  # the default on a machine without CUDA
+        ({"gpus": ["0"]}, 1, {"accelerator": "gpu", "devices": [0], "strategy": "auto"}),
+        ({"gpus": ["0", "1"]}, 2, {"accelerator": "gpu", "devices": [0, 1], "strategy": "ddp_spawn"}),
+        (
+            {"gpus": ["1", "0"], "number_of_gpus_per_run": 1},
+            2,
+            {"accelerator": "gpu", "devices": [1], "strategy": "auto"},
+        ),
+        (
+            {"gpus": ["0", "1", "2", "3"], "number_of_gpus_per_run": 2},
+            4,
+            {"accelerator": "gpu", "devices": [0, 1], "strategy": "ddp_spawn"},
+        ),
+    ],
+)
+def test_gpus_and_gpus_per_run_choose_the_devices(environment: dict, cuda_count: int, expected: dict):
+    assert run.trainer_devices(EnvironmentConfig(**environment), cuda_count) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"gpus": ["0", "2"]}, "names GPU 2, but this machine has 2"),
+        ({"gpus": ["0"], "number_of_gpus_per_run": 2}, "number_of_gpus_per_run=2 is more than the 1"),
+    ],
+)
+def test_impossible_gpu_choices_are_explained(environment: dict, expected: str):
+    with pytest.raises(ConfigError, match=expected):
+        run.trainer_devices(EnvironmentConfig(**environment), 2)
+
+
+def test_gpu_ids_are_checked_at_load(tiny_dataset: Path):
+    with pytest.raises(ConfigError, match="GPU ids are numbers"):
+        _config(tiny_dataset, "environment.gpus=[cuda0]")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "strategy", "device_ids"),
+    [("[1]", "SingleDeviceStrategy", [1]), ("[0, 1]", "DDPStrategy", [0, 1])],
+)
+def test_lightning_builds_the_chosen_gpu_trainer(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch, gpus, strategy, device_ids
+):
+    """Lightning's own configuration of a 2-GPU machine, which this test pretends to be."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = _config(tiny_dataset, f"environment.gpus={gpus}", "environment.mixed_precision_training=true")
+    trainer = run._trainer(config, tmp_path, False, run.trainer_devices(config.environment, 2))
+    assert type(trainer.strategy).__name__ == strategy
+    assert trainer.device_ids == device_ids and trainer.strategy.root_device == torch.device(
+        "cuda", device_ids[0]
+    )
+    assert trainer.precision == "16-mixed"
+    if len(device_ids) > 1:
+        assert trainer.strategy.launcher._start_method == "spawn", "only the fit runs in the workers"
 
 
 def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
 from smokeseg.config.load import load_config, save_config
-from smokeseg.config.schema import DatasetConfig, ExperimentConfig
+from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
@@ -101,6 +101,7 @@ def validate_before_training(config: ExperimentConfig) -> None:
     """Fail in seconds, before any data is read, on names and settings that cannot work."""
     check_architecture(config.architecture)
     check_loss_name(config.training.loss_function)
+    trainer_devices(config.environment, torch.cuda.device_count())
     build_train_transform(config.augmentation, config.image)
     build_inference_transform(config.augmentation, config.image)
     if config.dataset.train_dataframe is None:
@@ -348,8 +349,13 @@ def _fit(
     train_set.preload()
     validation_set.preload()
     batch_size = training.batch_size
+    devices = trainer_devices(config.environment, _cuda_count(accelerator))
+    if config.environment.gpus and devices["accelerator"] == "cpu":
+        logger.info(
+            "environment.gpus=%s, but no CUDA GPU is in use: training on the CPU", config.environment.gpus
+        )
     while True:
-        trainer = _trainer(config, fold_dir, progress, accelerator)
+        trainer = _trainer(config, fold_dir, progress, devices)
         validation_loader = _loader(validation_set, config, _validation_batch_size(config, batch_size), False)
         try:
             if training.evaluate_before_training and resume_from is None:
@@ -416,7 +422,38 @@ def lightning_precision(mixed_precision: bool, use_cuda: bool) -> str:
     return _LIGHTNING_PRECISION[mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu")]
 
 
-def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerator: str) -> L.Trainer:
+def trainer_devices(environment: EnvironmentConfig, cuda_count: int) -> dict[str, Any]:
+    """Hydrogen Torch's ``gpus`` (the GPU ids a run may use) and ``number_of_gpus_per_run`` (how many it
+    takes, all by default) as Lightning Trainer arguments.
+
+    With no CUDA GPU the run trains on the CPU, so the default ``gpus: ['0']`` works anywhere. Several
+    GPUs train with DDP, spawned: only the fit runs in the worker processes, so loading the data,
+    scoring and writing the outputs happen once, in this process.
+    """
+    if not environment.gpus or cuda_count == 0:
+        return {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
+    missing = [gpu for gpu in environment.gpus if int(gpu) >= cuda_count]
+    if missing:
+        raise ConfigError(
+            f"environment.gpus names GPU {', '.join(missing)}, but this machine has {cuda_count} "
+            f"(ids 0 to {cuda_count - 1}): list those, or set environment.gpus=[] to train on the CPU."
+        )
+    count = environment.number_of_gpus_per_run or len(environment.gpus)
+    if count > len(environment.gpus):
+        raise ConfigError(
+            f"environment.number_of_gpus_per_run={count} is more than the {len(environment.gpus)} GPUs "
+            f"in environment.gpus={environment.gpus}: list more GPUs or lower it."
+        )
+    devices = [int(gpu) for gpu in environment.gpus[:count]]
+    return {"accelerator": "gpu", "devices": devices, "strategy": "ddp_spawn" if count > 1 else "auto"}
+
+
+def _cuda_count(accelerator: str) -> int:
+    """CUDA GPUs the run may use: none when the caller asks for the CPU."""
+    return torch.cuda.device_count() if accelerator in {"auto", "gpu", "cuda"} else 0
+
+
+def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, devices: dict[str, Any]) -> L.Trainer:
     training = config.training
     metric = config.prediction.metric
     checkpoint = ModelCheckpoint(
@@ -435,11 +472,10 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerat
     ]
     if progress:
         callbacks.append(RichProgressBar())
-    use_cuda = torch.cuda.is_available() and accelerator in {"auto", "gpu", "cuda"}
+    use_cuda = devices["accelerator"] == "gpu"
     return L.Trainer(
         max_epochs=training.epochs,
-        accelerator=accelerator,
-        devices=1,
+        **devices,
         precision=lightning_precision(config.environment.mixed_precision_training, use_cuda),
         callbacks=callbacks,
         logger=_logger_factory(config, fold_dir),
