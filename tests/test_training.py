@@ -5,22 +5,25 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import albumentations as A
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from smokeseg.config.load import load_config
-from smokeseg.config.schema import EnvironmentConfig
+from smokeseg.config.schema import EnvironmentConfig, ExperimentConfig
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
 from smokeseg.model import precision
 from smokeseg.training import outputs, run
-from smokeseg.training.module import learning_rate_factor
+from smokeseg.training.module import SmokeSegmentationModule, learning_rate_factor
 
 TINY = [
     "architecture.backbone=resnet18",
@@ -97,6 +100,68 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
 
     effective = load_config(fold_dir / "config.yaml")
     assert effective.environment.seed == 7 and effective.training.epochs == 1
+
+
+@pytest.fixture(scope="module")
+def trained_fold(tiny_dataset: Path, tmp_path_factory) -> tuple[ExperimentConfig, Path, int]:
+    """A finished one-epoch fold trained with ``environment.gpus=[]``, and how many validation passes ran
+    outside ``fit``."""
+    config = _config(tiny_dataset, "training.epochs=1", "environment.gpus=[]", "dataset.test_dataframe=None")
+    experiment_dir = tmp_path_factory.mktemp("trained") / "exp"
+    passes = []
+    validate = L.Trainer.validate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            L.Trainer, "validate", lambda *args, **kwargs: passes.append(1) or validate(*args, **kwargs)
+        )
+        run.train(config, experiment_dir, progress=False)
+    return config, experiment_dir / "fold0", len(passes)
+
+
+def test_fold_end_keeps_the_in_loop_validation_losses(trained_fold):
+    _, fold_dir, passes = trained_fold
+    assert passes == 0, "the kept checkpoint's per-image losses come from its own in-loop validation"
+    losses = pd.read_parquet(fold_dir / "validation_predictions.parquet")["loss"]
+    assert losses.notna().all()
+    charts = json.loads((fold_dir / "charts.json").read_text())
+    assert losses.mean() == pytest.approx(charts["validation_loss"]["value"][-1], rel=1e-5)
+    assert "training on the CPU" not in (fold_dir / "logs.log").read_text(), "gpus=[] asks for the CPU"
+
+
+def _finish_on(device: torch.device, trained_fold, tmp_path: Path) -> pd.DataFrame:
+    """The fold's end again, for its kept (slimmed, so loss-less) checkpoint, on ``device``."""
+    config, fold_dir, _ = trained_fold
+    shutil.copy(fold_dir / "checkpoint.ckpt", tmp_path / "checkpoint.ckpt")
+    module = SmokeSegmentationModule(config.model_dump(mode="json"))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device), current_epoch=1)
+    data = run.ExperimentData.load(config).fold(config, 0)
+    run._finish_fold(module, trainer, config, 0, tmp_path, data, [])
+    return pd.read_parquet(tmp_path / "validation_predictions.parquet")
+
+
+def test_a_checkpoint_without_its_losses_is_validated_once_more(trained_fold, tmp_path: Path):
+    again = _finish_on(torch.device("cpu"), trained_fold, tmp_path)
+    kept = pd.read_parquet(trained_fold[1] / "validation_predictions.parquet")
+    assert again["loss"].notna().all()
+    assert np.allclose(again["loss"], kept["loss"], rtol=1e-4), "the kept losses are the checkpoint's own"
+
+
+def test_fold_end_scores_on_the_training_device(trained_fold, tmp_path: Path, monkeypatch):
+    used = []
+
+    class Scored(Exception):
+        pass
+
+    def predictor(models, config, device="cpu", **kwargs):
+        used.append(device)
+        raise Scored
+
+    monkeypatch.setattr(run, "_validation_losses", lambda *args: used.append(args[-1]) or {})
+    monkeypatch.setattr(run, "Predictor", predictor)
+    gpu = torch.device("cuda", 1)
+    with pytest.raises(Scored):
+        _finish_on(gpu, trained_fold, tmp_path)
+    assert used == [gpu, gpu], "validation losses, then scoring, on the training device"
 
 
 def test_checkpoint_scores_without_the_training_data(tiny_dataset: Path, tmp_path: Path):

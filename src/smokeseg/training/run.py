@@ -48,7 +48,7 @@ from smokeseg.model.factory import check_architecture, init_from_checkpoint
 from smokeseg.model.losses import check_loss_name
 from smokeseg.model.precision import mixed_precision_dtype
 from smokeseg.model.weights import load_pretrained_encoder
-from smokeseg.training.module import SmokeSegmentationModule
+from smokeseg.training.module import VALIDATION_LOSSES_KEY, SmokeSegmentationModule
 from smokeseg.training.outputs import (
     AtomicCheckpointIO,
     ChartsRecorder,
@@ -490,6 +490,33 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, devices: 
     )
 
 
+def _validation_losses(
+    module: SmokeSegmentationModule, config: ExperimentConfig, samples: Sequence[Sample], device: torch.device
+) -> dict[int, float]:
+    """Per-image validation losses of the module as it is, by one validation pass on ``device``: for a
+    kept checkpoint saved without them (no validation at its step, a checkpoint from an older version,
+    or a DDP rank that saw only its share of the images)."""
+    use_cuda = device.type == "cuda"
+    L.Trainer(
+        accelerator="gpu" if use_cuda else "cpu",
+        devices=[device.index or 0] if use_cuda else 1,
+        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).validate(
+        module,
+        _loader(
+            _validation_dataset(samples, config),
+            config,
+            _validation_batch_size(config, config.training.batch_size),
+            False,
+        ),
+        verbose=False,
+    )
+    return dict(module.validation_losses)
+
+
 def _finish_fold(
     module: SmokeSegmentationModule,
     trainer: L.Trainer,
@@ -499,30 +526,22 @@ def _finish_fold(
     data: FoldData,
     test_samples: Sequence[Sample],
 ) -> dict[str, Any]:
-    """Score the kept checkpoint on validation (and test) at each image's own size; write the tables."""
+    """Score the kept checkpoint on validation (and test) at each image's own size, on the training
+    device; write the tables."""
     checkpoint_path = fold_dir / CHECKPOINT_NAME
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    module.cpu()
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
     logger.info("Checkpoint saved: %s", checkpoint_path)
-    validation_set = _validation_dataset(data.validation, config)
-    L.Trainer(
-        accelerator="cpu",
-        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda=False),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).validate(
-        module,
-        _loader(validation_set, config, _validation_batch_size(config, config.training.batch_size), False),
-        verbose=False,
-    )
-    predictor = Predictor([module.model], config)
+    device = trainer.strategy.root_device
+    losses = checkpoint.get(VALIDATION_LOSSES_KEY, {})
+    if set(losses) != set(range(len(data.validation))):
+        losses = _validation_losses(module, config, data.validation, device)
+    predictor = Predictor([module.model], config, device=device)
     threshold = predictor.threshold
     rle_order = config.dataset.rle_order
     rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(data.validation)]
     for index, row in enumerate(rows):
-        row["loss"] = module.validation_losses.get(index, float("nan"))
+        row["loss"] = losses.get(index, float("nan"))
     validation_table = write_table(rows, fold_dir / VALIDATION_PREDICTIONS_NAME)
     metric = config.prediction.metric
     metrics: dict[str, Any] = {
