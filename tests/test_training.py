@@ -305,6 +305,53 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
     assert math.isfinite(results[0].metrics["validation_loss"])
 
 
+def _trained_parameters(config, tmp_path: Path, monkeypatch) -> tuple[dict, dict]:
+    """The model's parameters as training starts, and in the kept checkpoint."""
+    before: dict[str, torch.Tensor] = {}
+
+    def snapshot(module: SmokeSegmentationModule) -> None:
+        before.update({name: p.detach().clone() for name, p in module.model.named_parameters()})
+
+    monkeypatch.setattr(SmokeSegmentationModule, "on_train_start", snapshot)
+    run.train(config, tmp_path / "exp", progress=False)
+    state = torch.load(tmp_path / "exp/fold0/checkpoint.ckpt", weights_only=True)["state_dict"]
+    return before, {name: state[f"model.{name}"] for name in before}
+
+
+def test_differential_learning_rate_trains_the_named_layers_at_their_rate(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+):
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "dataset.test_dataframe=None",
+        "training.differential_learning_rate_layers=[encoder]",
+        "training.differential_learning_rate=0",
+    )
+    before, after = _trained_parameters(config, tmp_path, monkeypatch)
+    encoder = [name for name in before if name.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder), "frozen at rate 0"
+    assert any(not torch.equal(before[name], after[name]) for name in before if name not in encoder)
+
+
+def test_gradient_clip_bounds_each_step(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    clip, learning_rate = 1e-6, 0.1
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "dataset.test_dataframe=None",
+        "training.optimizer=SGD",
+        "training.schedule=Constant",
+        f"training.learning_rate={learning_rate}",
+        f"training.gradient_clip={clip}",
+    )
+    before, after = _trained_parameters(config, tmp_path, monkeypatch)
+    moved = torch.cat([(after[name] - before[name]).flatten() for name in before]).norm().item()
+    # Nesterov SGD (momentum 0.9) moves at most 10 * lr * |clipped gradient| a step, and an epoch here is
+    # 2 steps; unclipped, the gradient of an untrained model moves it by far more.
+    assert 0 < moved <= 2 * 10 * learning_rate * clip * 1.01
+
+
 @pytest.mark.parametrize(
     ("mixed", "cuda", "cpu_bfloat16", "expected"),
     [
