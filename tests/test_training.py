@@ -430,6 +430,19 @@ def test_lightning_builds_the_chosen_gpu_trainer(
         assert trainer.strategy.launcher._start_method == "spawn", "only the fit runs in the workers"
 
 
+@pytest.mark.slow
+def test_spawned_ddp_trains_and_scores_every_validation_image(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+):
+    """The several-GPU path on two CPU processes: the fit runs in the spawned workers, the fold end here."""
+    monkeypatch.setattr(
+        run, "trainer_devices", lambda *args: {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    )
+    run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
+    validation = pd.read_parquet(tmp_path / "exp/fold0/validation_predictions.parquet")
+    assert len(validation) == 3 and validation["loss"].notna().all(), "each rank validated half: scored again"
+
+
 def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):
     config = _config(
         tiny_dataset,

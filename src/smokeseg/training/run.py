@@ -350,6 +350,10 @@ def _fit(
     validation_set.preload()
     batch_size = training.batch_size
     devices = trainer_devices(config.environment, _cuda_count(accelerator))
+    if devices["strategy"] == "ddp_spawn":
+        # The seeded torch.Generators (loader shuffling, batch mixing) cannot cross into the spawned
+        # processes as shared file descriptors ("unable to resize file"); shared files work.
+        torch.multiprocessing.set_sharing_strategy("file_system")
     if config.environment.gpus and devices["accelerator"] == "cpu":
         logger.info(
             "environment.gpus=%s, but no CUDA GPU is in use: training on the CPU", config.environment.gpus
