@@ -5,21 +5,25 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import albumentations as A
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from smokeseg.config.load import load_config
+from smokeseg.config.schema import EnvironmentConfig, ExperimentConfig
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
 from smokeseg.model import precision
 from smokeseg.training import outputs, run
-from smokeseg.training.module import learning_rate_factor
+from smokeseg.training.module import SmokeSegmentationModule, learning_rate_factor
 
 TINY = [
     "architecture.backbone=resnet18",
@@ -66,6 +70,7 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
     log = (fold_dir / "logs.log").read_text()
     for line in (
         "Global random seed: 7",
+        "environment.gpus=['0'], but no CUDA GPU is in use: training on the CPU",
         "Number of observations in train dataset:",
         "Number of observations in validation dataset:",
         "Number of observations in test dataset: 4",
@@ -97,6 +102,68 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
     assert effective.environment.seed == 7 and effective.training.epochs == 1
 
 
+@pytest.fixture(scope="module")
+def trained_fold(tiny_dataset: Path, tmp_path_factory) -> tuple[ExperimentConfig, Path, int]:
+    """A finished one-epoch fold trained with ``environment.gpus=[]``, and how many validation passes ran
+    outside ``fit``."""
+    config = _config(tiny_dataset, "training.epochs=1", "environment.gpus=[]", "dataset.test_dataframe=None")
+    experiment_dir = tmp_path_factory.mktemp("trained") / "exp"
+    passes = []
+    validate = L.Trainer.validate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            L.Trainer, "validate", lambda *args, **kwargs: passes.append(1) or validate(*args, **kwargs)
+        )
+        run.train(config, experiment_dir, progress=False)
+    return config, experiment_dir / "fold0", len(passes)
+
+
+def test_fold_end_keeps_the_in_loop_validation_losses(trained_fold):
+    _, fold_dir, passes = trained_fold
+    assert passes == 0, "the kept checkpoint's per-image losses come from its own in-loop validation"
+    losses = pd.read_parquet(fold_dir / "validation_predictions.parquet")["loss"]
+    assert losses.notna().all()
+    charts = json.loads((fold_dir / "charts.json").read_text())
+    assert losses.mean() == pytest.approx(charts["validation_loss"]["value"][-1], rel=1e-5)
+    assert "training on the CPU" not in (fold_dir / "logs.log").read_text(), "gpus=[] asks for the CPU"
+
+
+def _finish_on(device: torch.device, trained_fold, tmp_path: Path) -> pd.DataFrame:
+    """The fold's end again, for its kept (slimmed, so loss-less) checkpoint, on ``device``."""
+    config, fold_dir, _ = trained_fold
+    shutil.copy(fold_dir / "checkpoint.ckpt", tmp_path / "checkpoint.ckpt")
+    module = SmokeSegmentationModule(config.model_dump(mode="json"))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device), current_epoch=1)
+    data = run.ExperimentData.load(config).fold(config, 0)
+    run._finish_fold(module, trainer, config, 0, tmp_path, data, [])
+    return pd.read_parquet(tmp_path / "validation_predictions.parquet")
+
+
+def test_a_checkpoint_without_its_losses_is_validated_once_more(trained_fold, tmp_path: Path):
+    again = _finish_on(torch.device("cpu"), trained_fold, tmp_path)
+    kept = pd.read_parquet(trained_fold[1] / "validation_predictions.parquet")
+    assert again["loss"].notna().all()
+    assert np.allclose(again["loss"], kept["loss"], rtol=1e-4), "the kept losses are the checkpoint's own"
+
+
+def test_fold_end_scores_on_the_training_device(trained_fold, tmp_path: Path, monkeypatch):
+    used = []
+
+    class Scored(Exception):
+        pass
+
+    def predictor(models, config, device="cpu", **kwargs):
+        used.append(device)
+        raise Scored
+
+    monkeypatch.setattr(run, "_validation_losses", lambda *args: used.append(args[-1]) or {})
+    monkeypatch.setattr(run, "Predictor", predictor)
+    gpu = torch.device("cuda", 1)
+    with pytest.raises(Scored):
+        _finish_on(gpu, trained_fold, tmp_path)
+    assert used == [gpu, gpu], "validation losses, then scoring, on the training device"
+
+
 def test_checkpoint_scores_without_the_training_data(tiny_dataset: Path, tmp_path: Path):
     run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
     moved = tmp_path / "elsewhere.ckpt"
@@ -113,6 +180,27 @@ def test_random_seed_is_drawn_and_recorded(tiny_dataset: Path, tmp_path: Path):
     recorded = load_config(tmp_path / "exp/config.yaml").environment.seed
     assert recorded >= 0
     assert f"Global random seed: {recorded}" in (tmp_path / "exp/fold0/logs.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("choice", "thinned"),
+    [
+        ("[Train]", {"train"}),
+        ("[Validation]", {"validation"}),
+        ("[Train, Validation]", {"train", "validation"}),
+    ],
+)
+def test_data_sample_thins_the_sets_data_sample_choice_names(tiny_dataset: Path, choice: str, thinned: set):
+    full_config = _config(tiny_dataset)
+    full = run.ExperimentData.load(full_config).fold(full_config, 0)
+    config = _config(tiny_dataset, "dataset.data_sample=0.5", f"dataset.data_sample_choice={choice}")
+    sampled = run.ExperimentData.load(config).fold(config, 0)
+    for part in ("train", "validation"):
+        kept, every = ([s.image_id for s in getattr(fold, part)] for fold in (sampled, full))
+        if part in thinned:
+            assert len(kept) == max(1, round(len(every) / 2)) and set(kept) < set(every), part
+        else:
+            assert kept == every, part
 
 
 def test_interrupted_run_resumes_to_the_same_number_of_steps(tiny_dataset: Path, tmp_path: Path, monkeypatch):
@@ -217,6 +305,53 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
     assert math.isfinite(results[0].metrics["validation_loss"])
 
 
+def _trained_parameters(config, tmp_path: Path, monkeypatch) -> tuple[dict, dict]:
+    """The model's parameters as training starts, and in the kept checkpoint."""
+    before: dict[str, torch.Tensor] = {}
+
+    def snapshot(module: SmokeSegmentationModule) -> None:
+        before.update({name: p.detach().clone() for name, p in module.model.named_parameters()})
+
+    monkeypatch.setattr(SmokeSegmentationModule, "on_train_start", snapshot)
+    run.train(config, tmp_path / "exp", progress=False)
+    state = torch.load(tmp_path / "exp/fold0/checkpoint.ckpt", weights_only=True)["state_dict"]
+    return before, {name: state[f"model.{name}"] for name in before}
+
+
+def test_differential_learning_rate_trains_the_named_layers_at_their_rate(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+):
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "dataset.test_dataframe=None",
+        "training.differential_learning_rate_layers=[encoder]",
+        "training.differential_learning_rate=0",
+    )
+    before, after = _trained_parameters(config, tmp_path, monkeypatch)
+    encoder = [name for name in before if name.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder), "frozen at rate 0"
+    assert any(not torch.equal(before[name], after[name]) for name in before if name not in encoder)
+
+
+def test_gradient_clip_bounds_each_step(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    clip, learning_rate = 1e-6, 0.1
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "dataset.test_dataframe=None",
+        "training.optimizer=SGD",
+        "training.schedule=Constant",
+        f"training.learning_rate={learning_rate}",
+        f"training.gradient_clip={clip}",
+    )
+    before, after = _trained_parameters(config, tmp_path, monkeypatch)
+    moved = torch.cat([(after[name] - before[name]).flatten() for name in before]).norm().item()
+    # Nesterov SGD (momentum 0.9) moves at most 10 * lr * |clipped gradient| a step, and an epoch here is
+    # 2 steps; unclipped, the gradient of an untrained model moves it by far more.
+    assert 0 < moved <= 2 * 10 * learning_rate * clip * 1.01
+
+
 @pytest.mark.parametrize(
     ("mixed", "cuda", "cpu_bfloat16", "expected"),
     [
@@ -229,6 +364,83 @@ def test_training_options_each_run_an_epoch(tiny_dataset: Path, tmp_path: Path, 
 def test_mixed_precision_uses_what_the_device_computes_fast(monkeypatch, mixed, cuda, cpu_bfloat16, expected):
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: cpu_bfloat16)
     assert run.lightning_precision(mixed, cuda) == expected
+
+
+CPU = {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
+
+
+@pytest.mark.parametrize(
+    ("environment", "cuda_count", "expected"),
+    [
+        ({"gpus": []}, 2, CPU),
+        ({"gpus": ["0"]}, 0, CPU),  # the default on a machine without CUDA
+        ({"gpus": ["0"]}, 1, {"accelerator": "gpu", "devices": [0], "strategy": "auto"}),
+        ({"gpus": ["0", "1"]}, 2, {"accelerator": "gpu", "devices": [0, 1], "strategy": "ddp_spawn"}),
+        (
+            {"gpus": ["1", "0"], "number_of_gpus_per_run": 1},
+            2,
+            {"accelerator": "gpu", "devices": [1], "strategy": "auto"},
+        ),
+        (
+            {"gpus": ["0", "1", "2", "3"], "number_of_gpus_per_run": 2},
+            4,
+            {"accelerator": "gpu", "devices": [0, 1], "strategy": "ddp_spawn"},
+        ),
+    ],
+)
+def test_gpus_and_gpus_per_run_choose_the_devices(environment: dict, cuda_count: int, expected: dict):
+    assert run.trainer_devices(EnvironmentConfig(**environment), cuda_count) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"gpus": ["0", "2"]}, "names GPU 2, but this machine has 2"),
+        ({"gpus": ["0"], "number_of_gpus_per_run": 2}, "number_of_gpus_per_run=2 is more than the 1"),
+    ],
+)
+def test_impossible_gpu_choices_are_explained(environment: dict, expected: str):
+    with pytest.raises(ConfigError, match=expected):
+        run.trainer_devices(EnvironmentConfig(**environment), 2)
+
+
+def test_gpu_ids_are_checked_at_load(tiny_dataset: Path):
+    with pytest.raises(ConfigError, match="GPU ids are numbers"):
+        _config(tiny_dataset, "environment.gpus=[cuda0]")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "strategy", "device_ids"),
+    [("[1]", "SingleDeviceStrategy", [1]), ("[0, 1]", "DDPStrategy", [0, 1])],
+)
+def test_lightning_builds_the_chosen_gpu_trainer(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch, gpus, strategy, device_ids
+):
+    """Lightning's own configuration of a 2-GPU machine, which this test pretends to be."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = _config(tiny_dataset, f"environment.gpus={gpus}", "environment.mixed_precision_training=true")
+    trainer = run._trainer(config, tmp_path, False, run.trainer_devices(config.environment, 2))
+    assert type(trainer.strategy).__name__ == strategy
+    assert trainer.device_ids == device_ids and trainer.strategy.root_device == torch.device(
+        "cuda", device_ids[0]
+    )
+    assert trainer.precision == "16-mixed"
+    if len(device_ids) > 1:
+        assert trainer.strategy.launcher._start_method == "spawn", "only the fit runs in the workers"
+
+
+@pytest.mark.slow
+def test_spawned_ddp_trains_and_scores_every_validation_image(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+):
+    """The several-GPU path on two CPU processes: the fit runs in the spawned workers, the fold end here."""
+    monkeypatch.setattr(
+        run, "trainer_devices", lambda *args: {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    )
+    run.train(_config(tiny_dataset, "training.epochs=1"), tmp_path / "exp", progress=False)
+    validation = pd.read_parquet(tmp_path / "exp/fold0/validation_predictions.parquet")
+    assert len(validation) == 3 and validation["loss"].notna().all(), "each rank validated half: scored again"
 
 
 def test_native_resolution_trains_on_crops_and_scores_whole_frames(tiny_dataset: Path, tmp_path: Path):

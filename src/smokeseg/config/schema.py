@@ -127,12 +127,23 @@ class DatasetConfig(Section):
 
 
 class EnvironmentConfig(Section):
-    gpus: StrList = ["0"]
+    gpus: StrList = Field(
+        ["0"], description="ids of the CUDA GPUs training may use; [] (or no CUDA GPU) trains on the CPU"
+    )
     mixed_precision_inference: bool = False
     mixed_precision_training: bool = True
     number_of_workers: int = Field(4, ge=0)
     seed: int = Field(-1, ge=-1, description="-1 draws a seed and records it")
-    number_of_gpus_per_run: OptionalInt = Field(None, ge=1)
+    number_of_gpus_per_run: OptionalInt = Field(
+        None, ge=1, description="how many of gpus one run trains on (all by default); several: DDP"
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_ids_are_numbers(cls, value: list[str]) -> list[str]:
+        if not all(isinstance(gpu, str) and gpu.isdigit() for gpu in value):
+            raise ValueError("GPU ids are numbers such as [0, 1], or [] for the CPU")
+        return value
 
 
 class ImageConfig(Section):

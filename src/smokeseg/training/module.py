@@ -21,6 +21,8 @@ from smokeseg.metrics import OverlapScores
 from smokeseg.model.factory import build_model
 from smokeseg.model.losses import create_loss
 
+VALIDATION_LOSSES_KEY = "validation_losses"
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "AdamW": torch.optim.AdamW,
     "Adam": torch.optim.Adam,
@@ -64,6 +66,7 @@ class SmokeSegmentationModule(L.LightningModule):
         self.validation_scores = OverlapScores(threshold)
         self.train_scores = OverlapScores(threshold)
         self.validation_losses: dict[int, float] = {}
+        self.validation_losses_step: int | None = None
         self.samples_seen = 0
         self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
 
@@ -104,6 +107,7 @@ class SmokeSegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.validation_losses:
             return
+        self.validation_losses_step = self.global_step
         scores = self.validation_scores.compute()
         self.log("validation_loss", float(np.mean(list(self.validation_losses.values()))))
         for name, value in scores.items():
@@ -140,7 +144,11 @@ class SmokeSegmentationModule(L.LightningModule):
         return groups
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint saved right after a validation keeps its per-image losses, so the fold's end need
+        not validate the kept checkpoint again."""
         checkpoint["samples_seen"] = self.samples_seen
+        if self.validation_losses_step == checkpoint["global_step"]:
+            checkpoint[VALIDATION_LOSSES_KEY] = dict(self.validation_losses)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = checkpoint.get("samples_seen", 0)

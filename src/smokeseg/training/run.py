@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader
 
 from smokeseg.config.load import load_config, save_config
-from smokeseg.config.schema import ExperimentConfig
+from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
 from smokeseg.data.augment import build_inference_transform, build_train_transform
 from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
@@ -48,7 +48,7 @@ from smokeseg.layout import (
 from smokeseg.model.factory import check_architecture, initialize_weights
 from smokeseg.model.losses import check_loss_name
 from smokeseg.model.precision import mixed_precision_dtype
-from smokeseg.training.module import SmokeSegmentationModule
+from smokeseg.training.module import VALIDATION_LOSSES_KEY, SmokeSegmentationModule
 from smokeseg.training.outputs import (
     AtomicCheckpointIO,
     ChartsRecorder,
@@ -105,6 +105,7 @@ def validate_before_training(config: ExperimentConfig, *, starting_weights: bool
     """
     check_architecture(config.architecture, starting_weights=starting_weights)
     check_loss_name(config.training.loss_function)
+    trainer_devices(config.environment, torch.cuda.device_count())
     build_train_transform(config.augmentation, config.image)
     build_inference_transform(config.augmentation, config.image)
     if config.dataset.train_dataframe is None:
@@ -196,7 +197,7 @@ class ExperimentData:
                 require_masks=False,
             )
             check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
-        return cls(_subsample(train, dataset_cfg.data_sample, config.environment.seed), validation, test)
+        return cls(train, validation, test)
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
@@ -214,8 +215,11 @@ class ExperimentData:
             seed=config.environment.seed,
             validation_groups=groups[len(self.train) :] if self.validation else None,
         )
-        train = [self.train[i] for i in train_idx]
-        validation = self.validation or [self.train[i] for i in validation_idx]
+        seed = config.environment.seed
+        train = _subsample([self.train[i] for i in train_idx], config.dataset, "Train", seed)
+        validation = _subsample(
+            self.validation or [self.train[i] for i in validation_idx], config.dataset, "Validation", seed
+        )
         if config.training.train_validation_data:
             train = train + validation
         return FoldData(train, validation)
@@ -264,10 +268,12 @@ def _has_new_folds(config: ExperimentConfig, experiment_dir: Path) -> bool:
     )
 
 
-def _subsample(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    if fraction >= 1:
+def _subsample(samples: list[Sample], dataset: DatasetConfig, part: str, seed: int) -> list[Sample]:
+    """Hydrogen Torch's ``data_sample``: a repeatable fraction of each set named in ``data_sample_choice``,
+    taken after the fold split, so sampling "Validation" thins the validation fold, not the train table."""
+    if dataset.data_sample >= 1 or part not in dataset.data_sample_choice:
         return samples
-    keep = max(1, round(len(samples) * fraction))
+    keep = max(1, round(len(samples) * dataset.data_sample))
     chosen = np.sort(np.random.default_rng(seed).permutation(len(samples))[:keep])
     return [samples[i] for i in chosen]
 
@@ -357,8 +363,17 @@ def _fit(
     train_set.preload()
     validation_set.preload()
     batch_size = training.batch_size
+    devices = trainer_devices(config.environment, _cuda_count(accelerator))
+    if devices["strategy"] == "ddp_spawn":
+        # The seeded torch.Generators (loader shuffling, batch mixing) cannot cross into the spawned
+        # processes as shared file descriptors ("unable to resize file"); shared files work.
+        torch.multiprocessing.set_sharing_strategy("file_system")
+    if config.environment.gpus and devices["accelerator"] == "cpu":
+        logger.info(
+            "environment.gpus=%s, but no CUDA GPU is in use: training on the CPU", config.environment.gpus
+        )
     while True:
-        trainer = _trainer(config, fold_dir, progress, accelerator)
+        trainer = _trainer(config, fold_dir, progress, devices)
         validation_loader = _loader(validation_set, config, _validation_batch_size(config, batch_size), False)
         try:
             if training.evaluate_before_training and resume_from is None:
@@ -425,7 +440,38 @@ def lightning_precision(mixed_precision: bool, use_cuda: bool) -> str:
     return _LIGHTNING_PRECISION[mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu")]
 
 
-def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerator: str) -> L.Trainer:
+def trainer_devices(environment: EnvironmentConfig, cuda_count: int) -> dict[str, Any]:
+    """Hydrogen Torch's ``gpus`` (the GPU ids a run may use) and ``number_of_gpus_per_run`` (how many it
+    takes, all by default) as Lightning Trainer arguments.
+
+    With no CUDA GPU the run trains on the CPU, so the default ``gpus: ['0']`` works anywhere. Several
+    GPUs train with DDP, spawned: only the fit runs in the worker processes, so loading the data,
+    scoring and writing the outputs happen once, in this process.
+    """
+    if not environment.gpus or cuda_count == 0:
+        return {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
+    missing = [gpu for gpu in environment.gpus if int(gpu) >= cuda_count]
+    if missing:
+        raise ConfigError(
+            f"environment.gpus names GPU {', '.join(missing)}, but this machine has {cuda_count} "
+            f"(ids 0 to {cuda_count - 1}): list those, or set environment.gpus=[] to train on the CPU."
+        )
+    count = environment.number_of_gpus_per_run or len(environment.gpus)
+    if count > len(environment.gpus):
+        raise ConfigError(
+            f"environment.number_of_gpus_per_run={count} is more than the {len(environment.gpus)} GPUs "
+            f"in environment.gpus={environment.gpus}: list more GPUs or lower it."
+        )
+    devices = [int(gpu) for gpu in environment.gpus[:count]]
+    return {"accelerator": "gpu", "devices": devices, "strategy": "ddp_spawn" if count > 1 else "auto"}
+
+
+def _cuda_count(accelerator: str) -> int:
+    """CUDA GPUs the run may use: none when the caller asks for the CPU."""
+    return torch.cuda.device_count() if accelerator in {"auto", "gpu", "cuda"} else 0
+
+
+def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, devices: dict[str, Any]) -> L.Trainer:
     training = config.training
     metric = config.prediction.metric
     checkpoint = ModelCheckpoint(
@@ -444,11 +490,10 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerat
     ]
     if progress:
         callbacks.append(RichProgressBar())
-    use_cuda = torch.cuda.is_available() and accelerator in {"auto", "gpu", "cuda"}
+    use_cuda = devices["accelerator"] == "gpu"
     return L.Trainer(
         max_epochs=training.epochs,
-        accelerator=accelerator,
-        devices=1,
+        **devices,
         precision=lightning_precision(config.environment.mixed_precision_training, use_cuda),
         callbacks=callbacks,
         logger=_logger_factory(config, fold_dir),
@@ -463,6 +508,33 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, accelerat
     )
 
 
+def _validation_losses(
+    module: SmokeSegmentationModule, config: ExperimentConfig, samples: Sequence[Sample], device: torch.device
+) -> dict[int, float]:
+    """Per-image validation losses of the module as it is, by one validation pass on ``device``: for a
+    kept checkpoint saved without them (no validation at its step, a checkpoint from an older version,
+    or a DDP rank that saw only its share of the images)."""
+    use_cuda = device.type == "cuda"
+    L.Trainer(
+        accelerator="gpu" if use_cuda else "cpu",
+        devices=[device.index or 0] if use_cuda else 1,
+        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).validate(
+        module,
+        _loader(
+            _validation_dataset(samples, config),
+            config,
+            _validation_batch_size(config, config.training.batch_size),
+            False,
+        ),
+        verbose=False,
+    )
+    return dict(module.validation_losses)
+
+
 def _finish_fold(
     module: SmokeSegmentationModule,
     trainer: L.Trainer,
@@ -472,30 +544,22 @@ def _finish_fold(
     data: FoldData,
     test_samples: Sequence[Sample],
 ) -> dict[str, Any]:
-    """Score the kept checkpoint on validation (and test) at each image's own size; write the tables."""
+    """Score the kept checkpoint on validation (and test) at each image's own size, on the training
+    device; write the tables."""
     checkpoint_path = fold_dir / CHECKPOINT_NAME
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    module.cpu()
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
     logger.info("Checkpoint saved: %s", checkpoint_path)
-    validation_set = _validation_dataset(data.validation, config)
-    L.Trainer(
-        accelerator="cpu",
-        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda=False),
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).validate(
-        module,
-        _loader(validation_set, config, _validation_batch_size(config, config.training.batch_size), False),
-        verbose=False,
-    )
-    predictor = Predictor([module.model], config)
+    device = trainer.strategy.root_device
+    losses = checkpoint.get(VALIDATION_LOSSES_KEY, {})
+    if set(losses) != set(range(len(data.validation))):
+        losses = _validation_losses(module, config, data.validation, device)
+    predictor = Predictor([module.model], config, device=device)
     threshold = predictor.threshold
     rle_order = config.dataset.rle_order
     rows = [prediction_row(p, threshold, rle_order) for p in predictor.predict_samples(data.validation)]
     for index, row in enumerate(rows):
-        row["loss"] = module.validation_losses.get(index, float("nan"))
+        row["loss"] = losses.get(index, float("nan"))
     validation_table = write_table(rows, fold_dir / VALIDATION_PREDICTIONS_NAME)
     metric = config.prediction.metric
     metrics: dict[str, Any] = {
