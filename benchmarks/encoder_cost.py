@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import time
 
 import torch
+from machine import cpu_description
 from torch.utils.flop_counter import FlopCounterMode
 
 from smokeseg.config.schema import ArchitectureConfig
@@ -33,21 +32,6 @@ from smokeseg.storage import write_text_atomic
 
 BATCH_SHAPE = (4, 3, 256, 256)
 WARMUP_STEPS = 2
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_description() -> dict[str, object]:
-    """The CPU model from lscpu, its bfloat16-related flags and torch's thread count."""
-    info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    fields = dict(re.findall(r"^([^:\n]+):\s*(.*)$", info, flags=re.MULTILINE))
-    flags = set(fields.get("Flags", "").split())
-    return {
-        "cpu": fields.get("Model name", "unknown"),
-        "cpu_family_model": f"{fields.get('CPU family')}/{fields.get('Model')}",
-        "cpus": fields.get("CPU(s)"),
-        "bf16_flags": {flag: flag in flags for flag in BF16_FLAGS},
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def training_step(model: torch.nn.Module) -> None:

@@ -1,0 +1,128 @@
+"""Does mixed precision pay on this CPU? fp32 against bfloat16 autocast, timed in turns in one run.
+
+smokeseg's precision defaults (``smokeseg.model.precision``) must never be slower than plain fp32
+PyTorch on any machine. bfloat16 autocast halves a U-Net training step on Intel AMX, but CPUs with
+AVX512-BF16 alone, or AVX2 only, differ: this measures a training step (forward, backward, AdamW) and
+the scoring of one 1280x960 frame in each number format and memory layout, alternating the variants
+in every repetition so that a busy machine slows them alike, and prints the ratios beside the choice
+smokeseg makes on this CPU. Only ratios from one run compare.
+
+usage: python benchmarks/precision.py [--repeats 3] [--encoders resnet34 tu-efficientnet_lite0] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from machine import cpu_description
+
+from smokeseg.model.precision import mixed_precision_dtype
+from smokeseg.storage import write_text_atomic
+
+TRAIN_BATCH = (8, 3, 256, 256)
+FRAME = (1, 3, 960, 1280)
+
+
+def _training_step(model: torch.nn.Module, dtype: torch.dtype | None) -> Callable[[], None]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(TRAIN_BATCH, generator=generator)
+    masks = (torch.rand((TRAIN_BATCH[0], 1, *TRAIN_BATCH[2:]), generator=generator) > 0.5).float()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(images).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _scoring(model: torch.nn.Module, dtype: torch.dtype | None, channels_last: bool) -> Callable[[], None]:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    frame = torch.randn(FRAME).to(memory_format=layout)
+    scorer = model.eval().to(memory_format=layout)
+
+    def score() -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None),
+        ):
+            scorer(frame)
+
+    return score
+
+
+def _timed_in_turns(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant; one warm-up call each, then the variants alternate."""
+    for run in variants.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(values), 3) for name, values in times.items()}
+
+
+def measure(encoder: str, repeats: int) -> dict[str, object]:
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return smp.Unet(encoder, encoder_weights=None, classes=1)
+
+    training = _timed_in_turns(
+        {"fp32": _training_step(model(), None), "bf16": _training_step(model(), torch.bfloat16)}, repeats
+    )
+    scoring = _timed_in_turns(
+        {
+            "fp32": _scoring(model(), None, channels_last=False),
+            "fp32_channels_last": _scoring(model(), None, channels_last=True),
+            "bf16_channels_last": _scoring(model(), torch.bfloat16, channels_last=True),
+        },
+        repeats,
+    )
+    return {
+        "encoder": encoder,
+        "training_step_s": training,
+        "training_bf16_over_fp32": round(training["bf16"] / training["fp32"], 2),
+        "scoring_frame_s": scoring,
+        "scoring_fp32_channels_last_over_fp32": round(scoring["fp32_channels_last"] / scoring["fp32"], 2),
+        "scoring_bf16_channels_last_over_fp32": round(scoring["bf16_channels_last"] / scoring["fp32"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--encoders", nargs="+", default=["resnet34", "tu-efficientnet_lite0"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    machine = cpu_description()
+    print(json.dumps(machine, indent=1), flush=True)
+    results = {
+        "machine": machine,
+        "smokeseg_choice": {
+            purpose: str(mixed_precision_dtype(True, "cpu", purpose)) for purpose in ("training", "inference")
+        },
+        "encoders": [measure(encoder, args.repeats) for encoder in args.encoders],
+    }
+    text = json.dumps(results, indent=1)
+    if args.out:
+        write_text_atomic(args.out, text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
