@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from machine import cpu_description
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT, split_real_frames
 
 from smokeseg.config.schema import DatasetConfig
@@ -171,8 +172,10 @@ def main() -> None:
     frames = dict(
         zip(listed["image_id"], zip(listed["frame_height"], listed["frame_width"], strict=True), strict=True)
     )
+    machine = cpu_description()
+    print(json.dumps(machine, indent=1), flush=True)
     results = [score_model(model, negatives, frames, positives) for model in args.models]
-    text = json.dumps(results, indent=1)
+    text = json.dumps({"machine": machine, "models": results}, indent=1)
     if args.out:
         write_text_atomic(args.out, text + "\n")
     print(json.dumps([{k: v for k, v in r.items() if k != "grid"} for r in results], indent=1))

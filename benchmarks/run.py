@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from machine import cpu_description
 
 from smokeseg.layout import TEST_PREDICTIONS_NAME
 from smokeseg.metrics import summarize_counts
@@ -125,6 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     if not SEED_CONFIG.is_file() or not BASELINE.is_file():
         sys.exit(f"needs {SEED_CONFIG} and {BASELINE} beside the checkout")
+    machine = cpu_description()
+    print(json.dumps(machine, indent=1), flush=True)
     runs = SUITES[args.suite]
     if args.init_from is None:
         runs = [run for run in runs if not any("{init}" in o for o in run.overrides)]
@@ -144,8 +147,9 @@ def main() -> None:
             for key in ("test_IoU", "test_mean_image_IoU"):
                 result[f"{key}_minus_baseline"] = round(result[key] - baseline[key], 4)
     out = args.out or ROOT / f"benchmarks/results-{args.suite}.json"
-    write_text_atomic(out, json.dumps(results, indent=1) + "\n")
-    print(json.dumps(results, indent=1))
+    text = json.dumps({"machine": machine, "runs": results}, indent=1)
+    write_text_atomic(out, text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
