@@ -180,7 +180,7 @@ def _image_scores(
     prediction: Prediction, threshold: float, min_region_pixels: int | None, region_tolerance: int
 ) -> dict[str, Any]:
     probabilities = prediction.probabilities
-    truth = prediction.sample.load_mask(*probabilities.shape)
+    truth = prediction.sample.load_true_mask(*probabilities.shape)
     predicted = probabilities > threshold
     tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
     verdict = smoke_verdict(probabilities, threshold, min_region_pixels)

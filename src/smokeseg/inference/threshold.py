@@ -89,7 +89,7 @@ def tune_threshold(
     done = 0
     for fold in folds:
         for prediction in Predictor.from_path(fold.checkpoint, device).predict_samples(fold.samples):
-            truth = prediction.sample.load_mask(*prediction.probabilities.shape)
+            truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
             totals += threshold_counts(prediction.probabilities, truth, thresholds)
             done += 1
             if progress is not None:
