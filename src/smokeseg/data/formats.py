@@ -645,7 +645,8 @@ def _image_id(cell: object, where: str, column: str) -> str:
     return str(cell)
 
 
-def _is_missing(value: object) -> bool:
+def _is_missing(value: Any) -> bool:
+    """Whether a table cell (of whatever type the table holds) is empty: None, NaN, NA or NaT."""
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
