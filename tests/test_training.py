@@ -241,6 +241,18 @@ def test_bad_names_fail_before_any_training(tiny_dataset: Path, tmp_path: Path, 
     assert not (tmp_path / "exp").exists(), "nothing is written for a config that cannot run"
 
 
+def test_an_unusable_neptune_logger_is_a_config_error(tmp_path: Path):
+    # Lightning 2.6 sunset Neptune (no loggers.NeptuneLogger, and the class refuses to start); older
+    # Lightning needs the neptune package. Either way the user gets a message, not an AttributeError.
+    config = ExperimentConfig.model_validate({"logging": {"logger": "Neptune"}})
+    try:
+        logger = run._logger_factory(config, tmp_path)
+    except ConfigError as error:
+        assert "logging.logger" in str(error)
+    else:
+        assert type(logger).__name__ == "NeptuneLogger"  # a Lightning and neptune that still work together
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

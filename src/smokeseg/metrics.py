@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.stats import rankdata
 
 METRIC_NAMES = ("IoU", "Dice")
@@ -48,7 +49,7 @@ def overlap_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack([tp, fp, fn], dim=1).long()
 
 
-def threshold_counts(probabilities: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def threshold_counts(probabilities: np.ndarray, truth: np.ndarray, thresholds: ArrayLike) -> np.ndarray:
     """(len(thresholds), 3) tp/fp/fn of ``probabilities > t`` for each sorted threshold, in one pass.
 
     Each pixel is binned by how many thresholds lie below it, so a grid search costs one histogram
@@ -152,7 +153,7 @@ def scores_by_size(counts: np.ndarray, true_fractions: np.ndarray) -> dict[str, 
     return result
 
 
-def detection_scores(true_smoke: np.ndarray, predicted_smoke: np.ndarray) -> dict[str, float | int | None]:
+def detection_scores(true_smoke: ArrayLike, predicted_smoke: ArrayLike) -> dict[str, float | int | None]:
     """Image-level smoke detection: does an image hold smoke at all, as a camera alarm would decide.
 
     Precision and recall follow the empty rule above; the false-positive rate is the share of images
@@ -181,7 +182,7 @@ def region_outcome(
     ``regions`` labels the verdict regions (0: no region, any positive label per region), ``truth`` is
     the true mask of the same shape.
     """
-    near = truth.astype(np.uint8)
+    near: np.ndarray = truth.astype(np.uint8)
     if tolerance > 0:
         near = cv2.dilate(near, np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8))
     size = int(regions.max()) + 1
@@ -190,7 +191,7 @@ def region_outcome(
     return int((present & ~touched).sum()), bool(touched.any())
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+def auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """The chance that a random positive scores above a random negative (ties count half), from ranks
     (Mann-Whitney U); None without both positives and negatives."""
     labels = np.asarray(labels, dtype=bool)
@@ -203,7 +204,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def region_scores(
-    true_smoke: np.ndarray, region_hit: np.ndarray, false_regions: np.ndarray, frame_scores: np.ndarray
+    true_smoke: ArrayLike, region_hit: ArrayLike, false_regions: ArrayLike, frame_scores: ArrayLike
 ) -> dict[str, float | None]:
     """Frame-level scores from the region view (module docstring), one entry per frame in each argument.
 

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from smokeseg.errors import ConfigError
+
 
 def _none_string_to_null(value: Any) -> Any:
     return None if isinstance(value, str) and value.strip() in {"None", ""} else value
@@ -120,6 +122,20 @@ class DatasetConfig(Section):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="error: stop at a bad image or mask; skip: leave it out with a warning"
     )
+
+    def training_tables(self) -> tuple[Path, Path | None]:
+        """The train table, and the validation table where ``validation_strategy`` is custom (else None);
+        a ConfigError if one of them is not set."""
+        if self.train_dataframe is None:
+            raise ConfigError(
+                "dataset.train_dataframe is not set: point it at a Parquet/CSV table or an images+masks "
+                "folder."
+            )
+        if self.validation_strategy != "custom":
+            return self.train_dataframe, None
+        if self.validation_dataframe is None:
+            raise ConfigError("dataset.validation_strategy=custom needs dataset.validation_dataframe.")
+        return self.train_dataframe, self.validation_dataframe
 
     def for_test_table(self) -> DatasetConfig:
         """These settings as the test table is read: with its own RLE order, if it has one."""

@@ -25,7 +25,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import albumentations as A
 import cv2
@@ -223,7 +223,7 @@ def _upgrade(node: Any, key: str) -> dict[str, Any]:
     node = dict(node)
     name = str(node["__class_fullname__"]).rsplit(".", 1)[-1]
     name = _RENAMED_TRANSFORMS.get(name, name)
-    cls = getattr(A, name, None)
+    cls: type[Any] | None = getattr(A, name, None)  # checked just below: albumentations names functions too
     if not isinstance(cls, type):
         raise ConfigError(
             f"{key}: unknown transform {node['__class_fullname__']!r}; albumentations "
@@ -263,7 +263,8 @@ def _upgrade(node: Any, key: str) -> dict[str, Any]:
 
 
 def _pair(value: Any) -> tuple[float, float]:
-    return (0.0, float(value)) if np.isscalar(value) else (float(value[0]), float(value[1]))
+    # np.isscalar narrows to any numpy scalar, complex and bytes included; a var_limit scalar is a number.
+    return (0.0, float(cast(float, value))) if np.isscalar(value) else (float(value[0]), float(value[1]))
 
 
 # Batch mixing. A mixer gets the batch, a partner index per sample, and the mixing weight ``lam`` of

@@ -57,9 +57,10 @@ class DatasetReport:
 
 @dataclass(frozen=True)
 class _Decoded:
-    size: tuple[int, int] | None = None  # (width, height)
+    """What a sample that decoded adds to the report; ``_decode`` returns the problem of one that did not."""
+
+    size: tuple[int, int]  # (width, height)
     smoke_fraction: float | None = None
-    problem: str | None = None
     order_probed: bool = False
     better_order: str | None = None
 
@@ -135,8 +136,8 @@ def _check_split(
     probes = {id(sample) for sample in [s for s in samples if s.rles][:_ORDER_PROBE_SIZE]}
     results = parallel_map(lambda sample: _decode(sample, id(sample) in probes), samples)
     for result in results:
-        if result.problem is not None:
-            split.problems.append(result.problem)
+        if isinstance(result, str):
+            split.problems.append(result)
             continue
         split.images += 1
         split.sizes[result.size] += 1
@@ -149,7 +150,7 @@ def _check_split(
     return split
 
 
-def _decode(sample: Sample, probe_order: bool) -> _Decoded:
+def _decode(sample: Sample, probe_order: bool) -> _Decoded | str:
     try:
         image = sample.load_image()
         height, width = image.shape[:2]
@@ -158,7 +159,7 @@ def _decode(sample: Sample, probe_order: bool) -> _Decoded:
             decodes_more_plausibly_in(sample.rles, height, width, sample.rle_order) if probe_order else None
         )
     except DataError as error:
-        return _Decoded(problem=str(error))
+        return str(error)
     return _Decoded(
         size=(width, height),
         smoke_fraction=None if mask is None else float(mask.mean()),

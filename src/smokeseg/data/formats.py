@@ -310,6 +310,14 @@ class Sample:
             )
         return mask
 
+    def load_true_mask(self, height: int, width: int) -> np.ndarray:
+        """``load_mask`` for a sample that must be labelled (loaded with ``require_masks``, or checked
+        with ``has_mask``): a sample without mask information is an error, not an empty mask."""
+        mask = self.load_mask(height, width)
+        if mask is None:
+            raise DataError(f"{self.source or self.image_location} has no mask, but a mask is needed here.")
+        return mask
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A Parquet (``.pq``, ``.parquet``) or CSV table, also one inside a zip (``set.zip/train.pq``).
@@ -478,6 +486,7 @@ def collect_samples(
     path = Path(table_or_folder)
     if path.suffix.lower() in TABLE_SUFFIXES:
         frame = read_table(path)
+        store: ImageStore | None
         if data_folder is not None:
             store = open_store(data_folder)
         else:
@@ -636,7 +645,8 @@ def _image_id(cell: object, where: str, column: str) -> str:
     return str(cell)
 
 
-def _is_missing(value: object) -> bool:
+def _is_missing(value: Any) -> bool:
+    """Whether a table cell (of whatever type the table holds) is empty: None, NaN, NA or NaT."""
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
@@ -687,7 +697,7 @@ def convert_folders_to_table(
 
     def encode(sample: Sample) -> str:
         height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
-        return rle_encode(sample.load_mask(height, width), rle_order)
+        return rle_encode(sample.load_true_mask(height, width), rle_order)
 
     rles = parallel_map(encode, samples)
     _copy_images(samples, out_dir / "images")
@@ -744,7 +754,7 @@ def convert_table_to_folders(
 
     def encode(sample: Sample) -> bytes:
         height, width = image_size(sample.store.read(sample.image_id), sample.image_location)
-        return encode_png(sample.load_mask(height, width))
+        return encode_png(sample.load_true_mask(height, width))
 
     pngs = parallel_map(encode, samples)
     _copy_images(samples, out_dir / "images")

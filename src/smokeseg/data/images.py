@@ -95,7 +95,8 @@ def _decode(data: bytes | Path, name: str) -> Image.Image:
     """Fully decoded and upright, so a truncated file fails here rather than half-way through training;
     one above ``max_image_pixels()`` is refused from its header, before its pixels are allocated."""
     with _opened(data, name) as image:
-        _refuse_above_limit(*image.size, name)
+        width, height = image.size
+        _refuse_above_limit(width, height, name)
         try:
             image.load()
             return ImageOps.exif_transpose(image)

@@ -83,6 +83,7 @@ def _onnx_dynamo(module: torch.nn.Module, example: torch.Tensor, target: Path) -
             opset_version=OPSET,
             verbose=False,
         )
+    assert program is not None, "torch.onnx.export returns the ONNXProgram when dynamo=True"
     program.save(target, external_data=False)  # one self-contained file, whatever it is renamed to
 
 

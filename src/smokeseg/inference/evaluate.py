@@ -56,14 +56,15 @@ def load_labelled_samples(
     data = Path(data)
     if data.suffix.lower() in CONFIG_SUFFIXES:
         config = load_config(data)
-        if config.dataset.test_dataframe is None:
+        test_table = config.dataset.test_dataframe
+        if test_table is None:
             raise ConfigError(
                 f"{data} has no dataset.test_dataframe to evaluate on. Set it to a table with masks, "
                 "or give the table or an images/ + masks/ folder instead of the config."
             )
         dataset_cfg = config.dataset.for_test_table()
         data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
-        data = dataset_cfg.test_dataframe
+        data = test_table
     samples = load_samples(data, data_folder, dataset_cfg, require_masks=False)
     unlabelled = [sample for sample in samples if not sample.has_mask]
     if unlabelled:
@@ -180,7 +181,7 @@ def _image_scores(
     prediction: Prediction, threshold: float, min_region_pixels: int | None, region_tolerance: int
 ) -> dict[str, Any]:
     probabilities = prediction.probabilities
-    truth = prediction.sample.load_mask(*probabilities.shape)
+    truth = prediction.sample.load_true_mask(*probabilities.shape)
     predicted = probabilities > threshold
     tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
     verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
@@ -244,9 +245,12 @@ def render_evaluation(result: EvaluationResult) -> RenderableType:
     worst = Table(title="Lowest IoU")
     for column in ("image", "IoU", "true smoke", "predicted smoke"):
         worst.add_column(column, justify="left" if column == "image" else "right", overflow="fold")
-    for row in result.worst().itertuples():
+    for row in result.worst().to_dict("records"):
         worst.add_row(
-            row.image_id, _number(row.iou), f"{row.true_fraction:.2%}", f"{row.predicted_fraction:.2%}"
+            row["image_id"],
+            _number(row["iou"]),
+            f"{row['true_fraction']:.2%}",
+            f"{row['predicted_fraction']:.2%}",
         )
     return Group(summary, worst)
 

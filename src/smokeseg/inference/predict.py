@@ -141,7 +141,8 @@ def predict(
         finished(row)
 
     order = {sample.image_id: index for index, sample in enumerate(samples)}
-    frame = pd.DataFrame(sorted(rows, key=lambda row: order[row["image_id"]]))
+    rows.sort(key=lambda row: order[row["image_id"]])
+    frame = pd.DataFrame(rows)
     frame = frame.astype({column: kind for column, kind in _COLUMN_TYPES.items() if column in frame})
     table = output_dir / f"{TABLE_STEM}.{table_format}"
     with reporting_write_errors(output_dir):

@@ -169,7 +169,8 @@ class Predictor:
         if self.tile is not None:
             return [self._predict_tiled(image, self.tile) for image in images]
         for image in images:
-            self._refuse_if_too_large(*image.shape[:2], "an image")
+            height, width = image.shape[:2]
+            self._refuse_if_too_large(height, width, "an image")
         if self.config.image.resolution == "native":
             return [self._predict_native(image) for image in images]
         batch = torch.from_numpy(np.stack([self.preprocess(image) for image in images]))
@@ -197,7 +198,8 @@ class Predictor:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""
         data = sample.store.read(sample.image_id)
         if self.tile is None:
-            self._refuse_if_too_large(*image_size(data, sample.image_location), sample.image_location)
+            height, width = image_size(data, sample.image_location)
+            self._refuse_if_too_large(height, width, sample.image_location)
         return read_image(data, sample.image_location)
 
     def predict_samples(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from smokeseg.data.formats import Sample
-from smokeseg.data.rle import rle_encode
+from smokeseg.data.rle import Order, rle_encode
 from smokeseg.metrics import (
     dice_from_counts,
     iou_from_counts,
@@ -104,7 +104,7 @@ def smoke_verdict(
 
 
 def prediction_row(
-    prediction: Prediction, threshold: float, rle_order: str = "F", min_region_pixels: int | None = None
+    prediction: Prediction, threshold: float, rle_order: Order = "F", min_region_pixels: int | None = None
 ) -> dict[str, Any]:
     """One image's row: predicted RLE at its own size, probability summary, the smoke verdict with its
     boxes, and IoU when it has a mask."""

@@ -89,7 +89,7 @@ def tune_threshold(
     done = 0
     for fold in folds:
         for prediction in Predictor.from_path(fold.checkpoint, device).predict_samples(fold.samples):
-            truth = prediction.sample.load_mask(*prediction.probabilities.shape)
+            truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
             totals += threshold_counts(prediction.probabilities, truth, thresholds)
             done += 1
             if progress is not None:
@@ -136,11 +136,8 @@ class _FoldValidation:
             )
         config = load_config(folder / CONFIG_NAME)
         dataset = config.dataset
-        table = (
-            dataset.validation_dataframe
-            if dataset.validation_strategy == "custom"
-            else dataset.train_dataframe
-        )
+        train_table, validation_table = dataset.training_tables()  # set: the fold was trained
+        table = train_table if validation_table is None else validation_table
         by_id = {
             sample.image_id: sample
             for sample in load_samples(table, dataset.data_folder, dataset, require_masks=True)

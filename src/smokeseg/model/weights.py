@@ -119,7 +119,7 @@ def load_pretrained_encoder(model: nn.Module, cfg: ArchitectureConfig) -> str:
     cached = _cached_weights_file(backbone)
     if cached is not None:
         return _load_cached(model, backbone, cached)
-    if packaged is not None:
+    if timm_name and packaged is not None:  # a packaged entry is found only by a timm name
         path = packaged.file()
         if path is not None:
             return _load_packaged(model, timm_name, packaged, path)
@@ -213,9 +213,10 @@ def load_encoder_file(model: nn.Module, path: str | Path) -> str:
         if any(name.startswith(prefix) for name in state):
             state = {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
             break
-    targets = [model.encoder]
-    if isinstance(model.encoder, TimmUniversalEncoder):
-        targets.append(model.encoder.model)
+    encoder = _encoder(model)
+    targets = [encoder]
+    if isinstance(encoder, TimmUniversalEncoder):
+        targets.append(encoder.model)
     target = max(targets, key=lambda module: len(state.keys() & module.state_dict().keys()))
     expected = target.state_dict()
     shared = state.keys() & expected.keys()
@@ -251,7 +252,9 @@ def _cached_weights_file(backbone: str) -> Path | None:
             repo_id, revision = hf_split(timm_cfg.hf_hub_id)
             filenames = (timm_cfg.hf_hub_filename,) if timm_cfg.hf_hub_filename else _TIMM_HUB_FILENAMES
             hub_files = [(repo_id, name, revision) for name in filenames]
-        return _first_cached(hub_files, timm_cfg.url)
+        # Typed str or (url, filename), but timm itself loads only a str url.
+        url = timm_cfg.url if isinstance(timm_cfg.url, str) else None
+        return _first_cached(hub_files, url)
     settings = _smp_pretrained_settings(backbone)[1]
     # smp >= 0.5 keeps its weights on the Hugging Face hub (smp-hub/<encoder>.<weights>); older smp has URLs.
     hub_files = []
@@ -286,23 +289,29 @@ def _load_cached(model: nn.Module, backbone: str, path: Path) -> str:
         overlay = {"file": str(path), "source": None}
         _copy_encoder(model, _twin_encoder(model, backbone, True, pretrained_cfg_overlay=overlay))
     else:
-        model.encoder.load_state_dict(read_state_dict(path))
+        _encoder(model).load_state_dict(read_state_dict(path))
     return f"cached {backbone} weights {path}"
 
 
 def _twin_encoder(model: nn.Module, backbone: str, weights: str | bool, **kwargs: object) -> nn.Module:
     """A pretrained encoder built as smp built ``model.encoder`` (same depth and output stride)."""
+    encoder = _encoder(model)
     return smp.encoders.get_encoder(
         backbone,
-        depth=model.encoder._depth,
+        depth=encoder._depth,
         weights=weights,
-        output_stride=model.encoder._output_stride,
+        output_stride=encoder._output_stride,
         **kwargs,
     )
 
 
 def _copy_encoder(model: nn.Module, source: nn.Module) -> None:
-    model.encoder.load_state_dict(source.state_dict())
+    _encoder(model).load_state_dict(source.state_dict())
+
+
+def _encoder(model: nn.Module) -> nn.Module:
+    """An smp model's ``encoder`` (``nn.Module`` types a plain ``model.encoder`` as Tensor | Module)."""
+    return model.get_submodule("encoder")
 
 
 def _load_packaged(model: nn.Module, timm_name: str, packaged: PackagedWeights, path: Path) -> str:
@@ -322,7 +331,7 @@ def _load_packaged(model: nn.Module, timm_name: str, packaged: PackagedWeights, 
             )
         renamed[name] = tensor
     # The encoder is timm's feature extractor: the classifier's tensors minus its head.
-    target = model.encoder.model
+    target = model.get_submodule("encoder.model")  # timm's model inside smp's TimmUniversalEncoder
     wanted = target.state_dict().keys()
     target.load_state_dict({name: renamed[name] for name in wanted})
     return (

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from smokeseg import __version__
 from smokeseg.config.schema import ExperimentConfig
@@ -53,6 +54,8 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, schedul
 
 class SmokeSegmentationModule(L.LightningModule):
     """Binary smoke segmentation with an smp model, trained on logits against 0/1 masks."""
+
+    weights_source: str  # where a fresh run's starting weights came from, set by run.py for its log
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
@@ -113,7 +116,7 @@ class SmokeSegmentationModule(L.LightningModule):
         for name, value in scores.items():
             self.log(f"validation_{name}", value, prog_bar=name == self.config.prediction.metric)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         training = self.config.training
         optimizer = OPTIMIZERS[training.optimizer](
             self._parameter_groups(), lr=training.learning_rate, weight_decay=training.weight_decay
@@ -138,7 +141,7 @@ class SmokeSegmentationModule(L.LightningModule):
         named = list(self.model.named_parameters())
         differential = [p for name, p in named if prefixes and name.startswith(prefixes)]
         regular = [p for name, p in named if not (prefixes and name.startswith(prefixes))]
-        groups = [{"params": regular}]
+        groups: list[dict[str, Any]] = [{"params": regular}]
         if differential:
             groups.append({"params": differential, "lr": training.differential_learning_rate})
         return groups

@@ -144,6 +144,11 @@ def open_experiment_log(fold_dir: Path) -> logging.Handler:
     return handler
 
 
+def _samples_seen(pl_module: L.LightningModule) -> int:
+    """The charts' x axis: the training images SmokeSegmentationModule has counted (0 for another module)."""
+    return getattr(pl_module, "samples_seen", 0)
+
+
 class ChartsRecorder(L.Callback):
     """Collects the four curves Hydrogen Torch charts, keyed by samples seen, into charts.json."""
 
@@ -159,7 +164,7 @@ class ChartsRecorder(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """On resume, keep the curves up to the checkpoint and drop what came after it."""
-        seen = getattr(pl_module, "samples_seen", 0)
+        seen = _samples_seen(pl_module)
         self.charts = {
             name: {
                 "step": [s for s in series["step"] if s <= seen],
@@ -172,14 +177,14 @@ class ChartsRecorder(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        step = pl_module.samples_seen
+        step = _samples_seen(pl_module)
         self._add("train_loss", step, loss.item())
         self._add("learning_rate", step, trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        step = pl_module.samples_seen
+        step = _samples_seen(pl_module)
         for name in ("validation_loss", f"validation_{self.metric}", "validation_Dice"):
             if name in trainer.callback_metrics:
                 self._add(name, step, trainer.callback_metrics[name].item())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import lightning as L
@@ -83,7 +83,7 @@ def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
         "None": lambda: False,
         "CSV": lambda: loggers.CSVLogger(fold_dir, name="csv_logs"),
         "TensorBoard": lambda: loggers.TensorBoardLogger(fold_dir, name="tensorboard"),
-        "Neptune": lambda: loggers.NeptuneLogger(project=config.logging.neptune_project or None),
+        "Neptune": lambda: _neptune_logger(config.logging.neptune_project or None),
     }
     try:
         return factories[config.logging.logger]()
@@ -91,6 +91,20 @@ def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
         raise ConfigError(
             f"logging.logger={config.logging.logger} needs a package that is not installed ({error}). "
             "Install it, or set logging.logger=None."
+        ) from None
+
+
+def _neptune_logger(project: str | None) -> Any:
+    # Lightning 2.6 stopped exporting NeptuneLogger from lightning.pytorch.loggers (Neptune was sunset); its
+    # module still has it, and there it refuses to start.
+    from lightning.pytorch.loggers.neptune import NeptuneLogger
+
+    try:
+        return NeptuneLogger(project=project)
+    except RuntimeError as error:
+        raise ConfigError(
+            "logging.logger=Neptune does not work with the installed Lightning "
+            f"({str(error).splitlines()[0]}): set logging.logger to CSV, TensorBoard or None."
         ) from None
 
 
@@ -108,12 +122,7 @@ def validate_before_training(config: ExperimentConfig, *, starting_weights: bool
     trainer_devices(config.environment, torch.cuda.device_count())
     build_train_transform(config.augmentation, config.image)
     build_inference_transform(config.augmentation, config.image)
-    if config.dataset.train_dataframe is None:
-        raise ConfigError(
-            "dataset.train_dataframe is not set: point it at a Parquet/CSV table or an images+masks folder."
-        )
-    if config.dataset.validation_strategy == "custom" and config.dataset.validation_dataframe is None:
-        raise ConfigError("dataset.validation_strategy=custom needs dataset.validation_dataframe.")
+    config.dataset.training_tables()
 
 
 def train(
@@ -178,16 +187,15 @@ class ExperimentData:
     def load(cls, config: ExperimentConfig) -> ExperimentData:
         """Each table's samples; a table whose masks decode as stripes in its RLE order is refused."""
         dataset_cfg = config.dataset
-        train = load_samples(
-            dataset_cfg.train_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
-        )
-        check_rle_order(train, dataset_cfg.train_dataframe, RLE_ORDER_SETTINGS["train"])
+        train_table, validation_table = dataset_cfg.training_tables()
+        train = load_samples(train_table, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
+        check_rle_order(train, train_table, RLE_ORDER_SETTINGS["train"])
         validation = []
-        if dataset_cfg.validation_strategy == "custom":
+        if validation_table is not None:
             validation = load_samples(
-                dataset_cfg.validation_dataframe, dataset_cfg.data_folder, dataset_cfg, require_masks=True
+                validation_table, dataset_cfg.data_folder, dataset_cfg, require_masks=True
             )
-            check_rle_order(validation, dataset_cfg.validation_dataframe, RLE_ORDER_SETTINGS["train"])
+            check_rle_order(validation, validation_table, RLE_ORDER_SETTINGS["train"])
         test = []
         if dataset_cfg.test_dataframe is not None:
             test = load_samples(
@@ -281,6 +289,8 @@ def _subsample(samples: list[Sample], dataset: DatasetConfig, part: str, seed: i
 def _seed_worker_augmentations(base_seed: int, worker_id: int) -> None:
     """Albumentations keeps its own random state: give each loader worker a distinct, repeatable one."""
     info = torch.utils.data.get_worker_info()
+    assert info is not None, "runs as a DataLoader's worker_init_fn, so inside a worker"
+    assert isinstance(info.dataset, SegmentationDataset), "_loader builds loaders of SegmentationDatasets"
     info.dataset.transform.set_random_seed(base_seed + worker_id)
 
 
@@ -413,7 +423,8 @@ def _cached_dataset(
     native: the image's own size, or brought to ``image.long_side`` / shrunk to ``image.max_side``.
     """
     image = config.image
-    size, enlarge = (2 * image.image_height, 2 * image.image_width), False
+    size: tuple[int, int] | None = (2 * image.image_height, 2 * image.image_width)
+    enlarge = False
     if image.resolution == "native":
         fit = image.native_fit()
         size, enlarge = ((fit[0], fit[0]), fit[1]) if fit else (None, False)
@@ -431,10 +442,15 @@ def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> 
     return _cached_dataset(samples, build_inference_transform(config.augmentation, config.image), config)
 
 
-_LIGHTNING_PRECISION = {None: "32-true", torch.float16: "16-mixed", torch.bfloat16: "bf16-mixed"}
+LightningPrecision = Literal["32-true", "16-mixed", "bf16-mixed"]
+_LIGHTNING_PRECISION: dict[torch.dtype | None, LightningPrecision] = {
+    None: "32-true",
+    torch.float16: "16-mixed",
+    torch.bfloat16: "bf16-mixed",
+}
 
 
-def lightning_precision(mixed_precision: bool, use_cuda: bool, purpose: Purpose) -> str:
+def lightning_precision(mixed_precision: bool, use_cuda: bool, purpose: Purpose) -> LightningPrecision:
     """Lightning's precision for ``environment.mixed_precision_training`` / ``_inference`` (see
     ``model.precision``)."""
     return _LIGHTNING_PRECISION[

@@ -32,7 +32,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime
@@ -120,7 +120,7 @@ def read_image(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow warns from the header at its own threshold; max_pixels() is the limit applied below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(path.read_bytes()))
+            image: Image.Image = Image.open(io.BytesIO(path.read_bytes()))
         width, height = image.size
         if width * height > max_pixels():
             raise _too_large(path, f"{width}x{height}, {width * height:,} pixels")
@@ -313,7 +313,7 @@ TEST_TIME_AUGMENTATIONS: dict[str, tuple[ArrayMap, ArrayMap]] = {
 # --- masks, regions and rows ---------------------------------------------------------------------
 
 
-def rle_encode(mask: np.ndarray, order: str = "F") -> str:
+def rle_encode(mask: np.ndarray, order: Literal["F", "C"] = "F") -> str:
     """1-indexed ``start length`` pairs walking the pixels in ``order`` (F: column-major); "" if empty."""
     flat = np.asarray(mask).astype(bool).ravel(order=order)
     edges = np.flatnonzero(np.diff(np.concatenate(([False], flat, [False])).astype(np.int8))) + 1
@@ -443,7 +443,8 @@ class Scorer:
         predicted = probabilities > self.threshold
         minimum = self.min_region_pixels
         if minimum is None:
-            minimum = default_min_region_pixels(*probabilities.shape, self.settings["min_region"])
+            height, width = probabilities.shape
+            minimum = default_min_region_pixels(height, width, self.settings["min_region"])
         smoke, confidence, boxes = smoke_verdict(probabilities, self.threshold, minimum)
         return {
             "image_id": image_id,
