@@ -1,11 +1,12 @@
 """Does mixed precision pay on this CPU? fp32 against bfloat16 autocast, timed in turns in one run.
 
 smokeseg's precision defaults (``smokeseg.model.precision``) must never be slower than plain fp32
-PyTorch on any machine. bfloat16 autocast halves a U-Net training step on Intel AMX, but CPUs with
-AVX512-BF16 alone, or AVX2 only, differ: this measures a training step (forward, backward, AdamW) and
-the scoring of one 1280x960 frame in each number format and memory layout, alternating the variants
-in every repetition so that a busy machine slows them alike, and prints the ratios beside the choice
-smokeseg makes on this CPU. Only ratios from one run compare.
+PyTorch on any machine: bfloat16 autocast where the CPU has AMX or AVX512-BF16, float32 elsewhere.
+This measures a training step (forward, backward, AdamW) and the scoring of one 1280x960 frame in each
+number format and memory layout, alternating the variants in every repetition so that a busy machine
+slows them alike, and prints the ratios beside the choice smokeseg makes on this CPU. Only ratios from
+one run compare: on a shared, busy machine a single pair can mislead (one such pair here showed
+bfloat16 1.9x slower; three alternating runs showed it 0.56x).
 
 usage: python benchmarks/precision.py [--repeats 3] [--encoders resnet34 tu-efficientnet_lite0] [--out F]
 """
@@ -113,9 +114,7 @@ def main() -> None:
     print(json.dumps(machine, indent=1), flush=True)
     results = {
         "machine": machine,
-        "smokeseg_choice": {
-            purpose: str(mixed_precision_dtype(True, "cpu", purpose)) for purpose in ("training", "inference")
-        },
+        "smokeseg_mixed_precision_on_cpu": str(mixed_precision_dtype(True, "cpu")),
         "encoders": [measure(encoder, args.repeats) for encoder in args.encoders],
     }
     text = json.dumps(results, indent=1)

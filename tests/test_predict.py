@@ -386,7 +386,7 @@ def test_tta_is_the_mean_of_the_inverse_mapped_views_over_every_model():
 
 @pytest.mark.parametrize("native_bfloat16", [True, False])
 def test_mixed_precision_inference_is_bfloat16_on_capable_cpus(monkeypatch, native_bfloat16: bool):
-    monkeypatch.setattr(precision, "cpu_bfloat16_pays", lambda purpose: native_bfloat16)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: native_bfloat16)
     config = _config().model_copy(
         update={"environment": _config().environment.model_copy(update={"mixed_precision_inference": True})}
     )

@@ -106,7 +106,7 @@ class Predictor:
         self.models = [_ready_for_inference(model, self.device) for model in models]
         self.config = config
         self.autocast_dtype = mixed_precision_dtype(
-            config.environment.mixed_precision_inference, self.device.type, "inference"
+            config.environment.mixed_precision_inference, self.device.type
         )
         self.batch_size = batch_size or config.prediction.batch_size_inference or config.training.batch_size
         self.augmentations = [

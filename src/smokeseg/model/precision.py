@@ -1,40 +1,31 @@
-"""Mixed precision by device and purpose: the number format that is fast where it runs, never slower
-than plain float32.
+"""Mixed precision by device, for training and scoring alike: the number format that is fast where it runs,
+never slower than plain float32 (``benchmarks/precision.py`` measures it on the machine at hand).
 
-On CUDA, float16 (Hydrogen Torch's meaning). On a CPU, bfloat16 only where its units make that work
-faster, which differs between training and scoring (``benchmarks/precision.py`` measures both):
-- Intel AMX: a U-Net training step ran 2.2x faster and a 1280x960 frame scored 2.7x faster (2-core Xeon).
-- AVX512-BF16 without AMX (AMD EPYC, Zen 4): a training step ran 1.9x *slower* in bfloat16, while a
-  frame scored in 0.65x the time; so training stays float32 there and scoring uses bfloat16.
-- AVX2 only: float32 for both.
+On CUDA, float16 (Hydrogen Torch's meaning). On a CPU, bfloat16 where it has native bfloat16 units:
+- Intel AMX (2-core Xeon): a U-Net training step ran 2.2x faster, a 1280x960 frame scored 2.7x faster;
+- AVX512-BF16 (2-core AMD EPYC, family 26): a training step took 0.56x (ResNet34) and 0.40x
+  (EfficientNet-Lite0) the float32 time, a frame 0.63x and 0.56x;
+- AVX2 only: float32, since bfloat16 is emulated there.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Purpose = Literal["training", "inference"]
-
-# torch.cpu probes of the units that make bfloat16 autocast pay off, per purpose.
-_CPU_BFLOAT16_PROBES: dict[Purpose, tuple[str, ...]] = {
-    "training": ("_is_amx_tile_supported",),
-    "inference": ("_is_amx_tile_supported", "_is_avx512_bf16_supported"),
-}
+_CPU_BFLOAT16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
 
 
-def cpu_bfloat16_pays(purpose: Purpose) -> bool:
-    """Whether this CPU runs ``purpose`` faster under bfloat16 autocast than in float32."""
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _CPU_BFLOAT16_PROBES[purpose])
+def cpu_has_native_bfloat16() -> bool:
+    """AMX or AVX512-BF16: there bfloat16 autocast speeds a CPU step up; elsewhere it slows it."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in _CPU_BFLOAT16_PROBES)
 
 
-def mixed_precision_dtype(enabled: bool, device_type: str, purpose: Purpose) -> torch.dtype | None:
+def mixed_precision_dtype(enabled: bool, device_type: str) -> torch.dtype | None:
     """The autocast type for ``environment.mixed_precision_training`` / ``_inference``; None for float32."""
     if not enabled:
         return None
     if device_type == "cuda":
         return torch.float16
-    if device_type == "cpu" and cpu_bfloat16_pays(purpose):
+    if device_type == "cpu" and cpu_has_native_bfloat16():
         return torch.bfloat16
     return None

@@ -47,7 +47,7 @@ from smokeseg.layout import (
 )
 from smokeseg.model.factory import check_architecture, initialize_weights
 from smokeseg.model.losses import check_loss_name
-from smokeseg.model.precision import Purpose, mixed_precision_dtype
+from smokeseg.model.precision import mixed_precision_dtype
 from smokeseg.training.module import VALIDATION_LOSSES_KEY, SmokeSegmentationModule
 from smokeseg.training.outputs import (
     AtomicCheckpointIO,
@@ -450,12 +450,10 @@ _LIGHTNING_PRECISION: dict[torch.dtype | None, LightningPrecision] = {
 }
 
 
-def lightning_precision(mixed_precision: bool, use_cuda: bool, purpose: Purpose) -> LightningPrecision:
+def lightning_precision(mixed_precision: bool, use_cuda: bool) -> LightningPrecision:
     """Lightning's precision for ``environment.mixed_precision_training`` / ``_inference`` (see
     ``model.precision``)."""
-    return _LIGHTNING_PRECISION[
-        mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu", purpose)
-    ]
+    return _LIGHTNING_PRECISION[mixed_precision_dtype(mixed_precision, "cuda" if use_cuda else "cpu")]
 
 
 def trainer_devices(environment: EnvironmentConfig, cuda_count: int) -> dict[str, Any]:
@@ -512,7 +510,7 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, devices: 
     return L.Trainer(
         max_epochs=training.epochs,
         **devices,
-        precision=lightning_precision(config.environment.mixed_precision_training, use_cuda, "training"),
+        precision=lightning_precision(config.environment.mixed_precision_training, use_cuda),
         callbacks=callbacks,
         logger=_logger_factory(config, fold_dir),
         enable_progress_bar=progress,
@@ -536,7 +534,7 @@ def _validation_losses(
     L.Trainer(
         accelerator="gpu" if use_cuda else "cpu",
         devices=[device.index or 0] if use_cuda else 1,
-        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda, "inference"),
+        precision=lightning_precision(config.environment.mixed_precision_inference, use_cuda),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
