@@ -14,13 +14,14 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from smokeseg import __version__
 from smokeseg.data.formats import safe_relative_name
 from smokeseg.service import datasets as dataset_store
 from smokeseg.service import experiments as experiment_store
 from smokeseg.service.context import DEFAULT_MODEL, Service, get_service
-from smokeseg.service.errors import NotFoundError, TooLargeError, UnsupportedError
+from smokeseg.service.errors import NotFoundError, TooLargeError, UnsupportedError, megabytes
 from smokeseg.service.registry import FINAL_STATES, QUEUED, RUNNING, datasets, experiments
 from smokeseg.service.schemas import (
     Comparison,
@@ -36,6 +37,14 @@ from smokeseg.service.schemas import (
 from smokeseg.service.scoring import ScoreItem, check_image, image_output_names
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def _existing_experiment(experiment_id: str, service: ServiceDep) -> dict[str, Any]:
+    """The experiment's row, or a 404 before any response (streamed ones included) starts."""
+    return experiment_store.require_experiment(service.registry, experiment_id)
+
+
+ExperimentDep = Annotated[dict[str, Any], Depends(_existing_experiment)]
 system = APIRouter(tags=["system"])
 v1 = APIRouter(prefix="/v1")
 
@@ -89,7 +98,7 @@ async def _read_images(request: Request, service: Service, name: str) -> list[tu
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         async with request.form(max_files=settings.max_images_per_request, max_fields=0) as form:
-            uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+            uploads = [item for item in form.getlist("files") if isinstance(item, StarletteUpload)]
             images = [
                 (upload.filename or f"image{index}", await upload.read())
                 for index, upload in enumerate(uploads)
@@ -105,7 +114,7 @@ async def _read_images(request: Request, service: Service, name: str) -> list[tu
         raise UnsupportedError("The request holds no image: send multipart field 'files' or an image body.")
     if sum(len(data) for _, data in images) > settings.max_predict_bytes:
         raise TooLargeError(
-            f"The images are over this server's limit of {settings.max_predict_bytes / 1e6:.0f} MB "
+            f"The images are over this server's limit of {megabytes(settings.max_predict_bytes)} "
             "per predict request; send fewer per request."
         )
     for image_name, data in images:
@@ -236,9 +245,8 @@ def list_experiments(service: ServiceDep) -> list[dict[str, Any]]:
 
 
 @v1.get("/experiments/{experiment_id}", response_model=ExperimentDetail, tags=["experiments"])
-def show_experiment(experiment_id: str, service: ServiceDep) -> dict[str, Any]:
+def show_experiment(experiment_id: str, row: ExperimentDep) -> dict[str, Any]:
     """Config, metrics, per fold charts data, log and validation predictions, and the report's URL."""
-    row = experiment_store.require_experiment(service.registry, experiment_id)
     run_dir = Path(row["run_dir"])
     base = f"/v1/experiments/{experiment_id}"
     has_package = (run_dir / experiment_store.SCORING_PACKAGE_NAME).is_dir()
@@ -263,23 +271,20 @@ def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
 
 
 @v1.get("/experiments/{experiment_id}/package", response_class=FileResponse, tags=["experiments"])
-def download_package(experiment_id: str, service: ServiceDep) -> FileResponse:
+def download_package(row: ExperimentDep) -> FileResponse:
     """The scoring package (ONNX model + score.py) as a zip."""
-    row = experiment_store.require_experiment(service.registry, experiment_id)
     archive = experiment_store.package_archive(row)
     return FileResponse(archive, media_type="application/zip", filename=f"{row['name']}-scoring-package.zip")
 
 
 @v1.get("/experiments/{experiment_id}/report", response_class=FileResponse, tags=["experiments"])
-def report(experiment_id: str, service: ServiceDep) -> FileResponse:
+def report(row: ExperimentDep) -> FileResponse:
     """The HTML report training wrote (its images load from report_png/ below this URL)."""
-    row = experiment_store.require_experiment(service.registry, experiment_id)
     return _run_file(row, experiment_store.REPORT_NAME)
 
 
 @v1.get("/experiments/{experiment_id}/report_png/{name}", response_class=FileResponse, tags=["experiments"])
-def report_image(experiment_id: str, name: str, service: ServiceDep) -> FileResponse:
-    row = experiment_store.require_experiment(service.registry, experiment_id)
+def report_image(name: str, row: ExperimentDep) -> FileResponse:
     return _run_file(row, f"report_png/{safe_relative_name(name, 'the report')}")
 
 
@@ -291,10 +296,11 @@ def _run_file(row: dict[str, Any], name: str) -> FileResponse:
 
 
 @v1.get("/experiments/{experiment_id}/events", response_class=EventSourceResponse, tags=["experiments"])
-async def experiment_events(experiment_id: str, service: ServiceDep) -> AsyncIterator[ServerSentEvent]:
+async def experiment_events(
+    experiment_id: str, service: ServiceDep, _row: ExperimentDep
+) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events until the job ends: ``status`` on each change, ``log`` per new log line,
     ``charts`` (the fold's charts.json) whenever an evaluation adds points, then ``end``."""
-    row = experiment_store.require_experiment(service.registry, experiment_id)
     lines_seen: dict[str, int] = {}
     charts_seen: dict[str, Any] = {}
     status = None

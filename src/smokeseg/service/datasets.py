@@ -35,6 +35,7 @@ from smokeseg.service.errors import (
     NotFoundError,
     TooLargeError,
     UnsupportedError,
+    megabytes,
 )
 from smokeseg.service.registry import Registry, datasets, experiments, new_id, now
 
@@ -164,7 +165,7 @@ FETCHERS: dict[str, Fetcher] = {
 
 def _check_size(size: int, source: str, limits: ImportLimits) -> None:
     if size > limits.max_bytes:
-        raise TooLargeError(f"{source} is over the import limit of {limits.max_bytes / 1e6:.0f} MB.")
+        raise TooLargeError(f"{source} is over the import limit of {megabytes(limits.max_bytes)}.")
 
 
 def extract_zip(archive: Path, target: Path, limits: ImportLimits) -> None:
@@ -195,7 +196,7 @@ def extract_zip(archive: Path, target: Path, limits: ImportLimits) -> None:
                         written += len(chunk)
                         if written > limits.max_bytes:
                             raise TooLargeError(
-                                f"{archive.name} unpacks to more than {limits.max_bytes / 1e6:.0f} MB "
+                                f"{archive.name} unpacks to more than {megabytes(limits.max_bytes)} "
                                 "(the import limit)."
                             )
                         out.write(chunk)
@@ -315,6 +316,8 @@ def import_dataset(
         staging.rename(final)
         section = find_dataset_section(final)
         report = check_dataset(config_from_dict({"dataset": section.model_dump(mode="json")}))
+        if not report.splits[0].images:
+            raise DataError(f"{redact(source)} holds no usable training image: {'; '.join(report.problems)}")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)

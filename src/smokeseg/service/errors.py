@@ -5,6 +5,10 @@ from __future__ import annotations
 from smokeseg.errors import SmokesegError
 
 
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:.3g} MB"
+
+
 class NotFoundError(SmokesegError):
     """No dataset, experiment or file by that id."""
 

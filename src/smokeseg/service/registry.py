@@ -97,9 +97,10 @@ class Registry:
             yield connection
 
     def insert(self, table: Table, **values: Any) -> dict[str, Any]:
+        """Insert a row and return it whole, defaults included."""
         with self.transaction() as connection:
             connection.execute(table.insert().values(**values))
-        return values
+        return self.get(table, values["id"]) or {}
 
     def get(self, table: Table, row_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
