@@ -1,6 +1,7 @@
 """Training through a real ``smokeseg serve`` process on loopback: two runs with streamed progress, compare,
 score with a trained run, download its package, cancel a running job; then ``kill -9`` mid-training and
-a restart that marks the job failed, keeps its outputs and finds the database intact."""
+restarts that continue the job (``--resume-jobs``) or mark it failed, keeping its outputs, with the
+database intact."""
 
 from __future__ import annotations
 
@@ -133,39 +134,51 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         _stop(server)
 
 
-def test_kill_9_mid_training_then_restart_marks_the_job_failed(demo_folder: Path, tmp_path: Path):
+def test_kill_9_mid_training_then_restart_resumes_or_marks_the_job_failed(demo_folder: Path, tmp_path: Path):
     workdir, port = tmp_path / "work", free_port()
     server = start_server(workdir, port, "--allow-root", str(demo_folder))
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         dataset = client.post("/v1/datasets/import", json={"name": "demo", "source": str(demo_folder)}).json()
-        experiment = client.post(
-            "/v1/experiments", json={"name": "long", "dataset_id": dataset["id"], "config": LONG_CONFIG}
-        ).json()
+        body = {"name": "long", "dataset_id": dataset["id"], "config": LONG_CONFIG}
+        experiment = client.post("/v1/experiments", json=body).json()
         run_dir = workdir / "experiments" / experiment["id"] / "run"
         deadline = time.monotonic() + 120
-        while not (run_dir / "fold0" / "charts.json").is_file():  # an epoch done: partial outputs exist
+        while not (run_dir / "fold0" / "last.ckpt").is_file():  # an epoch done: partial outputs exist
             assert time.monotonic() < deadline, "training never finished an epoch"
             time.sleep(0.5)
-        training_pid = _training_pid(workdir, experiment["id"])
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
-    finally:
-        if server.poll() is None:
-            _stop(server)
+        first_training = _training_pid(workdir, experiment["id"])
+        _kill_9(server)
 
-    server = start_server(workdir, port)
-    try:
+        server = start_server(workdir, port, "--resume-jobs")
+        resumed = _wait_status(client, experiment["id"], {"running"}, timeout=30)
+        assert resumed["error"] is None and not _alive(first_training), "the orphan was stopped"
+        deadline = time.monotonic() + 30
+        while not (second_training := _training_pid(workdir, experiment["id"])):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert b"--resume" in Path(f"/proc/{second_training}/cmdline").read_bytes(), (
+            "continues from last.ckpt"
+        )
+        _kill_9(server)
+
+        server = start_server(workdir, port)
         after = client.get(f"/v1/experiments/{experiment['id']}").json()
         assert after["status"] == "failed" and "server stopped" in after["error"]
         assert after["folds"][0]["charts"], "partial outputs are kept and still shown"
-        assert (run_dir / "fold0" / "charts.json").is_file()
-        assert not _alive(training_pid), "the orphaned training was stopped"
+        assert (run_dir / "fold0" / "last.ckpt").is_file()
+        assert not _alive(second_training)
         assert [row["id"] for row in client.get("/v1/datasets").json()] == [dataset["id"]]
     finally:
-        _stop(server)
+        if server.poll() is None:
+            _stop(server)
     with sqlite3.connect(workdir / DATABASE_NAME) as database:
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _kill_9(server) -> None:
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
 
 
 def _training_pid(workdir: Path, experiment_id: str) -> int:

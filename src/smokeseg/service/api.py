@@ -267,6 +267,7 @@ def cancel_experiment(experiment_id: str, service: ServiceDep) -> dict[str, Any]
 @v1.delete("/experiments/{experiment_id}", status_code=204, tags=["experiments"])
 def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
     experiment_store.delete_experiment(service.registry, experiment_id)
+    service.models.forget(experiment_id)
     return Response(status_code=204)
 
 

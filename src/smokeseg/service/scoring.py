@@ -180,6 +180,12 @@ class ModelCache:
                 evicted.close()
             return self.workers[key]
 
+    def forget(self, key: str) -> None:
+        """Drop a model whose experiment was deleted."""
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            worker.close()
+
     def close(self) -> None:
         for worker in self.workers.values():
             worker.close()
