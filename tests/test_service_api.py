@@ -133,8 +133,8 @@ def _metric(text: str, name: str) -> float:
         ({"content": png_bytes(image_format="GIF"), "headers": {"Content-Type": "image/gif"}}, 415, "GIF"),
         (
             {"content": png_bytes(), "headers": {"Content-Type": "image/png"}, "params": {"images": "x"}},
-            415,
-            "choose from",
+            422,
+            "'masks', 'overlays' or 'probabilities'",
         ),
         (
             {"content": png_bytes(), "headers": {"Content-Type": "image/png"}, "params": {"threshold": 2}},
@@ -155,9 +155,14 @@ def test_bad_predict_requests_are_4xx_with_a_reason(client: TestClient, request_
     assert client.get("/healthz").status_code == 200, "the server lives on"
 
 
+def _blank_png(width: int, height: int) -> bytes:
+    """Few bytes, many pixels: what a decompression bomb looks like."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_decompression_bomb_and_size_limits(tmp_path: Path, model_dir: Path):
-    bomb = io.BytesIO()
-    Image.new("L", (20000, 20000)).save(bomb, format="PNG")  # 400 megapixels in a few hundred kilobytes
     with _client(
         tmp_path,
         model=model_dir,
@@ -165,13 +170,29 @@ def test_decompression_bomb_and_size_limits(tmp_path: Path, model_dir: Path):
         max_predict_bytes=600_000,
         max_upload_bytes=3_000_000,
     ) as client:
-        refused = client.post("/v1/predict", content=bomb.getvalue(), headers={"Content-Type": "image/png"})
-        assert refused.status_code == 413 and "megapixels" in refused.text
+        over = client.post(
+            "/v1/predict", content=_blank_png(2000, 1000), headers={"Content-Type": "image/png"}
+        )
+        assert (
+            over.status_code == 413
+            and "2000x1000 pixels, over this server's limit of 1 megapixels" in over.text
+        )
+        bomb = client.post(
+            "/v1/predict", content=_blank_png(20000, 20000), headers={"Content-Type": "image/png"}
+        )
+        assert bomb.status_code == 413 and "too large to decode safely" in bomb.text
         big = client.post("/v1/predict", content=png_bytes(500, 500), headers={"Content-Type": "image/png"})
         assert big.status_code == 413 and "MB" in big.text
         huge = client.post("/v1/predict", content=b"x" * 3_100_000, headers={"Content-Type": "image/png"})
         assert huge.status_code == 413
         assert client.get("/v1/predict").status_code == 405
+
+
+def test_too_many_files_in_one_request(tmp_path: Path, model_dir: Path):
+    files = [("files", (f"{index}.png", png_bytes(seed=index))) for index in range(3)]
+    with _client(tmp_path, model=model_dir, max_images_per_request=2) as client:
+        response = client.post("/v1/predict", files=files)
+    assert response.status_code == 400 and "Too many files" in response.text
 
 
 def test_no_default_model_is_a_404_that_says_how(tmp_path: Path):

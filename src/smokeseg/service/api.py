@@ -34,7 +34,7 @@ from smokeseg.service.schemas import (
     Health,
     PredictResponse,
 )
-from smokeseg.service.scoring import ScoreItem, check_image, image_output_names
+from smokeseg.service.scoring import ImageOutput, ScoreItem, check_image
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
@@ -130,19 +130,24 @@ async def predict(
         str, Query(description="'default' (--model) or a trained experiment's id")
     ] = DEFAULT_MODEL,
     threshold: Annotated[float | None, Query(ge=0, le=1, description="default: the model's")] = None,
-    images: Annotated[list[str], Query(description=f"extra outputs: {', '.join(image_output_names())}")] = [],  # noqa: B006
+    images: Annotated[list[ImageOutput], Query(description="masks: PNG, overlays: JPEG, ...")] = [],  # noqa: B006
     name: Annotated[str, Query(description="image id for a raw-body image")] = "image",
 ) -> PredictResponse:
     """Score one or more images: the same fields per image as ``smokeseg predict``."""
-    unknown = sorted(set(images) - set(image_output_names()))
-    if unknown:
-        raise UnsupportedError(f"Unknown images {unknown}: choose from {image_output_names()}.")
     uploaded = await _read_images(request, service, name)
     worker = await service.models.get(model)
     loop = asyncio.get_running_loop()
     rows = await asyncio.gather(
         *(
-            worker.score(ScoreItem(image_name, data, threshold, tuple(images), loop.create_future()))
+            worker.score(
+                ScoreItem(
+                    image_name,
+                    data,
+                    threshold,
+                    tuple(output.value for output in images),
+                    loop.create_future(),
+                )
+            )
             for image_name, data in uploaded
         )
     )
