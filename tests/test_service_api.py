@@ -120,6 +120,16 @@ def test_concurrent_requests_share_batches_and_metrics_count_them(client: TestCl
     assert "smokeseg_http_request_seconds_bucket" in text
 
 
+def test_an_image_the_decoder_chokes_on_fails_only_its_own_request(client: TestClient):
+    bodies = [png_bytes(seed=seed) for seed in range(5)] + [png_bytes()[:300]]  # a truncated PNG
+
+    def post(body: bytes) -> int:
+        return client.post("/v1/predict", content=body, headers={"Content-Type": "image/png"}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(post, bodies)) == [200] * 5 + [422]
+
+
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
@@ -131,6 +141,7 @@ def _metric(text: str, name: str) -> float:
         ({"content": b"", "headers": {"Content-Type": "image/png"}}, 415, "no image"),
         ({"json": {"image": "x"}}, 415, "multipart/form-data"),
         ({"content": png_bytes(image_format="GIF"), "headers": {"Content-Type": "image/gif"}}, 415, "GIF"),
+        ({"content": png_bytes()[:300], "headers": {"Content-Type": "image/png"}}, 422, "truncated"),
         (
             {"content": png_bytes(), "headers": {"Content-Type": "image/png"}, "params": {"images": "x"}},
             422,
@@ -357,6 +368,11 @@ def test_https_import_downloads_an_archive_and_hides_credentials(
             "/v1/datasets/import", json={"name": "web2", "source": f"http://127.0.0.1:{port}/no.zip"}
         )
         server.shutdown()
+    closed = client.post(
+        "/v1/datasets/import", json={"name": "web3", "source": f"https://u:pw@127.0.0.1:{port}/x.zip"}
+    )
+    assert closed.status_code == 422 and "Could not fetch https://127.0.0.1" in closed.text
+    assert "pw" not in closed.text
     assert response.status_code == 201, response.text
     assert response.json()["source"] == f"http://127.0.0.1:{port}/demo.zip", "no password in the registry"
     assert missing.status_code == 422 and "404" in missing.text

@@ -72,7 +72,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         first = client.post(
             "/v1/experiments", json={"name": "a", "dataset_id": dataset["id"], "config": with_package}
         )
-        faster = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "learning_rate": 0.01}}
+        faster = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "learning_rate": 0.01, "epochs": 1}}
         second = client.post(
             "/v1/experiments", json={"name": "b", "dataset_id": dataset["id"], "config": faster}
         )
@@ -89,6 +89,9 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         charts = [data["charts"] for name, data in events if name == "charts"]
         assert charts and "validation_loss" in charts[-1] and len(charts[-1]["validation_loss"]["value"]) == 2
 
+        with client.stream("GET", f"/v1/experiments/{b}/events") as stream:
+            first_line = next(stream.iter_lines())  # then this client goes away mid-stream
+        assert first_line.startswith("event: ")
         _wait_status(client, b, {"succeeded"})
         detail = client.get(f"/v1/experiments/{a}").json()
         fold = detail["folds"][0]
@@ -105,7 +108,8 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         comparison = client.get("/v1/compare", params={"ids": [a, b]}).json()
         assert set(comparison["metrics"]["fold0.validation_IoU"]) == {a, b}
         assert comparison["config_differences"]["training.learning_rate"] == {a: 0.001, b: 0.01}
-        assert "training.epochs" not in comparison["config_differences"]
+        assert comparison["config_differences"]["training.epochs"] == {a: 2, b: 1}
+        assert "training.batch_size" not in comparison["config_differences"]
 
         scored = client.post(f"/v1/predict?model={a}", files={"files": ("x.png", png_bytes(64, 64))})
         assert scored.status_code == 200 and scored.json()["model"] == a

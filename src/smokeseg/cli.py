@@ -386,7 +386,9 @@ def serve(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
     model: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Default model for /v1/predict: checkpoint, run folder or scoring package."),
+        typer.Option(
+            exists=True, help="Default model for /v1/predict: checkpoint, run folder or scoring package."
+        ),
     ] = None,
     token: Annotated[
         Optional[str],  # noqa: UP045

@@ -7,6 +7,7 @@ mistakes are 422, like request validation errors.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -29,7 +30,6 @@ from smokeseg.service.errors import (
 )
 from smokeseg.service.jobs import JobRunner
 from smokeseg.service.registry import Registry
-from smokeseg.service.scoring import ModelCache
 from smokeseg.service.telemetry import Telemetry, TelemetryMiddleware
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def require_token(
 def create_app(settings: ServiceSettings) -> FastAPI:
     workdir = settings.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = ServiceSettings(**{**settings.__dict__, "workdir": workdir})
+    settings = dataclasses.replace(settings, workdir=workdir)
     registry = Registry(settings.database_url) if settings.database_url else Registry.in_folder(workdir)
     telemetry = Telemetry()
     service = Service(
@@ -88,7 +88,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.models = ModelCache(service.model_path, telemetry, settings.model_cache_size, settings.device)
         recovered = service.runner.recover(resume=settings.resume_jobs)
         if recovered:
             action = "queued again to resume" if settings.resume_jobs else "marked failed"

@@ -49,6 +49,11 @@ class Service:
     runner: JobRunner
     models: ModelCache = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.models = ModelCache(
+            self.model_path, self.telemetry, self.settings.model_cache_size, self.settings.device
+        )
+
     def model_path(self, key: str) -> Path:
         """``default`` is the --model path; any other key is an experiment id whose training succeeded."""
         if key == DEFAULT_MODEL:

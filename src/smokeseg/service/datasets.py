@@ -27,7 +27,7 @@ from smokeseg.config.load import config_from_dict, load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.check import DatasetReport, check_dataset
 from smokeseg.data.formats import safe_relative_name
-from smokeseg.errors import ConfigError, DataError
+from smokeseg.errors import ConfigError, DataError, SmokesegError
 from smokeseg.layout import CONFIG_NAME
 from smokeseg.service.errors import (
     ConflictError,
@@ -92,8 +92,14 @@ def _fetch_path(source: str, context: FetchContext) -> None:
         allowed = ", ".join(map(str, roots)) or "none (start the server with --allow-root DIR)"
         raise ForbiddenError(f"{source} is outside the folders this server may import from: {allowed}.")
     if path.is_dir():
+        files = [item for item in path.rglob("*") if item.is_file() and not item.is_symlink()]
+        if len(files) > context.limits.max_members:
+            raise TooLargeError(
+                f"{source} holds {len(files)} files; the limit is {context.limits.max_members}."
+            )
+        _check_size(sum(item.stat().st_size for item in files), source, context.limits)
         shutil.copytree(path, context.target, ignore=_links, dirs_exist_ok=True)
-    elif path.is_file() and not path.is_symlink():
+    elif path.is_file():
         _check_size(path.stat().st_size, source, context.limits)
         shutil.copy2(path, context.target / path.name)
     else:
@@ -311,7 +317,7 @@ def import_dataset(
         if fetched is not None:
             shutil.move(fetched, staging / fetched.name)
         else:
-            _fetcher(source)(source, FetchContext(staging, limits, s3 or S3Options()))
+            _fetch(source, FetchContext(staging, limits, s3 or S3Options()))
         _unpack_single_archive(staging, limits)
         staging.rename(final)
         section = find_dataset_section(final)
@@ -335,14 +341,22 @@ def import_dataset(
     )
 
 
-def _fetcher(source: str) -> Fetcher:
+def _fetch(source: str, context: FetchContext) -> None:
+    """Run the scheme's fetcher; a download that fails for any reason (refused connection, denied
+    credentials, a bucket that is not there) is a problem with the source, answered as a DataError."""
     scheme = urlsplit(source).scheme.lower()
     if len(scheme) == 1:  # a Windows drive letter, not a scheme
         scheme = ""
     if scheme not in FETCHERS:
         choices = ", ".join(f"{s}://" for s in sorted(FETCHERS) if s) + ", or a server path"
         raise UnsupportedError(f"Cannot import from {redact(source)}: the source must be {choices}.")
-    return FETCHERS[scheme]
+    try:
+        FETCHERS[scheme](source, context)
+    except SmokesegError:
+        raise
+    except Exception as error:  # each library has its own errors; the user needs the reason, not a 500
+        reason = str(error).replace(source, redact(source))
+        raise DataError(f"Could not fetch {redact(source)}: {type(error).__name__}: {reason}") from None
 
 
 def delete_dataset(registry: Registry, dataset_id: str) -> None:

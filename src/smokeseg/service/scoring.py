@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from smokeseg.inference.predictor import Prediction, Predictor
 from smokeseg.inference.scoring import prediction_row
 from smokeseg.service.errors import TooLargeError, UnsupportedError
 from smokeseg.service.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
 
 # Pillow format names the API takes; anything else is refused before a pixel is decoded.
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP"})
@@ -113,10 +116,7 @@ class ModelWorker:
                 batch.append(self.queue.get_nowait())
             self.telemetry.queue_depth.dec(len(batch))
             self.telemetry.batch_size.observe(len(batch))
-            try:
-                results = await loop.run_in_executor(self.executor, self._score, batch)
-            except Exception as error:  # a model failure answers every waiting request, not just the first
-                results = [error] * len(batch)
+            results = await loop.run_in_executor(self.executor, self._score_apart, batch)
             for item, result in zip(batch, results, strict=True):
                 if item.future.done():  # its client went away
                     continue
@@ -124,6 +124,17 @@ class ModelWorker:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+
+    def _score_apart(self, batch: list[ScoreItem]) -> list[dict[str, Any] | SmokesegError]:
+        """Score a batch; should it fail as a whole, score its images one by one, so that one image the
+        decoder chokes on fails its own request (a 422 naming it) and not its batch-mates'."""
+        try:
+            return self._score(batch)
+        except Exception as error:
+            if len(batch) > 1:
+                return [result for item in batch for result in self._score_apart([item])]
+            logger.exception("Scoring %s failed", batch[0].name)
+            return [DataError(f"{batch[0].name} could not be scored ({type(error).__name__}: {error}).")]
 
     def _score(self, batch: list[ScoreItem]) -> list[dict[str, Any] | SmokesegError]:
         samples = [Sample(item.name, MemoryStore(item.name, item.data), item.name) for item in batch]
