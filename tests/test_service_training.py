@@ -58,7 +58,7 @@ def _events(client: httpx.Client, experiment_id: str) -> list[tuple[str, dict]]:
 
 def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path: Path):
     port = free_port()
-    server = start_server(tmp_path / "work", port)
+    server = start_server(tmp_path / "work", port, "--max-jobs", "2")  # a and b train side by side
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
         archive = zip_folder(demo_folder, tmp_path / "demo.zip")
