@@ -104,6 +104,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         assert detail["metrics"]["fold0"]["epochs"] == 2
         report = client.get(detail["report_url"])
         assert report.status_code == 200 and "<html" in report.text.lower()
+        assert "data:image/png;base64," in report.text, "self-contained: its images are inside"
 
         comparison = client.get("/v1/compare", params={"ids": [a, b]}).json()
         assert set(comparison["metrics"]["fold0.validation_IoU"]) == {a, b}

@@ -285,20 +285,11 @@ def download_package(row: ExperimentDep) -> FileResponse:
 
 @v1.get("/experiments/{experiment_id}/report", response_class=FileResponse, tags=["experiments"])
 def report(row: ExperimentDep) -> FileResponse:
-    """The HTML report training wrote (its images load from report_png/ below this URL)."""
-    return _run_file(row, experiment_store.REPORT_NAME)
-
-
-@v1.get("/experiments/{experiment_id}/report_png/{name}", response_class=FileResponse, tags=["experiments"])
-def report_image(name: str, row: ExperimentDep) -> FileResponse:
-    return _run_file(row, f"report_png/{safe_relative_name(name, 'the report')}")
-
-
-def _run_file(row: dict[str, Any], name: str) -> FileResponse:
-    path = Path(row["run_dir"]) / name
+    """The self-contained HTML report training wrote: metrics, charts, validation gallery."""
+    path = Path(row["run_dir"]) / experiment_store.REPORT_NAME
     if not path.is_file():
-        raise NotFoundError(f"Experiment {row['id']} has no {name} (yet).")
-    return FileResponse(path)
+        raise NotFoundError(f"Experiment {row['id']} has no report yet: training writes it when it succeeds.")
+    return FileResponse(path, media_type="text/html")
 
 
 @v1.get("/experiments/{experiment_id}/events", response_class=EventSourceResponse, tags=["experiments"])
