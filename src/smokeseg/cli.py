@@ -400,7 +400,7 @@ def serve(
     ] = None,
     max_jobs: Annotated[int, typer.Option(min=1, help="Trainings that run at once.")] = 1,
     resume_jobs: Annotated[
-        bool, typer.Option(help="Continue jobs a crash interrupted, instead of marking them failed.")
+        bool, typer.Option(help="Continue jobs a stop or crash interrupted, instead of marking them failed.")
     ] = False,
     database_url: Annotated[
         Optional[str],  # noqa: UP045

@@ -24,6 +24,7 @@ from smokeseg.service.context import DEFAULT_MODEL, Service, get_service
 from smokeseg.service.errors import NotFoundError, TooLargeError, UnsupportedError, megabytes
 from smokeseg.service.registry import FINAL_STATES, QUEUED, RUNNING, datasets, experiments
 from smokeseg.service.schemas import (
+    NAME_PATTERN,
     Comparison,
     Dataset,
     DatasetDetail,
@@ -169,7 +170,7 @@ def _image_score(row: dict[str, Any]) -> dict[str, Any]:
 @v1.post("/datasets", response_model=DatasetDetail, status_code=201, tags=["datasets"])
 def upload_dataset(
     service: ServiceDep,
-    name: Annotated[str, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")],
+    name: Annotated[str, Form(pattern=NAME_PATTERN)],
     file: Annotated[UploadFile, File(description="a Hydrogen Torch zip, or an images/ + masks/ zip")],
 ) -> dict[str, Any]:
     """Import a dataset from an uploaded zip."""
