@@ -1,1 +1,1 @@
-"""``smokeseg serve``: the HTTP API (FastAPI under uvicorn) over scoring, datasets, experiments and training."""
+"""``smokeseg serve``: an HTTP API (FastAPI, uvicorn) over scoring, datasets, experiments and training."""
