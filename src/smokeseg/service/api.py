@@ -137,21 +137,14 @@ async def predict(
     """Score one or more images: the same fields per image as ``smokeseg predict``."""
     uploaded = await _read_images(request, service, name)
     worker = await service.models.get(model)
-    loop = asyncio.get_running_loop()
-    rows = await asyncio.gather(
-        *(
-            worker.score(
-                ScoreItem(
-                    image_name,
-                    data,
-                    threshold,
-                    tuple(output.value for output in images),
-                    loop.create_future(),
-                )
-            )
-            for image_name, data in uploaded
-        )
-    )
+    futures = [
+        worker.submit(ScoreItem(image_name, data, threshold, tuple(output.value for output in images)))
+        for image_name, data in uploaded
+    ]
+    rows = await asyncio.gather(*futures, return_exceptions=True)
+    failure = next((row for row in rows if isinstance(row, BaseException)), None)
+    if failure is not None:
+        raise failure
     return PredictResponse(
         model=model,
         rle_order=worker.predictor.config.dataset.rle_order,
