@@ -54,21 +54,27 @@ _EVENT_POLL_SECONDS = 0.5
 
 
 @system.get("/healthz", response_model=Health)
-def healthz(service: ServiceDep) -> Health:
+async def healthz(service: ServiceDep) -> Health:
     """Liveness and a glance at the load: models in memory, jobs training and waiting."""
+    running, queued = await asyncio.to_thread(_job_counts, service)
     return Health(
         version=__version__,
         models_loaded=list(service.models.workers),
-        jobs_running=len(service.registry.find(experiments, status=RUNNING)),
-        jobs_queued=len(service.registry.find(experiments, status=QUEUED)),
+        jobs_running=running,
+        jobs_queued=queued,
     )
+
+
+def _job_counts(service: Service) -> tuple[int, int]:
+    running, queued = (len(service.registry.find(experiments, status=status)) for status in (RUNNING, QUEUED))
+    return running, queued
 
 
 @system.get("/metrics", response_class=Response)
 def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
-    for status in (QUEUED, RUNNING):
-        service.telemetry.jobs.labels(status).set(len(service.registry.find(experiments, status=status)))
+    for status, count in zip((RUNNING, QUEUED), _job_counts(service), strict=True):
+        service.telemetry.jobs.labels(status).set(count)
     return Response(generate_latest(service.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -264,8 +270,8 @@ def cancel_experiment(experiment_id: str, service: ServiceDep) -> dict[str, Any]
 
 
 @v1.delete("/experiments/{experiment_id}", status_code=204, tags=["experiments"])
-def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
-    experiment_store.delete_experiment(service.registry, experiment_id)
+async def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
+    await asyncio.to_thread(experiment_store.delete_experiment, service.registry, experiment_id)
     service.models.forget(experiment_id)
     return Response(status_code=204)
 

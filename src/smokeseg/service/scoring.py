@@ -192,25 +192,31 @@ class ModelCache:
         self.capacity = capacity
         self.device = device
         self.workers: OrderedDict[str, ModelWorker] = OrderedDict()
-        self.lock = asyncio.Lock()
+        self.loading: dict[str, asyncio.Lock] = {}
 
     async def get(self, key: str) -> ModelWorker:
-        async with self.lock:  # one load at a time: two requests for a cold model load it once
-            if key in self.workers:
-                self.workers.move_to_end(key)
-                return self.workers[key]
-            path = self.resolve(key)
-            started = time.perf_counter()
-            predictor = await asyncio.to_thread(Predictor.from_path, path, self.device)
-            self.telemetry.model_load_seconds.observe(time.perf_counter() - started)
-            self.workers[key] = ModelWorker(predictor, self.telemetry)
-            while len(self.workers) > self.capacity:
-                _, evicted = self.workers.popitem(last=False)
-                evicted.close()
-            return self.workers[key]
+        """The model's worker. Call on the event loop and queue on it before the next ``await``."""
+        worker = self.workers.get(key)
+        if worker is None:
+            # A lock per model: two requests for a cold model load it once, and the loaded ones keep scoring.
+            async with self.loading.setdefault(key, asyncio.Lock()):
+                worker = self.workers.get(key) or await self._load(key)
+        self.workers.move_to_end(key)
+        return worker
+
+    async def _load(self, key: str) -> ModelWorker:
+        path = self.resolve(key)
+        started = time.perf_counter()
+        predictor = await asyncio.to_thread(Predictor.from_path, path, self.device)
+        self.telemetry.model_load_seconds.observe(time.perf_counter() - started)
+        worker = self.workers[key] = ModelWorker(predictor, self.telemetry)
+        while len(self.workers) > self.capacity:
+            _, evicted = self.workers.popitem(last=False)
+            evicted.close()
+        return worker
 
     def forget(self, key: str) -> None:
-        """Drop a model whose experiment was deleted."""
+        """Drop a model whose experiment was deleted (on the event loop: the queues are asyncio's)."""
         worker = self.workers.pop(key, None)
         if worker is not None:
             worker.close()
