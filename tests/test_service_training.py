@@ -58,7 +58,8 @@ def _events(client: httpx.Client, experiment_id: str) -> list[tuple[str, dict]]:
 
 def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path: Path):
     port = free_port()
-    server = start_server(tmp_path / "work", port, "--max-jobs", "2")  # a and b train side by side
+    # a and b train side by side; 1-megapixel images at most
+    server = start_server(tmp_path / "work", port, "--max-jobs", "2", "--max-image-megapixels", "1")
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
         archive = zip_folder(demo_folder, tmp_path / "demo.zip")
@@ -121,6 +122,10 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
             == 200
         )
         assert set(client.get("/healthz").json()["models_loaded"]) == {a, b}
+        large = client.post(
+            f"/v1/predict?model={a}", content=png_bytes(1000, 1001), headers={"Content-Type": "image/png"}
+        )
+        assert large.status_code == 413 and "limit of 1 megapixels" in large.text
 
         package = client.get(detail["package_url"])
         assert package.status_code == 200 and package.headers["content-type"] == "application/zip"
