@@ -5,11 +5,13 @@ its outputs kept and the database intact."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -170,6 +172,9 @@ def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_
         assert b"--resume" in Path(f"/proc/{second_training}/cmdline").read_bytes(), (
             "continues from last.ckpt"
         )
+        listener = threading.Thread(target=_listen, args=(client, experiment["id"]), daemon=True)
+        listener.start()  # an open event stream must not hold the stop up
+        time.sleep(1)
         _stop(server)  # a graceful stop this time: it stops the training; the next start decides
         assert not _alive(second_training)
 
@@ -184,6 +189,11 @@ def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_
             _stop(server)
     with sqlite3.connect(workdir / DATABASE_NAME) as database:
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _listen(client: httpx.Client, experiment_id: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        _events(client, experiment_id)
 
 
 def _kill_9(server) -> None:
