@@ -47,6 +47,8 @@ TileSizeOption = Annotated[
 ]
 TileOverlapOption = Annotated[float, typer.Option(help="Below 1: a fraction of the tile; else pixels.")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (cuda when present).")]
+WorkdirOption = Annotated[Path, typer.Option(help="The server's folder: registry, datasets, experiments.")]
+DEFAULT_WORKDIR = Path("smokeseg-work")
 
 
 def _version(value: bool) -> None:
@@ -82,6 +84,26 @@ def data_check(config: ConfigArgument, overrides: Overrides = None) -> None:
     console.print(render_report(report))
     if report.problems:
         raise typer.Exit(1)
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[str, typer.Argument(help="A folder or zip, an https:// URL, or an s3:// URL.")],
+    name: Annotated[str, typer.Argument(help="The dataset's name in the registry.")],
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+) -> None:
+    """Import a dataset into the work folder's registry, as the server's POST /v1/datasets does.
+
+    s3:// reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (for S3-compatible servers).
+    """
+    from smokeseg.service.datasets import ImportLimits, import_dataset
+    from smokeseg.service.registry import Registry
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    row = import_dataset(Registry.in_folder(workdir), workdir.resolve(), source, name, ImportLimits())
+    for split in row["summary"]["splits"]:
+        console.print(f"{split['name']}: {split['images']} images, {split['problems']} problems")
+    console.print(f"Imported {name} as dataset {row['id']}")
 
 
 @app.command()
@@ -392,6 +414,58 @@ def export(
     console.print(f"Exported: {export_model(model, output, export_format)}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    model: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            exists=True, help="Default model for /v1/predict: checkpoint, run folder or scoring package."
+        ),
+    ] = None,
+    token: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="SMOKESEG_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every call."),
+    ] = None,
+    allow_root: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="A folder server-side path imports may read from (repeatable)."),
+    ] = None,
+    max_jobs: Annotated[int, typer.Option(min=1, help="Trainings that run at once.")] = 1,
+    resume_jobs: Annotated[
+        bool, typer.Option(help="Continue jobs a stop or crash interrupted, instead of marking them failed.")
+    ] = False,
+    database_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="SQLAlchemy URL of the registry (default: SQLite in the work folder)."),
+    ] = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest request body (dataset uploads).")] = 2048,
+    max_image_megapixels: Annotated[int, typer.Option(min=1, help="Largest image /v1/predict decodes.")] = 50,
+) -> None:
+    """Run the HTTP API: scoring, datasets, experiments and the training queue (docs at /docs)."""
+    import uvicorn
+
+    from smokeseg.service.app import GRACEFUL_SHUTDOWN_SECONDS, create_app
+    from smokeseg.service.context import ServiceSettings
+
+    settings = ServiceSettings(
+        workdir=workdir,
+        model=model,
+        token=token,
+        database_url=database_url,
+        max_running_jobs=max_jobs,
+        resume_jobs=resume_jobs,
+        allowed_roots=tuple(path.resolve() for path in allow_root or []),
+        max_upload_bytes=max_upload_mb * 1_000_000,
+        max_image_pixels=max_image_megapixels * 1_000_000,
+    )
+    uvicorn.run(
+        create_app(settings), host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
+    )
+
+
 def main() -> None:
     """Entry point: a user's mistake prints as one clear message, never as a traceback."""
     try:
@@ -399,3 +473,7 @@ def main() -> None:
     except SmokesegError as error:
         Console(stderr=True).print(Text.assemble(("Error: ", "bold red"), str(error)), highlight=False)
         sys.exit(130 if isinstance(error, TrainingInterrupted) else 2)
+
+
+if __name__ == "__main__":
+    main()
