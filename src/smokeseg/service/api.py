@@ -154,7 +154,7 @@ async def predict(
     return PredictResponse(
         model=model,
         rle_order=worker.predictor.config.dataset.rle_order,
-        predictions=[_image_score(row) for row in rows],
+        predictions=[_image_score(row) for row in rows if not isinstance(row, BaseException)],
     )
 
 

@@ -172,12 +172,16 @@ class JobRunner:
                 if code is None:
                     continue
                 del self.processes[experiment_id]
+                row = self.registry.get(experiments, experiment_id)
+                if row is None:  # deleted while it ran: nothing is left to mark
+                    logger.info("Experiment %s (deleted) ended with code %d", experiment_id, code)
+                    continue
                 if code == 0:
                     self.registry.transition(
                         experiment_id, {RUNNING}, status=SUCCEEDED, pid=None, finished_at=now()
                     )
                 else:
-                    log = Path(self.registry.get(experiments, experiment_id)["run_dir"]).parent / JOB_LOG_NAME
+                    log = Path(row["run_dir"]).parent / JOB_LOG_NAME
                     self.registry.transition(
                         experiment_id,
                         {RUNNING},

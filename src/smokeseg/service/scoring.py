@@ -56,6 +56,9 @@ class MemoryStore(ImageStore):
     def child(self, folder: str) -> ImageStore:
         raise DataError("An uploaded image has no subfolders.")
 
+    def subfolders(self) -> list[str]:
+        return []
+
     def __str__(self) -> str:
         return "upload"
 
@@ -228,4 +231,5 @@ class ModelCache:
 
 
 # The optional per-image outputs of `smokeseg predict`, as an enum: the API validates and documents them.
-ImageOutput = Enum("ImageOutput", {name: name for name in sorted(IMAGE_OUTPUTS)}, type=str)
+# mypy cannot see members made from data; they are predict's IMAGE_OUTPUTS.
+ImageOutput = Enum("ImageOutput", {name: name for name in sorted(IMAGE_OUTPUTS)}, type=str)  # type: ignore[misc]
