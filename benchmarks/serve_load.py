@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from machine import cpu_description
 
 from smokeseg.config.load import load_config
 from smokeseg.data.synthetic import generate_demo_dataset
@@ -61,13 +61,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc: this benchmark measures memory on Linux")
-
-
-def _cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run(model: Path, requests: int, clients: int, workdir: Path) -> dict:
@@ -150,7 +143,7 @@ def run(model: Path, requests: int, clients: int, workdir: Path) -> dict:
         "server_peak_rss_mb_after_model_load": round(rss_before, 1),
         "server_peak_rss_mb": round(peak_rss, 1),
         "rss_limit_mb": RSS_LIMIT_MB,
-        "cpu": _cpu_model(),
+        "machine": cpu_description(),
         "cores": os.cpu_count(),
         "load_average_1min_at_start": load_at_start,
     }
