@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -265,3 +266,15 @@ def test_the_same_config_and_seed_repeat_a_run_exactly(dataset: Path, experiment
         pd.read_parquet(experiment / "fold0/validation_predictions.parquet"),
         pd.read_parquet(tmp_path / "again/fold0/validation_predictions.parquet"),
     )
+
+
+def test_smokeseg_keeps_albumentations_off_the_network() -> None:
+    """albumentations fetches its version info from PyPI on import unless told not to."""
+    code = (
+        "import os, smokeseg, albumentations; "
+        "assert os.environ['NO_ALBUMENTATIONS_UPDATE'] == '1', os.environ.get('NO_ALBUMENTATIONS_UPDATE')"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    completed = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "fetching version info" not in completed.stderr

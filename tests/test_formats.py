@@ -575,3 +575,12 @@ def test_convert_output_converts_back_checks_and_trains_from_the_command_line(to
         f"{pair.stem}.png" for pair in toy_datasets.pairs
     ]
     assert (tmp_path / "run/fold0/checkpoint.ckpt").is_file()
+
+
+def test_a_truncated_png_is_a_data_error_when_only_its_size_is_read(tmp_path: Path) -> None:
+    """image_size reads EXIF, which makes Pillow decode a PNG to its end: a cut file must still be named."""
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"Image cut.png is truncated or corrupt"):
+        image_size(path.read_bytes(), "cut.png")

@@ -11,9 +11,14 @@ Lightning nor the model stack loads until a name that needs it is touched.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# albumentations asks PyPI for its newest version when imported: smokeseg runs offline and never reaches
+# the network unasked (a user can still set the variable to 0).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # Public name -> the module that defines it.
 _API: dict[str, str] = {

@@ -59,7 +59,10 @@ def image_size(data: bytes | Path, name: str) -> tuple[int, int]:
     with _opened(data, name) as image:
         width, height = image.size
         _refuse_above_limit(width, height, name)  # before getexif, which decodes a whole PNG to find EXIF
-        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise _corrupt(name, error) from None
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
@@ -101,7 +104,11 @@ def _decode(data: bytes | Path, name: str) -> Image.Image:
             image.load()
             return ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError) as error:
-            raise DataError(f"Image {name} is truncated or corrupt ({error}). {_REEXPORT_HINT}") from None
+            raise _corrupt(name, error) from None
+
+
+def _corrupt(name: str, error: Exception) -> DataError:
+    return DataError(f"Image {name} is truncated or corrupt ({error}). {_REEXPORT_HINT}")
 
 
 def _opened(data: bytes | Path, name: str) -> Image.Image:
