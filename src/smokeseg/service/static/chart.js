@@ -19,8 +19,10 @@
     const raw = (hi - lo) / count;
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+    /* From the tick at or below lo to the one at or above hi, so the axis ends on labelled lines. */
+    const first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
     const ticks = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toPrecision(12));
+    for (let i = first; i <= last; i++) ticks.push(+(i * step).toPrecision(12));
     return ticks;
   }
 
@@ -61,7 +63,7 @@
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 0.1; y0 -= pad; y1 += pad; }
     const yTicks = niceTicks(y0, y1, 4), xTicks = niceTicks(x0, x1, 4);
-    y0 = Math.min(y0, yTicks[0]); y1 = Math.max(y1, yTicks[yTicks.length - 1]);
+    y0 = yTicks[0]; y1 = yTicks[yTicks.length - 1];
     const sx = (x) => m.l + ((x - x0) / (x1 - x0)) * (width - m.l - m.r);
     const sy = (y) => height - m.b - ((y - y0) / (y1 - y0)) * (height - m.t - m.b);
     const grid = el("g", { class: "grid" }, svg);
