@@ -80,7 +80,16 @@
   /* ---- charts ------------------------------------------------------------------------------------ */
 
   /** Draw the four charts from {label: charts.json}; several labels overlay (folds or experiments). */
+  let resizeTimer = null;
   function drawCharts(root, chartsByLabel) {
+    if (!root.dataset.resizes) {
+      root.dataset.resizes = "1";
+      window.addEventListener("resize", () => {
+        clearTimeout(resizeTimer);
+        resizeTimer = setTimeout(() => drawCharts(root, root.chartData), 100);
+      });
+    }
+    root.chartData = chartsByLabel;
     const labels = Object.keys(chartsByLabel);
     for (const figure of $$(".chart", root)) {
       const spec = CHARTS[figure.dataset.chart];
@@ -413,7 +422,7 @@
     }
     drawCharts(root, byLabel);
     const head = `<tr><th scope="col">metric</th>${ids.map((i) => `<th scope="col">${esc(label(i))}</th>`).join("")}</tr>`;
-    const metricRows = Object.entries(comparison.metrics).map(([metric, values]) => {
+    const metricRows = Object.entries(comparison.metrics).filter(([metric]) => !/(^|\.)fold$/.test(metric)).map(([metric, values]) => {
       const numbers = ids.map((i) => values[i]).filter((v) => typeof v === "number");
       const higher = /IoU|Dice/.test(metric), lower = /loss/.test(metric);
       const best = higher ? Math.max(...numbers) : lower ? Math.min(...numbers) : null;

@@ -47,7 +47,9 @@
 
   function lineChart(element, series, options) {
     options = options || {};
-    const width = 480, height = 260, m = { l: 56, r: 12, t: 12, b: 40 };
+    /* Drawn at the element's own width, so labels keep their size on a phone (redraw on resize). */
+    const width = Math.max(280, Math.min(900, Math.round(element.clientWidth) || 480));
+    const height = Math.round(Math.max(200, Math.min(300, width * 0.55))), m = { l: 56, r: 12, t: 12, b: 40 };
     const drawn = series.filter((s) => s.x && s.x.length);
     element.textContent = "";
     const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "line-chart",
