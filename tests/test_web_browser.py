@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import SHARED_DATASETS
 from service_support import free_port, png_bytes, start_server, tiny_demo, zip_folder
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
@@ -60,7 +61,9 @@ def browser():
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     port = free_port()
-    process = start_server(folder / "work", port, log=folder / "server.log")
+    # Server-path imports may read the shared datasets (the smoke-ht test), nothing else.
+    roots = ["--allow-root", str(SHARED_DATASETS)] if SHARED_DATASETS.is_dir() else []
+    process = start_server(folder / "work", port, *roots, log=folder / "server.log")
     yield f"http://127.0.0.1:{port}"
     process.send_signal(signal.SIGTERM)
     process.wait(30)
@@ -179,7 +182,7 @@ def test_import_train_watch_compare_and_score(browser, server: str, shots: list[
             if page.locator('[data-chart="validation_loss"] svg').count()
             else 0
         )
-        if status == "running" and 0 < points < EPOCHS:
+        if status == "running" and 2 <= points < EPOCHS:  # grown at least once
             seen_running_with_points = True
             session.shoot("04-experiment-running")
             break
@@ -287,3 +290,26 @@ def test_keyboard_reaches_the_form_and_submits(browser, server: str, shots: list
     sync_api.expect(page.locator("#f-name-error")).to_be_visible()
     assert page.evaluate("document.activeElement.id") == "f-name"  # focus moves to the first error
     assert all("status of 422" in error for error in session.errors), session.errors
+
+
+@pytest.mark.shared
+def test_smoke_ht_imports_from_a_server_path(browser, server: str, shots: list[Path], smoke_ht_config_path):
+    """The shared Hydrogen Torch dataset, imported by its path on the server, on its dataset page."""
+    session = Session(browser, server, shots)
+    page = session.page
+    page.goto("/datasets")
+    page.fill("#ds-name", "smoke-ht")
+    page.check("input[name=kind][value=source]")
+    page.fill("#ds-source", str(smoke_ht_config_path.parent))
+    page.click("#import-form button[type=submit]")
+    page.wait_for_url(re.compile(r".*/datasets/[0-9a-f]+$"), timeout=120_000)
+    counts = page.locator("table").first.inner_text()
+    assert "train\t64" in counts and "test\t49" in counts, counts
+    page.locator("#dataset-grid").scroll_into_view_if_needed()
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#dataset-grid img')).every(i => i.complete && i.naturalWidth)",
+        timeout=60_000,
+    )
+    assert page.locator("#dataset-grid img").count() == 24
+    session.shoot("11-dataset-smoke-ht")
+    assert session.errors == [], session.errors
