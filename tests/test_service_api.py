@@ -130,6 +130,28 @@ def test_an_image_the_decoder_chokes_on_fails_only_its_own_request(client: TestC
         assert list(pool.map(post, bodies)) == [200] * 5 + [422]
 
 
+def test_evicting_a_model_answers_what_it_accepted(tmp_path: Path, model_dir: Path, demo_folder: Path):
+    """One model slot, two models asked for in turns: every request is answered, none hangs."""
+    with _client(
+        tmp_path, model=model_dir, model_cache_size=1, allowed_roots=(demo_folder.parent,)
+    ) as client:
+        dataset = client.post("/v1/datasets/import", json={"name": "d", "source": str(demo_folder)}).json()
+        other = client.post("/v1/experiments", json={"name": "e", "dataset_id": dataset["id"]}).json()["id"]
+        Registry.in_folder(tmp_path).update(experiments, other, status="succeeded", run_dir=str(model_dir))
+
+        def post(index: int) -> int:
+            model = "default" if index % 2 else other
+            headers = {"Content-Type": "image/png"}
+            return client.post(
+                f"/v1/predict?model={model}", content=png_bytes(seed=index), headers=headers
+            ).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(post, range(16))) == [200] * 16
+        assert _metric(client.get("/metrics").text, "smokeseg_model_load_seconds_count") >= 2
+        assert len(client.get("/healthz").json()["models_loaded"]) == 1
+
+
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 

@@ -1,7 +1,7 @@
 """Training through a real ``smokeseg serve`` process on loopback: two runs with streamed progress, compare,
-score with a trained run, download its package, cancel a running job; then ``kill -9`` mid-training and
-restarts that continue the job (``--resume-jobs``) or mark it failed, keeping its outputs, with the
-database intact."""
+score with a trained run, download its package, cancel a running job; then ``kill -9`` mid-training, a
+restart that continues the job (``--resume-jobs``), a graceful stop, and a restart that marks it failed,
+its outputs kept and the database intact."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def _events(client: httpx.Client, experiment_id: str) -> list[tuple[str, dict]]:
 
 def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path: Path):
     port = free_port()
-    server = start_server(tmp_path / "work", port)
+    # a and b train side by side; 1-megapixel images at most
+    server = start_server(tmp_path / "work", port, "--max-jobs", "2", "--max-image-megapixels", "1")
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
         archive = zip_folder(demo_folder, tmp_path / "demo.zip")
@@ -104,6 +105,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         assert detail["metrics"]["fold0"]["epochs"] == 2
         report = client.get(detail["report_url"])
         assert report.status_code == 200 and "<html" in report.text.lower()
+        assert "data:image/png;base64," in report.text, "self-contained: its images are inside"
 
         comparison = client.get("/v1/compare", params={"ids": [a, b]}).json()
         assert set(comparison["metrics"]["fold0.validation_IoU"]) == {a, b}
@@ -120,6 +122,10 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
             == 200
         )
         assert set(client.get("/healthz").json()["models_loaded"]) == {a, b}
+        large = client.post(
+            f"/v1/predict?model={a}", content=png_bytes(1000, 1001), headers={"Content-Type": "image/png"}
+        )
+        assert large.status_code == 413 and "limit of 1 megapixels" in large.text
 
         package = client.get(detail["package_url"])
         assert package.status_code == 200 and package.headers["content-type"] == "application/zip"
@@ -138,7 +144,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         _stop(server)
 
 
-def test_kill_9_mid_training_then_restart_resumes_or_marks_the_job_failed(demo_folder: Path, tmp_path: Path):
+def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_path: Path):
     workdir, port = tmp_path / "work", free_port()
     server = start_server(workdir, port, "--allow-root", str(demo_folder))
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
@@ -164,14 +170,14 @@ def test_kill_9_mid_training_then_restart_resumes_or_marks_the_job_failed(demo_f
         assert b"--resume" in Path(f"/proc/{second_training}/cmdline").read_bytes(), (
             "continues from last.ckpt"
         )
-        _kill_9(server)
+        _stop(server)  # a graceful stop this time: it stops the training; the next start decides
+        assert not _alive(second_training)
 
         server = start_server(workdir, port)
         after = client.get(f"/v1/experiments/{experiment['id']}").json()
         assert after["status"] == "failed" and "server stopped" in after["error"]
         assert after["folds"][0]["charts"], "partial outputs are kept and still shown"
         assert (run_dir / "fold0" / "last.ckpt").is_file()
-        assert not _alive(second_training)
         assert [row["id"] for row in client.get("/v1/datasets").json()] == [dataset["id"]]
     finally:
         if server.poll() is None:

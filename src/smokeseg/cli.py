@@ -400,12 +400,14 @@ def serve(
     ] = None,
     max_jobs: Annotated[int, typer.Option(min=1, help="Trainings that run at once.")] = 1,
     resume_jobs: Annotated[
-        bool, typer.Option(help="Continue jobs a crash interrupted, instead of marking them failed.")
+        bool, typer.Option(help="Continue jobs a stop or crash interrupted, instead of marking them failed.")
     ] = False,
     database_url: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="SQLAlchemy URL of the registry (default: SQLite in the work folder)."),
     ] = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest request body (dataset uploads).")] = 2048,
+    max_image_megapixels: Annotated[int, typer.Option(min=1, help="Largest image /v1/predict decodes.")] = 50,
 ) -> None:
     """Run the HTTP API: scoring, datasets, experiments and the training queue (docs at /docs)."""
     import uvicorn
@@ -421,6 +423,8 @@ def serve(
         max_running_jobs=max_jobs,
         resume_jobs=resume_jobs,
         allowed_roots=tuple(path.resolve() for path in allow_root or []),
+        max_upload_bytes=max_upload_mb * 1_000_000,
+        max_image_pixels=max_image_megapixels * 1_000_000,
     )
     uvicorn.run(create_app(settings), host=host, port=port)
 

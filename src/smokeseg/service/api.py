@@ -24,6 +24,7 @@ from smokeseg.service.context import DEFAULT_MODEL, Service, get_service
 from smokeseg.service.errors import NotFoundError, TooLargeError, UnsupportedError, megabytes
 from smokeseg.service.registry import FINAL_STATES, QUEUED, RUNNING, datasets, experiments
 from smokeseg.service.schemas import (
+    NAME_PATTERN,
     Comparison,
     Dataset,
     DatasetDetail,
@@ -53,21 +54,27 @@ _EVENT_POLL_SECONDS = 0.5
 
 
 @system.get("/healthz", response_model=Health)
-def healthz(service: ServiceDep) -> Health:
+async def healthz(service: ServiceDep) -> Health:
     """Liveness and a glance at the load: models in memory, jobs training and waiting."""
+    running, queued = await asyncio.to_thread(_job_counts, service)
     return Health(
         version=__version__,
         models_loaded=list(service.models.workers),
-        jobs_running=len(service.registry.find(experiments, status=RUNNING)),
-        jobs_queued=len(service.registry.find(experiments, status=QUEUED)),
+        jobs_running=running,
+        jobs_queued=queued,
     )
+
+
+def _job_counts(service: Service) -> tuple[int, int]:
+    running, queued = (len(service.registry.find(experiments, status=status)) for status in (RUNNING, QUEUED))
+    return running, queued
 
 
 @system.get("/metrics", response_class=Response)
 def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
-    for status in (QUEUED, RUNNING):
-        service.telemetry.jobs.labels(status).set(len(service.registry.find(experiments, status=status)))
+    for status, count in zip((RUNNING, QUEUED), _job_counts(service), strict=True):
+        service.telemetry.jobs.labels(status).set(count)
     return Response(generate_latest(service.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -136,21 +143,14 @@ async def predict(
     """Score one or more images: the same fields per image as ``smokeseg predict``."""
     uploaded = await _read_images(request, service, name)
     worker = await service.models.get(model)
-    loop = asyncio.get_running_loop()
-    rows = await asyncio.gather(
-        *(
-            worker.score(
-                ScoreItem(
-                    image_name,
-                    data,
-                    threshold,
-                    tuple(output.value for output in images),
-                    loop.create_future(),
-                )
-            )
-            for image_name, data in uploaded
-        )
-    )
+    futures = [
+        worker.submit(ScoreItem(image_name, data, threshold, tuple(output.value for output in images)))
+        for image_name, data in uploaded
+    ]
+    rows = await asyncio.gather(*futures, return_exceptions=True)
+    failure = next((row for row in rows if isinstance(row, BaseException)), None)
+    if failure is not None:
+        raise failure
     return PredictResponse(
         model=model,
         rle_order=worker.predictor.config.dataset.rle_order,
@@ -169,7 +169,7 @@ def _image_score(row: dict[str, Any]) -> dict[str, Any]:
 @v1.post("/datasets", response_model=DatasetDetail, status_code=201, tags=["datasets"])
 def upload_dataset(
     service: ServiceDep,
-    name: Annotated[str, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")],
+    name: Annotated[str, Form(pattern=NAME_PATTERN)],
     file: Annotated[UploadFile, File(description="a Hydrogen Torch zip, or an images/ + masks/ zip")],
 ) -> dict[str, Any]:
     """Import a dataset from an uploaded zip."""
@@ -270,8 +270,8 @@ def cancel_experiment(experiment_id: str, service: ServiceDep) -> dict[str, Any]
 
 
 @v1.delete("/experiments/{experiment_id}", status_code=204, tags=["experiments"])
-def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
-    experiment_store.delete_experiment(service.registry, experiment_id)
+async def delete_experiment(experiment_id: str, service: ServiceDep) -> Response:
+    await asyncio.to_thread(experiment_store.delete_experiment, service.registry, experiment_id)
     service.models.forget(experiment_id)
     return Response(status_code=204)
 
@@ -285,20 +285,11 @@ def download_package(row: ExperimentDep) -> FileResponse:
 
 @v1.get("/experiments/{experiment_id}/report", response_class=FileResponse, tags=["experiments"])
 def report(row: ExperimentDep) -> FileResponse:
-    """The HTML report training wrote (its images load from report_png/ below this URL)."""
-    return _run_file(row, experiment_store.REPORT_NAME)
-
-
-@v1.get("/experiments/{experiment_id}/report_png/{name}", response_class=FileResponse, tags=["experiments"])
-def report_image(name: str, row: ExperimentDep) -> FileResponse:
-    return _run_file(row, f"report_png/{safe_relative_name(name, 'the report')}")
-
-
-def _run_file(row: dict[str, Any], name: str) -> FileResponse:
-    path = Path(row["run_dir"]) / name
+    """The self-contained HTML report training wrote: metrics, charts, validation gallery."""
+    path = Path(row["run_dir"]) / experiment_store.REPORT_NAME
     if not path.is_file():
-        raise NotFoundError(f"Experiment {row['id']} has no {name} (yet).")
-    return FileResponse(path)
+        raise NotFoundError(f"Experiment {row['id']} has no report yet: training writes it when it succeeds.")
+    return FileResponse(path, media_type="text/html")
 
 
 @v1.get("/experiments/{experiment_id}/events", response_class=EventSourceResponse, tags=["experiments"])

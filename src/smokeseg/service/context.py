@@ -28,8 +28,8 @@ class ServiceSettings:
     max_running_jobs: int = 1
     resume_jobs: bool = False
     allowed_roots: tuple[Path, ...] = ()
-    max_upload_bytes: int = 2 << 30
-    max_predict_bytes: int = 64 << 20
+    max_upload_bytes: int = 2_048_000_000
+    max_predict_bytes: int = 64_000_000
     max_image_pixels: int = 50_000_000
     max_images_per_request: int = 32
     model_cache_size: int = 2

@@ -69,22 +69,19 @@ class JobRunner:
         self._wake.set()
 
     def stop(self) -> None:
-        """Server shutdown: stop the trainings and mark them failed, their outputs kept."""
+        """Server shutdown: stop the trainings, their outputs kept. Their rows stay ``running``, as after
+        a crash, so the next start treats both alike: failed, or resumed with --resume-jobs."""
         self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=5)
         with self._lock:
-            for experiment_id, process in list(self.processes.items()):
+            for process in self.processes.values():
                 _kill_group(process.pid, signal.SIGTERM)
-                process.wait(_STOP_GRACE_SECONDS)
-                self.registry.transition(
-                    experiment_id,
-                    {RUNNING},
-                    status=FAILED,
-                    pid=None,
-                    finished_at=now(),
-                    error="The server stopped while this job trained; its partial outputs are kept.",
-                )
+            for process in self.processes.values():
+                try:
+                    process.wait(_STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    _kill_group(process.pid, signal.SIGKILL)
             self.processes.clear()
 
     def recover(self, resume: bool) -> list[str]:
@@ -147,15 +144,21 @@ class JobRunner:
             arguments = ["train", str(folder / JOB_CONFIG_NAME), "--output-dir", str(run_dir)]
         command = [sys.executable, "-m", "smokeseg.cli", *arguments, "--no-progress"]
         with self._lock, open(folder / JOB_LOG_NAME, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
-                start_new_session=True,  # its own process group: a stop reaches data loader workers too
-            )
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=folder,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
+                    start_new_session=True,  # its own process group: a stop reaches data loader workers too
+                )
+            except OSError as error:
+                self.registry.transition(
+                    job["id"], {RUNNING}, status=FAILED, finished_at=now(), error=f"Could not start: {error}"
+                )
+                return
             self.processes[job["id"]] = process
             self.registry.update(experiments, job["id"], pid=process.pid, resume=0)
         logger.info("Experiment %s started (pid %d)", job["id"], process.pid)

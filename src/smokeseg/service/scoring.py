@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -84,36 +84,53 @@ def check_image(name: str, data: bytes, max_pixels: int) -> None:
 
 @dataclass
 class ScoreItem:
-    """One image of one request, with what that request asked for."""
+    """One image of one request, with what that request asked for, and where its answer goes."""
 
     name: str
     data: bytes
     threshold: float | None
     image_outputs: tuple[str, ...]
-    future: asyncio.Future[dict[str, Any]]
+    future: asyncio.Future[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = asyncio.get_running_loop().create_future()
 
 
 class ModelWorker:
-    """A loaded model, its queue, and the task that scores the queue in batches."""
+    """A loaded model, its queue, and the task that scores the queue in batches.
+
+    ``close`` queues a stop mark behind the waiting images: an evicted model answers every image it
+    accepted before it goes.
+    """
 
     def __init__(self, predictor: Predictor, telemetry: Telemetry) -> None:
         self.predictor = predictor
         self.telemetry = telemetry
-        self.queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
+        self.queue: asyncio.Queue[ScoreItem | None] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smokeseg-score")
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    async def score(self, item: ScoreItem) -> dict[str, Any]:
+    def submit(self, item: ScoreItem) -> asyncio.Future[dict[str, Any]]:
+        """Queue an image; synchronous, so a caller that just got this worker from the cache queues on it
+        before any other request can evict it."""
         self.telemetry.queue_depth.inc()
-        await self.queue.put(item)
-        return await item.future
+        self.queue.put_nowait(item)
+        return item.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
+        stopping = False
+        while not stopping:
+            first = await self.queue.get()
+            if first is None:
+                break
+            batch = [first]
             while len(batch) < self.predictor.batch_size and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+                item = self.queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
             self.telemetry.queue_depth.dec(len(batch))
             self.telemetry.batch_size.observe(len(batch))
             results = await loop.run_in_executor(self.executor, self._score_apart, batch)
@@ -124,6 +141,7 @@ class ModelWorker:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+        self.executor.shutdown(wait=False)
 
     def _score_apart(self, batch: list[ScoreItem]) -> list[dict[str, Any] | SmokesegError]:
         """Score a batch; should it fail as a whole, score its images one by one, so that one image the
@@ -160,8 +178,7 @@ class ModelWorker:
         return row
 
     def close(self) -> None:
-        self.task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.queue.put_nowait(None)
 
 
 class ModelCache:
@@ -175,25 +192,31 @@ class ModelCache:
         self.capacity = capacity
         self.device = device
         self.workers: OrderedDict[str, ModelWorker] = OrderedDict()
-        self.lock = asyncio.Lock()
+        self.loading: dict[str, asyncio.Lock] = {}
 
     async def get(self, key: str) -> ModelWorker:
-        async with self.lock:  # one load at a time: two requests for a cold model load it once
-            if key in self.workers:
-                self.workers.move_to_end(key)
-                return self.workers[key]
-            path = self.resolve(key)
-            started = time.perf_counter()
-            predictor = await asyncio.to_thread(Predictor.from_path, path, self.device)
-            self.telemetry.model_load_seconds.observe(time.perf_counter() - started)
-            self.workers[key] = ModelWorker(predictor, self.telemetry)
-            while len(self.workers) > self.capacity:
-                _, evicted = self.workers.popitem(last=False)
-                evicted.close()
-            return self.workers[key]
+        """The model's worker. Call on the event loop and queue on it before the next ``await``."""
+        worker = self.workers.get(key)
+        if worker is None:
+            # A lock per model: two requests for a cold model load it once, and the loaded ones keep scoring.
+            async with self.loading.setdefault(key, asyncio.Lock()):
+                worker = self.workers.get(key) or await self._load(key)
+        self.workers.move_to_end(key)
+        return worker
+
+    async def _load(self, key: str) -> ModelWorker:
+        path = self.resolve(key)
+        started = time.perf_counter()
+        predictor = await asyncio.to_thread(Predictor.from_path, path, self.device)
+        self.telemetry.model_load_seconds.observe(time.perf_counter() - started)
+        worker = self.workers[key] = ModelWorker(predictor, self.telemetry)
+        while len(self.workers) > self.capacity:
+            _, evicted = self.workers.popitem(last=False)
+            evicted.close()
+        return worker
 
     def forget(self, key: str) -> None:
-        """Drop a model whose experiment was deleted."""
+        """Drop a model whose experiment was deleted (on the event loop: the queues are asyncio's)."""
         worker = self.workers.pop(key, None)
         if worker is not None:
             worker.close()
