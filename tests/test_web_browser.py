@@ -58,11 +58,21 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def frames(tmp_path_factory) -> Path:
+    """A folder of frames on the server, for the predict page's server-folder mode."""
+    folder = tmp_path_factory.mktemp("frames")
+    for seed in range(2):
+        (folder / f"frame{seed}.png").write_bytes(png_bytes(64, 80, seed=seed))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, frames: Path):
     folder = tmp_path_factory.mktemp("web")
     port = free_port()
-    # Server-path imports may read the shared datasets (the smoke-ht test), nothing else.
-    roots = ["--allow-root", str(SHARED_DATASETS)] if SHARED_DATASETS.is_dir() else []
+    # The server may read the frames folder and the shared datasets (the smoke-ht test), nothing else.
+    roots = ["--allow-root", str(frames)]
+    roots += ["--allow-root", str(SHARED_DATASETS)] if SHARED_DATASETS.is_dir() else []
     process = start_server(folder / "work", port, *roots, log=folder / "server.log")
     yield f"http://127.0.0.1:{port}"
     process.send_signal(signal.SIGTERM)
@@ -134,7 +144,9 @@ def _fill_form(page, name: str, epochs: int, learning_rate: str | None = None) -
         page.fill("#f-training-learning_rate", learning_rate)
 
 
-def test_import_train_watch_compare_and_score(browser, server: str, shots: list[Path], tmp_path: Path):
+def test_import_train_watch_compare_and_score(
+    browser, server: str, shots: list[Path], frames: Path, tmp_path: Path
+):
     session = Session(browser, server, shots)
     page = session.page
     archive = zip_folder(tiny_demo(tmp_path / "demo"), tmp_path / "demo.zip")
@@ -258,6 +270,10 @@ def test_import_train_watch_compare_and_score(browser, server: str, shots: list[
     assert _images_loaded(page, "#results img") == 1
     sync_api.expect(page.locator("#predictions-csv")).to_be_visible()
     session.shoot("08-predict")
+    # A folder on the server: its images go to /v1/predict as uploads do.
+    page.fill("#p-folder", str(frames))
+    page.click("#score")
+    sync_api.expect(page.locator("#results figcaption b")).to_have_text(["frame0.png", "frame1.png"])
 
     # The remaining pages, and the datasets list with one dataset in it.
     page.goto("/datasets")

@@ -129,3 +129,23 @@ def test_ui_data_routes_404_before_training(client: TestClient, demo_zip: Path):
     assert client.get(f"{base}/files/0/checkpoint").status_code == 404
     assert client.get(f"{base}/gallery/0/x.png").status_code == 404
     assert client.get("/ui/experiments/nope/config.yaml").status_code == 404
+
+
+def test_server_images_only_below_the_allowed_roots(tmp_path: Path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "a.png").write_bytes(b"\x89PNG not really")
+    (frames / "notes.txt").write_text("not an image")
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, allowed_roots=(frames,))
+    with TestClient(create_app(settings)) as client:
+        listing = client.get("/ui/server-images", params={"folder": str(frames)}).json()
+        assert listing == {"folder": str(frames.resolve()), "images": ["a.png"], "total": 1}
+        assert client.get("/ui/server-images/file", params={"path": str(frames / "a.png")}).status_code == 200
+        assert (
+            client.get("/ui/server-images/file", params={"path": str(frames / "notes.txt")}).status_code
+            == 404
+        )
+        outside = client.get("/ui/server-images", params={"folder": str(tmp_path)})
+        assert outside.status_code == 403 and "--allow-root" not in outside.json()["detail"]
+        escape = client.get("/ui/server-images/file", params={"path": str(frames / ".." / "work")})
+        assert escape.status_code == 403

@@ -42,7 +42,7 @@ from smokeseg.report.overlay import overlay_mask
 from smokeseg.service import experiments as experiment_store
 from smokeseg.service.api import ServiceDep
 from smokeseg.service.context import DEFAULT_MODEL
-from smokeseg.service.errors import NotFoundError
+from smokeseg.service.errors import ForbiddenError, NotFoundError
 from smokeseg.service.registry import SUCCEEDED, datasets, experiments
 
 HERE = Path(__file__).parent
@@ -423,3 +423,41 @@ def run_files(experiment_id: str, service: ServiceDep) -> dict[str, dict[str, st
             if any((folder / name).is_file() for name in names)
         }
     return found
+
+
+# --- images in a folder on the server, for the predict page ------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FOLDER_IMAGES_SHOWN = 200
+
+
+def _inside_roots(service: Any, path_text: str) -> Path:
+    """A server path, only below the --allow-root folders (the rule server-path imports follow)."""
+    path = Path(path_text).expanduser().resolve()
+    roots = service.settings.allowed_roots
+    if not any(path.is_relative_to(root.resolve()) for root in roots):
+        allowed = ", ".join(map(str, roots)) or "none (start the server with --allow-root DIR)"
+        raise ForbiddenError(f"{path_text} is outside the folders this server may read: {allowed}.")
+    return path
+
+
+@pages.get("/ui/server-images")
+def server_images(service: ServiceDep, folder: str) -> dict[str, Any]:
+    """The images in a server folder (not recursive), for the browser to send to /v1/predict."""
+    path = _inside_roots(service, folder)
+    if not path.is_dir():
+        raise NotFoundError(f"{folder} is not a folder on the server.")
+    names = sorted(
+        item.name
+        for item in path.iterdir()
+        if item.is_file() and not item.is_symlink() and item.suffix.lower() in IMAGE_SUFFIXES
+    )
+    return {"folder": str(path), "images": names[:FOLDER_IMAGES_SHOWN], "total": len(names)}
+
+
+@pages.get("/ui/server-images/file")
+def server_image(service: ServiceDep, path: str) -> FileResponse:
+    file = _inside_roots(service, path)
+    if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file() or file.is_symlink():
+        raise NotFoundError(f"{path} is not an image file on the server.")
+    return FileResponse(file)

@@ -454,17 +454,38 @@
     drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
     drop.addEventListener("dragleave", () => drop.classList.remove("over"));
     drop.addEventListener("drop", (event) => { event.preventDefault(); drop.classList.remove("over"); setFiles(event.dataTransfer.files); });
+    /** A server folder's images, fetched as files so that scoring goes through /v1/predict as uploads do. */
+    async function folderFiles(folder) {
+      const listing = await api("GET", `/ui/server-images?folder=${encodeURIComponent(folder)}`);
+      if (!listing.images.length) throw new Error(`${listing.folder} holds no image.`);
+      return Promise.all(listing.images.map(async (name) => {
+        const path = `${listing.folder}/${name}`;
+        const response = await fetch(`/ui/server-images/file?path=${encodeURIComponent(path)}`);
+        if (!response.ok) throw new Error(`${path}: ${response.status}`);
+        const blob = await response.blob();
+        return new File([blob], name, { type: blob.type || "application/octet-stream" });
+      }));
+    }
+
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const status = $("#predict-status");
-      if (!files.length) { status.className = "errors"; status.textContent = "Pick or drop at least one image."; return; }
-      const data = new FormData();
-      for (const file of files) data.append("files", file, file.name);
+      const folder = $("#p-folder").value.trim();
+      if (!files.length && !folder) { status.className = "errors"; status.textContent = "Pick or drop at least one image, or name a folder."; return; }
       const params = new URLSearchParams({ model: $("#p-model").value, images: "overlays" });
       if ($("#p-threshold").value !== "") params.set("threshold", $("#p-threshold").value);
-      status.className = ""; status.textContent = `Scoring ${files.length} image(s)…`;
+      status.className = "";
       try {
-        const result = await api("POST", `/v1/predict?${params}`, data);
+        const chosen = folder ? await folderFiles(folder) : files;
+        status.textContent = `Scoring ${chosen.length} image(s)…`;
+        const result = { model: $("#p-model").value, predictions: [] };
+        for (let start = 0; start < chosen.length; start += 16) {  /* under the server's per-request limits */
+          const data = new FormData();
+          for (const file of chosen.slice(start, start + 16)) data.append("files", file, file.name);
+          const part = await api("POST", `/v1/predict?${params}`, data);
+          result.predictions.push(...part.predictions);
+          status.textContent = `Scored ${result.predictions.length} of ${chosen.length} image(s)…`;
+        }
         status.textContent = `Scored ${result.predictions.length} image(s) with ${result.model}.`;
         $("#results").innerHTML = result.predictions.map((p) => `<figure class="tile result" data-smoke="${p.smoke}">
             <img src="data:image/jpeg;base64,${p.images.overlays}" alt="${esc(p.image_id)} with the predicted smoke and its boxes">
