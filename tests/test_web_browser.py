@@ -94,14 +94,18 @@ class Session:
 
     def __init__(self, browser, base: str, shots: list[Path]) -> None:
         self.context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=base)
-        self.page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page = self.new_page()
         self.shots = shots
 
-    def shoot(self, name: str) -> None:
-        page = self.page
+    def new_page(self):
+        page = self.context.new_page()
+        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        return page
+
+    def shoot(self, name: str, page=None) -> None:
+        page = page or self.page
         for size, (width, height) in SIZES.items():
             page.set_viewport_size({"width": width, "height": height})
             page.wait_for_timeout(150)
@@ -202,6 +206,14 @@ def test_import_train_watch_compare_and_score(
             break
         page.wait_for_timeout(200)
     assert seen_running_with_points, "the charts never showed points while the training ran"
+    # Meanwhile, in another tab, the experiments table shows the run's progress.
+    table = session.new_page()
+    table.goto("/experiments")
+    sync_api.expect(table.locator(f'tr[data-id="{first_id}"] .status')).to_contain_text(
+        re.compile(r"running epoch \d/\d"), timeout=15_000
+    )
+    session.shoot("06-experiments-running", table)
+    table.close()
     sync_api.expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
     page.wait_for_function(
         f"+document.querySelector('[data-chart=\"validation_loss\"] svg').dataset.points === {EPOCHS}"
@@ -246,7 +258,7 @@ def test_import_train_watch_compare_and_score(
     page.goto("/experiments")
     sync_api.expect(page.locator("#experiments-table tbody tr")).to_have_count(2)
     sync_api.expect(page.locator(f'tr[data-id="{first_id}"] .status')).to_have_text("succeeded")
-    session.shoot("06-experiments")
+    session.shoot("07-experiments")
     page.check(f'tr[data-id="{first_id}"] input.pick')
     page.check(f'tr[data-id="{second_id}"] input.pick')
     page.click("#compare-selected")
@@ -254,7 +266,7 @@ def test_import_train_watch_compare_and_score(
     sync_api.expect(page.locator("#compare-config-table")).to_contain_text("training.learning_rate")
     sync_api.expect(page.locator("#compare-metrics-table")).to_contain_text("fold0.validation_IoU")
     assert page.locator('[data-chart="validation_loss"] path.series').count() == 2
-    session.shoot("07-compare")
+    session.shoot("08-compare")
 
     # Predict: upload an image, score it with the first run, see its overlay and verdict.
     image = tmp_path / "frame.png"
@@ -269,7 +281,7 @@ def test_import_train_watch_compare_and_score(
     assert "confidence" in result.inner_text()
     assert _images_loaded(page, "#results img") == 1
     sync_api.expect(page.locator("#predictions-csv")).to_be_visible()
-    session.shoot("08-predict")
+    session.shoot("09-predict")
     # A folder on the server: its images go to /v1/predict as uploads do.
     page.fill("#p-folder", str(frames))
     page.click("#score")
@@ -277,9 +289,9 @@ def test_import_train_watch_compare_and_score(
 
     # The remaining pages, and the datasets list with one dataset in it.
     page.goto("/datasets")
-    session.shoot("09-datasets")
+    session.shoot("10-datasets")
     page.goto("/experiments/new")
-    session.shoot("10-new-experiment")
+    session.shoot("11-new-experiment")
     # Chromium logs the one refused config (the 422 the form asked for) as a failed resource; nothing else.
     expected = "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
     assert session.errors == [expected], session.errors
@@ -327,5 +339,5 @@ def test_smoke_ht_imports_from_a_server_path(browser, server: str, shots: list[P
         timeout=60_000,
     )
     assert page.locator("#dataset-grid img").count() == 24
-    session.shoot("11-dataset-smoke-ht")
+    session.shoot("12-dataset-smoke-ht")
     assert session.errors == [], session.errors

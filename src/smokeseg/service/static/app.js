@@ -178,7 +178,8 @@
         try {
           const detail = await api("GET", `/v1/experiments/${e.id}`);
           const p = progressOf(detail.folds.flatMap((f) => f.log));
-          if (p) progress[e.id] = `epoch ${p.epoch}/${p.epochs} · fold ${detail.folds.length}`;
+          const fold = detail.folds.length ? detail.folds[detail.folds.length - 1].fold : null;
+          if (p) progress[e.id] = `epoch ${p.epoch}/${p.epochs}${fold !== null ? ` · fold ${fold}` : ""}`;
         } catch (error) { /* finished meanwhile */ }
       }));
       if (!rows.length) body.innerHTML = '<tr><td colspan="8">No experiments yet: <a href="/experiments/new">start one</a>.</td></tr>';
