@@ -149,3 +149,14 @@ def test_server_images_only_below_the_allowed_roots(tmp_path: Path):
         assert outside.status_code == 403 and "--allow-root" not in outside.json()["detail"]
         escape = client.get("/ui/server-images/file", params={"path": str(frames / ".." / "work")})
         assert escape.status_code == 403
+
+
+def test_with_a_token_the_pages_are_guarded_like_the_api(tmp_path: Path):
+    """--token guards the pages and /ui routes too (a browser cannot send it: the pages are for
+    servers without one); the static files hold no data and stay readable."""
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, token="s3cret")
+    with TestClient(create_app(settings)) as client:
+        for url in ("/experiments", "/datasets", "/predict", "/ui/experiments/x/files"):
+            assert client.get(url).status_code == 401, url
+        assert client.get("/experiments", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/static/app.js").status_code == 200
