@@ -7,8 +7,8 @@
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
   const CHARTS = {
     learning_rate: { keys: ["learning_rate"], zero: true },
-    train_loss: { keys: ["train_loss"], smooth: true },
-    validation_loss: { keys: ["validation_loss"] },
+    train_loss: { keys: ["train_loss"], smooth: true, logIfWide: true },
+    validation_loss: { keys: ["validation_loss"], logIfWide: true },
     validation_IoU: { keys: ["validation_IoU", "validation_Dice"] },
   };
 
@@ -104,6 +104,7 @@
       });
       window.smokesegCharts.lineChart($(".plot", figure), series, {
         label: `${$("figcaption", figure).textContent} chart`, zero: spec.zero, smooth: spec.smooth && labels.length === 1,
+        logIfWide: spec.logIfWide,
         legend: labels.length > 1,
       });
     }

@@ -61,13 +61,21 @@
     }
     const xs = drawn.flatMap((s) => s.x), ys = drawn.flatMap((s) => s.y).filter(Number.isFinite);
     let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-    if (options.zero) y0 = Math.min(0, y0);
+    /* A run that diverged (loss 1e4 beside 1) would flatten the others: such a y axis goes logarithmic. */
+    const log = options.logIfWide && y0 > 0 && y1 / y0 > 100;
+    const ty = log ? Math.log10 : (y) => y;
+    if (options.zero && !log) y0 = Math.min(0, y0);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 0.1; y0 -= pad; y1 += pad; }
-    const yTicks = niceTicks(y0, y1, 4), xTicks = niceTicks(x0, x1, 4);
-    y0 = yTicks[0]; y1 = yTicks[yTicks.length - 1];
+    let yTicks;
+    if (log) {
+      yTicks = [];
+      for (let k = Math.floor(Math.log10(y0)); k <= Math.ceil(Math.log10(y1)); k++) yTicks.push(Math.pow(10, k));
+    } else yTicks = niceTicks(y0, y1, 4);
+    const xTicks = niceTicks(x0, x1, 4);
+    y0 = ty(yTicks[0]); y1 = ty(yTicks[yTicks.length - 1]);
     const sx = (x) => m.l + ((x - x0) / (x1 - x0)) * (width - m.l - m.r);
-    const sy = (y) => height - m.b - ((y - y0) / (y1 - y0)) * (height - m.t - m.b);
+    const sy = (y) => height - m.b - ((ty(y) - y0) / (y1 - y0)) * (height - m.t - m.b);
     const grid = el("g", { class: "grid" }, svg);
     for (const t of yTicks) {
       el("line", { x1: m.l, x2: width - m.r, y1: sy(t), y2: sy(t) }, grid);
@@ -79,7 +87,7 @@
       el("text", { x: sx(t), y: height - m.b + 16, "text-anchor": "middle" }, grid).textContent = fmt(t);
     }
     el("text", { x: (m.l + width - m.r) / 2, y: height - 6, "text-anchor": "middle", class: "axis-label" }, svg)
-      .textContent = options.xlabel || "training samples seen";
+      .textContent = (options.xlabel || "training samples seen") + (log ? " · y: log scale" : "");
     drawn.forEach((s, index) => {
       const color = s.color || PALETTE[index % PALETTE.length];
       const points = s.x.map((x, i) => [x, s.y[i]]).filter((p) => Number.isFinite(p[1]));
