@@ -75,7 +75,9 @@ def test_dataset_page_shows_counts_histograms_and_mask_tiles(client: TestClient,
     tile = client.get(f"/ui/datasets/{dataset['id']}/grid/0.jpg")
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
     assert client.get(f"/ui/datasets/{dataset['id']}/grid/99.jpg").status_code == 404
-    assert client.get("/datasets/nope").status_code == 404
+    missing = client.get("/datasets/nope")
+    assert missing.status_code == 404 and "No dataset with id nope." in missing.text
+    assert missing.headers["content-type"].startswith("text/html")
 
 
 def test_form_fields_come_from_the_schema():

@@ -13,6 +13,7 @@ import io
 import json
 import types
 import typing
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ import pandas as pd
 import yaml
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
@@ -47,7 +49,31 @@ from smokeseg.service.registry import SUCCEEDED, datasets, experiments
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
-pages = APIRouter(include_in_schema=False)
+
+
+class PageRoute(APIRoute):
+    """A page that fails (no such dataset, a recipe that does not exist) answers with an HTML page
+    holding the reason and a way back, instead of the API's JSON; /ui data routes keep the JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.path.startswith("/ui/"):
+            return handler
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SmokesegError as error:
+                from smokeseg.service.app import status_for  # app imports this module
+
+                response = _render(request, "error.html", message=str(error))
+                response.status_code = status_for(error)
+                return response
+
+        return page_handler
+
+
+pages = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 # The settings people change most, in the order the form shows them (issue P2.6); the rest is YAML.
 FORM_FIELDS: tuple[tuple[str, str], ...] = (

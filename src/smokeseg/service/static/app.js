@@ -316,6 +316,10 @@
       if (error) { $("#error").textContent = error; $("#error").hidden = false; }
     }
 
+    function showFailure(error) {
+      $("#error").textContent = error.message; $("#error").hidden = false;
+    }
+
     function redraw() {
       const labels = Object.keys(charts).sort();
       const byLabel = {}; for (const fold of labels) byLabel[`fold${fold}`] = charts[fold];
@@ -390,10 +394,11 @@
       source.addEventListener("status", (event) => {
         const data = JSON.parse(event.data); setStatus(data.status, data.error);
       });
-      source.addEventListener("end", () => {
+      source.addEventListener("end", (event) => {
         source.close();
         $("#live").textContent = ""; $("#progress").textContent = "";
-        loadDetail();
+        if (JSON.parse(event.data).status === "deleted") { showFailure(new Error("This experiment was deleted.")); return; }
+        loadDetail().catch(showFailure);
       });
       source.onerror = () => { if (source.readyState === EventSource.CLOSED) $("#live").textContent = "· disconnected"; };
     }
@@ -403,7 +408,7 @@
       try { const e = await api("POST", `/v1/experiments/${id}/cancel`); setStatus(e.status); }
       catch (error) { $("#error").textContent = error.message; $("#error").hidden = false; }
     });
-    loadDetail().then((detail) => { if (!FINAL.has(detail.status)) follow(); });
+    loadDetail().then((detail) => { if (!FINAL.has(detail.status)) follow(); }).catch(showFailure);
   }
 
   /* ---- compare ----------------------------------------------------------------------------------- */
