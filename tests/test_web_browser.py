@@ -341,3 +341,38 @@ def test_smoke_ht_imports_from_a_server_path(browser, server: str, shots: list[P
     assert page.locator("#dataset-grid img").count() == 24
     session.shoot("12-dataset-smoke-ht")
     assert session.errors == [], session.errors
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_smoke_ht_trains_from_the_form(browser, server: str, shots: list[Path], smoke_ht_config_path):
+    """Two quick epochs on smoke-ht (20 s to a minute on 2 cores), then the gallery of real smoke."""
+    imported = httpx.post(
+        f"{server}/v1/datasets/import",
+        json={"name": "smoke-ht-train", "source": str(smoke_ht_config_path.parent)},
+        timeout=120,
+    )
+    assert imported.status_code == 201, imported.text
+    session = Session(browser, server, shots)
+    page = session.page
+    page.goto(f"/datasets/{imported.json()['id']}")
+    page.click("text=Train on this dataset")
+    page.wait_for_url("**/experiments/new?dataset=*")
+    _fill_form(page, "ht-r18", epochs=2)
+    page.fill("#f-image-image_height", "128")
+    page.fill("#f-image-image_width", "128")
+    page.fill("#f-training-batch_size", "8")
+    page.click("details.advanced summary")
+    page.fill("#f-yaml", ADVANCED_YAML)
+    page.click("#start-training")
+    page.wait_for_url(EXPERIMENT_URL)
+    sync_api.expect(page.locator("#status")).to_have_text("succeeded", timeout=150_000)
+    sync_api.expect(page.locator("#test-table")).to_contain_text("fold0")
+    page.wait_for_function("document.querySelectorAll('#gallery img').length === 13")
+    page.locator("#gallery").scroll_into_view_if_needed()
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete && i.naturalWidth)",
+        timeout=60_000,
+    )
+    session.shoot("13-experiment-smoke-ht")
+    assert session.errors == [], session.errors
