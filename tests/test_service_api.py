@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
 
 from service_support import TINY_CONFIG, png_bytes, tiny_demo, zip_folder
 from smokeseg.config.load import config_from_dict, resolve_paths
 from smokeseg.data.rle import rle_decode
 from smokeseg.service.app import create_app
 from smokeseg.service.context import ServiceSettings
-from smokeseg.service.registry import QUEUED, Registry, experiments
+from smokeseg.service.registry import QUEUED, Registry, experiments, metadata
 from smokeseg.training import run
 
 
@@ -474,3 +476,14 @@ def test_recover_marks_interrupted_jobs_failed_or_queues_them_to_resume(tmp_path
     with _client(tmp_path, resume_jobs=True):
         pass
     assert [(row["status"], row["resume"]) for row in registry.find(experiments)] == [(QUEUED, 1)] * 2
+
+
+def test_registry_schema_is_portable_and_times_are_utc(tmp_path: Path, demo_folder: Path):
+    """The tables compile for PostgreSQL (a team's server database); SQLite hands timestamps back in UTC."""
+    dialect = postgresql.dialect()
+    ddl = {table.name: str(CreateTable(table).compile(dialect=dialect)) for table in metadata.sorted_tables}
+    assert "summary JSON" in ddl["datasets"] and "created_at TIMESTAMP WITH TIME ZONE" in ddl["experiments"]
+    with _client(tmp_path, allowed_roots=(demo_folder.parent,)) as client:
+        created = client.post("/v1/datasets/import", json={"name": "d", "source": str(demo_folder)}).json()
+        listed = client.get("/v1/datasets").json()[0]
+    assert created["created_at"].endswith("Z") and listed["created_at"] == created["created_at"]

@@ -5,11 +5,13 @@ its outputs kept and the database intact."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -136,9 +138,14 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
             "/v1/experiments", json={"name": "c", "dataset_id": dataset["id"], "config": LONG_CONFIG}
         ).json()
         running = _wait_status(client, long["id"], {"running"})
+        training = _wait_for_pid(tmp_path / "work", long["id"])
         cancelled = client.post(f"/v1/experiments/{running['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
         assert client.get("/healthz").json()["jobs_running"] == 0
+        deadline = time.monotonic() + 20
+        while _alive(training):
+            assert time.monotonic() < deadline, "a cancelled training is stopped"
+            time.sleep(0.2)
         assert client.delete(f"/v1/experiments/{long['id']}").status_code == 204
     finally:
         _stop(server)
@@ -163,13 +170,13 @@ def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_
         server = start_server(workdir, port, "--resume-jobs")
         resumed = _wait_status(client, experiment["id"], {"running"}, timeout=30)
         assert resumed["error"] is None and not _alive(first_training), "the orphan was stopped"
-        deadline = time.monotonic() + 30
-        while not (second_training := _training_pid(workdir, experiment["id"])):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        second_training = _wait_for_pid(workdir, experiment["id"])
         assert b"--resume" in Path(f"/proc/{second_training}/cmdline").read_bytes(), (
             "continues from last.ckpt"
         )
+        listener = threading.Thread(target=_listen, args=(client, experiment["id"]), daemon=True)
+        listener.start()  # an open event stream must not hold the stop up
+        time.sleep(1)
         _stop(server)  # a graceful stop this time: it stops the training; the next start decides
         assert not _alive(second_training)
 
@@ -186,6 +193,11 @@ def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_
         assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+def _listen(client: httpx.Client, experiment_id: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        _events(client, experiment_id)
+
+
 def _kill_9(server) -> None:
     server.send_signal(signal.SIGKILL)
     server.wait(10)
@@ -194,6 +206,14 @@ def _kill_9(server) -> None:
 def _training_pid(workdir: Path, experiment_id: str) -> int:
     with sqlite3.connect(workdir / DATABASE_NAME) as database:
         return database.execute("SELECT pid FROM experiments WHERE id = ?", (experiment_id,)).fetchone()[0]
+
+
+def _wait_for_pid(workdir: Path, experiment_id: str) -> int:
+    deadline = time.monotonic() + 30
+    while not (pid := _training_pid(workdir, experiment_id)):
+        assert time.monotonic() < deadline, "the job never got a process"
+        time.sleep(0.2)
+    return pid
 
 
 def _alive(pid: int) -> bool:

@@ -412,7 +412,7 @@ def serve(
     """Run the HTTP API: scoring, datasets, experiments and the training queue (docs at /docs)."""
     import uvicorn
 
-    from smokeseg.service.app import create_app
+    from smokeseg.service.app import GRACEFUL_SHUTDOWN_SECONDS, create_app
     from smokeseg.service.context import ServiceSettings
 
     settings = ServiceSettings(
@@ -426,7 +426,9 @@ def serve(
         max_upload_bytes=max_upload_mb * 1_000_000,
         max_image_pixels=max_image_megapixels * 1_000_000,
     )
-    uvicorn.run(create_app(settings), host=host, port=port)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
+    )
 
 
 def main() -> None:

@@ -47,6 +47,9 @@ STATUS_BY_ERROR: dict[type[SmokesegError], int] = {
     SmokesegError: 400,
 }
 
+# Event streams stay open until their job ends: without a limit, stopping the server would wait on them.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
 _bearer = HTTPBearer(auto_error=False, description="Bearer token, when the server runs with --token")
 
 

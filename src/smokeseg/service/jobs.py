@@ -119,6 +119,8 @@ class JobRunner:
             process = self.processes.get(experiment_id)
             if process is not None:
                 _kill_group(process.pid, signal.SIGTERM)
+                # Lightning may finish its step first; one that does not stop in time is killed.
+                threading.Timer(_STOP_GRACE_SECONDS, _kill_if_running, (process,)).start()
         self.wake()
 
     def _loop(self) -> None:
@@ -191,6 +193,11 @@ def _tail(path: Path, lines: int = _ERROR_LINES) -> str:
     if not path.is_file():
         return ""
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def _kill_if_running(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        _kill_group(process.pid, signal.SIGKILL)
 
 
 def _kill_group(pid: int, sig: int) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     create_engine,
     event,
     select,
@@ -38,6 +39,17 @@ DATABASE_NAME = "smokeseg.db"
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that comes back in UTC from every database: SQLite keeps no time zone, PostgreSQL does."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
 metadata = MetaData()
 
 datasets = Table(
@@ -49,7 +61,7 @@ datasets = Table(
     Column("path", Text, nullable=False),  # the imported files, under the work folder
     Column("dataset_config", JSON, nullable=False),  # the config's dataset section, paths absolute
     Column("summary", JSON, nullable=False),  # the `data check` report
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 experiments = Table(
@@ -64,9 +76,9 @@ experiments = Table(
     Column("error", Text),
     Column("pid", Integer),  # the training process while running
     Column("resume", Integer, nullable=False, default=0),  # 1: the next start continues the run
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
 )
 
 
