@@ -5,6 +5,7 @@
   const $ = (selector, root) => (root || document).querySelector(selector);
   const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const SCORE = /IoU|Dice|loss/;  /* metrics shown with four decimals, 0 included */
   const CHARTS = {
     learning_rate: { keys: ["learning_rate"], zero: true },
     train_loss: { keys: ["train_loss"], smooth: true, logIfWide: true },
@@ -191,8 +192,8 @@
           <th scope="row"><a href="/experiments/${esc(e.id)}">${esc(e.name)}</a></th>
           <td>${esc(names[e.dataset_id] || e.dataset_id)}</td>
           <td>${statusBadge(e.status, progress[e.id])}${e.error ? `<div class="hint wrap">${esc(e.error.slice(0, 160))}</div>` : ""}</td>
-          <td class="num">${number(foldMean(e.metrics, "validation_IoU"))}</td>
-          <td class="num">${number(foldMean(e.metrics, "test_IoU"))}</td>
+          <td class="num">${number(foldMean(e.metrics, "validation_IoU"), 4)}</td>
+          <td class="num">${number(foldMean(e.metrics, "test_IoU"), 4)}</td>
           <td class="num">${duration(runSeconds(e))}</td>
           <td class="row-actions">
             <a href="/experiments/${esc(e.id)}">Open</a>
@@ -249,7 +250,6 @@
 
   function initNewExperiment() {
     const form = $("#experiment-form");
-    const template = $("#start-from");
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       for (const node of $$(".field-error", form)) { node.hidden = true; node.textContent = ""; }
@@ -289,7 +289,6 @@
         if (first.focus) first.focus();
       }
     });
-    if (template) template.addEventListener("change", () => { /* keyboard users press Load */ });
   }
 
   /* ---- experiment page --------------------------------------------------------------------------- */
@@ -300,7 +299,7 @@
     const keys = Array.from(new Set(folds.flatMap((f) => Object.keys(metrics[f])))).filter((k) => k !== "fold");
     const head = `<tr><th scope="col">metric</th>${folds.map((f) => `<th scope="col">${esc(f)}</th>`).join("")}</tr>`;
     const rows = keys.map((k) => `<tr><th scope="row">${esc(k)}</th>${folds.map((f) =>
-      `<td class="num">${k === "wall_time_s" ? duration(metrics[f][k]) : esc(number(metrics[f][k]))}</td>`).join("")}</tr>`);
+      `<td class="num">${k === "wall_time_s" ? duration(metrics[f][k]) : esc(number(metrics[f][k], SCORE.test(k) ? 4 : undefined))}</td>`).join("")}</tr>`);
     return `<table class="metrics" id="metrics-table">${head}${rows.join("")}</table>`;
   }
 
@@ -358,7 +357,7 @@
       const test = Object.entries(detail.metrics || {}).filter(([, m]) => m && m.test_IoU != null);
       if (test.length) {
         $("#test-results").innerHTML = `<table id="test-table"><tr><th scope="col">fold</th><th scope="col">test IoU</th><th scope="col">test Dice</th><th scope="col">mean per-image IoU</th><th scope="col">images</th></tr>${
-          test.map(([fold, m]) => `<tr><th scope="row">${esc(fold)}</th><td class="num">${number(m.test_IoU)}</td><td class="num">${number(m.test_Dice)}</td><td class="num">${number(m.test_mean_image_IoU)}</td><td class="num">${number(m.test_observations)}</td></tr>`).join("")}</table>`;
+          test.map(([fold, m]) => `<tr><th scope="row">${esc(fold)}</th><td class="num">${number(m.test_IoU, 4)}</td><td class="num">${number(m.test_Dice, 4)}</td><td class="num">${number(m.test_mean_image_IoU, 4)}</td><td class="num">${number(m.test_observations)}</td></tr>`).join("")}</table>`;
       } else if (FINAL.has(detail.status)) {
         $("#test-results").innerHTML = "<p>No test split in this dataset.</p>";
       }
@@ -436,7 +435,7 @@
       return `<tr><th scope="row">${esc(metric)}</th>${ids.map((i) => {
         const v = values[i];
         const mark = best !== null && numbers.length > 1 && v === best ? ' class="num best" title="best"' : ' class="num"';
-        return `<td${mark}>${metric.endsWith("wall_time_s") ? duration(v) : esc(number(v))}</td>`;
+        return `<td${mark}>${metric.endsWith("wall_time_s") ? duration(v) : esc(number(v, SCORE.test(metric) ? 4 : undefined))}</td>`;
       }).join("")}</tr>`;
     });
     $("#compare-metrics").innerHTML = `<table id="compare-metrics-table">${head}${metricRows.join("")}</table>`;
