@@ -434,7 +434,8 @@
       const best = higher ? Math.max(...numbers) : lower ? Math.min(...numbers) : null;
       return `<tr><th scope="row">${esc(metric)}</th>${ids.map((i) => {
         const v = values[i];
-        const mark = best !== null && numbers.length > 1 && v === best ? ' class="num best" title="best"' : ' class="num"';
+        const differ = new Set(numbers).size > 1;
+        const mark = best !== null && differ && v === best ? ' class="num best" title="best"' : ' class="num"';
         return `<td${mark}>${metric.endsWith("wall_time_s") ? duration(v) : esc(number(v, SCORE.test(metric) ? 4 : undefined))}</td>`;
       }).join("")}</tr>`;
     });

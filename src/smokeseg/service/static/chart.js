@@ -61,8 +61,8 @@
     }
     const xs = drawn.flatMap((s) => s.x), ys = drawn.flatMap((s) => s.y).filter(Number.isFinite);
     let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-    /* A run that diverged (loss 1e4 beside 1) would flatten the others: such a y axis goes logarithmic. */
-    const log = options.logIfWide && y0 > 0 && y1 / y0 > 100;
+    /* A run that diverged (loss 40 beside 1) would flatten the others: such a y axis goes logarithmic. */
+    const log = options.logIfWide && y0 > 0 && y1 / y0 > 20;
     const ty = log ? Math.log10 : (y) => y;
     if (options.zero && !log) y0 = Math.min(0, y0);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
