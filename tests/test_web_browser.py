@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SHARED_DATASETS
 from service_support import free_port, png_bytes, start_server, tiny_demo, zip_folder
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
 
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # as conftest.py finds it
 EXPERIMENT_URL = re.compile(r".*/experiments/[0-9a-f]+$")
 EPOCHS = 4  # enough validation points to see the charts grow while the run goes on
 SIZES = {"laptop": (1280, 800), "phone": (390, 844)}
@@ -45,7 +45,7 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("no chromium on PATH: install it with `apt-get install -y chromium` (README, .ci/run)")
+    pytest.skip("no chromium on PATH: `make setup-browser` (apt-get install -y chromium, as .ci/run does)")
 
 
 @pytest.fixture(scope="module")
