@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-slow lint benchmark
+.PHONY: setup setup-browser demo test test-slow lint benchmark
 
 $(BIN)/smokeseg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,11 @@ $(BIN)/smokeseg: pyproject.toml
 	touch $@
 
 setup: $(BIN)/smokeseg
+
+# The browser tests drive the system's chromium (Playwright cannot download its own here).
+setup-browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium; }
 
 demo: setup
 	$(BIN)/smokeseg demo

@@ -29,6 +29,7 @@ from smokeseg.service.errors import (
     UnsupportedError,
 )
 from smokeseg.service.jobs import JobRunner
+from smokeseg.service.pages import mount as mount_pages
 from smokeseg.service.registry import Registry
 from smokeseg.service.telemetry import Telemetry, TelemetryMiddleware
 
@@ -111,6 +112,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.service = service
     app.include_router(system)
     app.include_router(v1)
+    mount_pages(app)  # the web pages (service/pages.py), over the same routes
     app.add_exception_handler(SmokesegError, _smokeseg_error)
     app.add_middleware(TelemetryMiddleware, telemetry=telemetry)
     return app

@@ -1,0 +1,164 @@
+"""The web pages in-process (TestClient, no browser, no training): each page renders from the registry,
+the experiment form's fields come from the config schema, templates fill it, and the /ui data routes
+(dataset tiles, downloads) answer or 404 clearly. The browser flow is in test_web_browser.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service_support import TINY_CONFIG, tiny_demo, zip_folder
+from smokeseg.config.schema import AugmentationConfig, TrainingConfig
+from smokeseg.service.app import create_app
+from smokeseg.service.context import ServiceSettings
+from smokeseg.service.pages import FORM_FIELDS, form_fields
+
+
+@pytest.fixture(scope="module")
+def demo_zip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo")
+    return zip_folder(tiny_demo(folder), folder / "demo.zip")
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    # No job runs (max_running_jobs=0): the pages are read while experiments wait in the queue.
+    app = create_app(ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0))
+    with TestClient(app) as client:
+        yield client
+
+
+def _dataset(client: TestClient, demo_zip: Path) -> dict:
+    response = client.post("/v1/datasets", data={"name": "demo"}, files={"file": demo_zip.read_bytes()})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_every_page_renders_with_navigation_and_static_files(client: TestClient, demo_zip: Path):
+    dataset = _dataset(client, demo_zip)
+    created = client.post(
+        "/v1/experiments", json={"name": "a", "dataset_id": dataset["id"], "config": TINY_CONFIG}
+    ).json()
+    pages = [
+        "/datasets",
+        f"/datasets/{dataset['id']}",
+        "/experiments",
+        "/experiments/new",
+        f"/experiments/{created['id']}",
+        f"/compare?ids={created['id']}&ids={created['id']}",
+        "/predict",
+    ]
+    for url in pages:
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.text[:500])
+        assert 'lang="en"' in response.text and '<nav aria-label="Main">' in response.text
+        assert 'aria-current="page"' in response.text, url
+    assert client.get("/", follow_redirects=False).headers["location"] == "/experiments"
+    for name in ("app.css", "app.js", "chart.js"):
+        assert client.get(f"/static/{name}").status_code == 200
+    # Pages stay out of the API's schema.
+    assert not any(
+        path.startswith(("/datasets", "/ui")) for path in client.get("/openapi.json").json()["paths"]
+    )
+
+
+def test_dataset_page_shows_counts_histograms_and_mask_tiles(client: TestClient, demo_zip: Path):
+    dataset = _dataset(client, demo_zip)
+    page = client.get(f"/datasets/{dataset['id']}").text
+    assert "Smoke share per image" in page and "64\u00d764" in page
+    assert "None: every image and mask decoded." in page
+    tiles = re.findall(rf"/ui/datasets/{dataset['id']}/grid/(\d+)\.jpg", page)
+    assert len(tiles) == 8
+    tile = client.get(f"/ui/datasets/{dataset['id']}/grid/0.jpg")
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+    assert client.get(f"/ui/datasets/{dataset['id']}/grid/99.jpg").status_code == 404
+    missing = client.get("/datasets/nope")
+    assert missing.status_code == 404 and "No dataset with id nope." in missing.text
+    assert missing.headers["content-type"].startswith("text/html")
+
+
+def test_form_fields_come_from_the_schema():
+    fields = {(field["section"], field["key"]): field for field in form_fields({})}
+    assert list(fields) == list(FORM_FIELDS)
+    strategy = fields[("augmentation", "augmentations_strategy")]
+    assert strategy["choices"] == ["None", "Soft", "Medium", "Hard", "Custom"]
+    assert strategy["default"] == AugmentationConfig().augmentations_strategy
+    assert strategy["description"] == AugmentationConfig.model_fields["augmentations_strategy"].description
+    epochs = fields[("training", "epochs")]
+    assert epochs["kind"] == "int" and epochs["bounds"] == {"ge": 1}
+    assert epochs["default"] == TrainingConfig().epochs
+    assert fields[("training", "learning_rate")]["bounds"] == {"gt": 0}
+    assert fields[("dataset", "validation_strategy")]["choices"] == ["kfold", "custom", "automatic"]
+    assert fields[("dataset", "folds")]["kind"] == "list" and fields[("dataset", "folds")]["value"] == "0"
+    assert fields[("architecture", "pretrained")]["kind"] == "bool"
+
+
+def test_new_experiment_form_fills_from_a_clone_or_a_recipe(client: TestClient, demo_zip: Path):
+    dataset = _dataset(client, demo_zip)
+    config = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "learning_rate": 0.0123}}
+    config["prediction"] = {"probability_threshold": 0.4}
+    created = client.post(
+        "/v1/experiments", json={"name": "first", "dataset_id": dataset["id"], "config": config}
+    ).json()
+    page = client.get(f"/experiments/new?from={created['id']}").text
+    assert 'value="0.0123"' in page and 'value="first-2"' in page
+    assert f'<option value="{dataset["id"]}" selected>' in page
+    # Everything the form does not show is in the YAML editor, without the server's paths.
+    editor = re.search(r'<textarea id="f-yaml"[^>]*>(.*?)</textarea>', page, re.S).group(1)
+    assert "probability_threshold: 0.4" in editor and "train_dataframe" not in editor
+    assert not re.search(r"^experiment_name:|^  learning_rate:", editor, re.M)
+    recipe = client.get("/experiments/new?template=recipe%3Dfast").text
+    assert 'value="fast"' in recipe and "efficientnet_lite0" in recipe
+    assert "data_folder" not in re.search(r'<textarea id="f-yaml"[^>]*>(.*?)</textarea>', recipe, re.S).group(
+        1
+    )
+    assert client.get("/experiments/new?recipe=nope").status_code == 404
+    assert client.get("/experiments/new?from=nope").status_code == 404
+
+
+def test_ui_data_routes_404_before_training(client: TestClient, demo_zip: Path):
+    dataset = _dataset(client, demo_zip)
+    created = client.post(
+        "/v1/experiments", json={"name": "q", "dataset_id": dataset["id"], "config": TINY_CONFIG}
+    ).json()
+    base = f"/ui/experiments/{created['id']}"
+    config = client.get(f"{base}/config.yaml")
+    assert config.status_code == 200 and "experiment_name: q" in config.text
+    assert client.get(f"{base}/files").json() == {}
+    assert client.get(f"{base}/files/0/checkpoint").status_code == 404
+    assert client.get(f"{base}/gallery/0/x.png").status_code == 404
+    assert client.get("/ui/experiments/nope/config.yaml").status_code == 404
+
+
+def test_server_images_only_below_the_allowed_roots(tmp_path: Path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "a.png").write_bytes(b"\x89PNG not really")
+    (frames / "notes.txt").write_text("not an image")
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, allowed_roots=(frames,))
+    with TestClient(create_app(settings)) as client:
+        listing = client.get("/ui/server-images", params={"folder": str(frames)}).json()
+        assert listing == {"folder": str(frames.resolve()), "images": ["a.png"], "total": 1}
+        assert client.get("/ui/server-images/file", params={"path": str(frames / "a.png")}).status_code == 200
+        assert (
+            client.get("/ui/server-images/file", params={"path": str(frames / "notes.txt")}).status_code
+            == 404
+        )
+        outside = client.get("/ui/server-images", params={"folder": str(tmp_path)})
+        assert outside.status_code == 403 and "--allow-root" not in outside.json()["detail"]
+        escape = client.get("/ui/server-images/file", params={"path": str(frames / ".." / "work")})
+        assert escape.status_code == 403
+
+
+def test_with_a_token_the_pages_are_guarded_like_the_api(tmp_path: Path):
+    """--token guards the pages and /ui routes too (a browser cannot send it: the pages are for
+    servers without one); the static files hold no data and stay readable."""
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, token="s3cret")
+    with TestClient(create_app(settings)) as client:
+        for url in ("/experiments", "/datasets", "/predict", "/ui/experiments/x/files"):
+            assert client.get(url).status_code == 401, url
+        assert client.get("/experiments", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/static/app.js").status_code == 200
