@@ -219,10 +219,13 @@ def dataset_page(request: Request, dataset_id: str, service: ServiceDep) -> HTML
     row = _dataset(service, dataset_id)
     samples = _dataset_samples(row["path"], json.dumps(row["dataset_config"], sort_keys=True))
     fractions = _smoke_fractions(row["path"], json.dumps(row["dataset_config"], sort_keys=True))
-    counts, edges = np.histogram(fractions, bins=10, range=(0.0, 1.0)) if fractions else ([], [])
-    histogram = [
-        {"label": f"{edges[i]:.0%}-{edges[i + 1]:.0%}", "count": int(count)} for i, count in enumerate(counts)
-    ]
+    histogram: list[dict[str, Any]] = []
+    if fractions:
+        counts, edges = np.histogram(fractions, bins=10, range=(0.0, 1.0))
+        histogram = [
+            {"label": f"{edges[i]:.0%}-{edges[i + 1]:.0%}", "count": int(count)}
+            for i, count in enumerate(counts)
+        ]
     used = sum(1 for row_ in service.registry.find(experiments) if row_["dataset_id"] == dataset_id)
     return _render(
         request,
