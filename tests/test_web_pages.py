@@ -4,13 +4,14 @@ the experiment form's fields come from the config schema, templates fill it, and
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service_support import TINY_CONFIG, tiny_demo, zip_folder
+from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folder
 from smokeseg.config.schema import AugmentationConfig, TrainingConfig
 from smokeseg.service.app import create_app
 from smokeseg.service.context import ServiceSettings
@@ -117,6 +118,42 @@ def test_new_experiment_form_fills_from_a_clone_or_a_recipe(client: TestClient, 
     )
     assert client.get("/experiments/new?recipe=nope").status_code == 404
     assert client.get("/experiments/new?from=nope").status_code == 404
+
+
+def test_start_from_lists_finished_experiments_and_a_clone_keeps_its_choice(
+    client: TestClient, demo_zip: Path, tmp_path: Path
+):
+    dataset = _dataset(client, demo_zip)
+
+    def create(name: str, **architecture: str) -> str:
+        config = {**TINY_CONFIG, "architecture": {**TINY_CONFIG["architecture"], **architecture}}
+        response = client.post(
+            "/v1/experiments", json={"name": name, "dataset_id": dataset["id"], "config": config}
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    run = tmp_path / "trained"
+    (run / "fold0").mkdir(parents=True)
+    (run / "fold0" / "checkpoint.ckpt").write_bytes(b"")  # the form only looks for the file
+    (run / "metrics.json").write_text(json.dumps({"fold0": {"validation_IoU": 0.25}}))
+    finished = create("finished")
+    create("still-queued")
+    finish_experiment(client, finished, run)
+    form = client.get("/experiments/new").text
+    select = re.search(r'<select id="f-architecture-init_from".*?</select>', form, re.S).group(0)
+    assert '<option value="">ImageNet / none</option>' in select and "still-queued" not in select
+    assert f'<option value="experiment:{finished}">finished · demo · validation IoU 0.2500</option>' in select
+    started = create("started", init_from=f"experiment:{finished}")
+    clone = client.get(f"/experiments/new?from={started}").text
+    assert f'<option value="experiment:{finished}" selected>' in clone
+    assert (
+        f'<option value="experiment:{finished}" selected>'
+        not in client.get(f"/experiments/new?from={finished}").text
+    )
+    page = client.get(f"/experiments/{started}").text
+    assert f'started from <a href="/experiments/{finished}" id="started-from">finished</a>' in page
+    assert "started from" not in client.get(f"/experiments/{finished}").text
 
 
 def test_ui_data_routes_404_before_training(client: TestClient, demo_zip: Path):

@@ -261,11 +261,13 @@ def new_experiment_page(
     recipe = value if kind == "recipe" and value else recipe
     config: dict[str, Any] = {}
     name = ""
+    start = None
     if clone:
         row = experiment_store.require_experiment(service.registry, clone)
         config = yaml.safe_load(row["config_yaml"]) or {}
         dataset = dataset or row["dataset_id"]
         name = f"{row['name']}-2"
+        start = experiment_store.started_from(row)
     elif recipe:
         path = recipes().get(recipe)
         if path is None:
@@ -285,7 +287,23 @@ def new_experiment_page(
         earlier=earlier,
         clone=clone,
         recipe=recipe,
+        starts=_starting_points(service),
+        start=start,
+        start_prefix=experiment_store.START_FROM_PREFIX,
     )
+
+
+def _starting_points(service: Any) -> list[dict[str, str]]:
+    """The form's "Start from" choices: each succeeded experiment as name · dataset · validation IoU."""
+    names = {row["id"]: row["name"] for row in service.registry.find(datasets)}
+    choices = []
+    for row in experiment_store.starting_points(service.registry):
+        folds = [fold for fold in experiment_store.run_metrics(row).values() if isinstance(fold, dict)]
+        scores = [float(fold["validation_IoU"]) for fold in folds if fold.get("validation_IoU") is not None]
+        iou = f"IoU {sum(scores) / len(scores):.4f}" if scores else "IoU n/a"
+        label = f"{row['name']} · {names.get(row['dataset_id'], 'deleted dataset')} · validation {iou}"
+        choices.append({"id": row["id"], "label": label})
+    return choices
 
 
 @pages.get("/experiments/{experiment_id}", response_class=HTMLResponse)
@@ -293,7 +311,17 @@ def experiment_page(request: Request, experiment_id: str, service: ServiceDep) -
     row = experiment_store.require_experiment(service.registry, experiment_id)
     dataset = service.registry.get(datasets, row["dataset_id"])
     folds = [path.name for path in experiment_store.fold_dirs(row)]
-    return _render(request, "experiment.html", experiment=row, dataset=dataset, folds=folds)
+    source_id = experiment_store.started_from(row)
+    source = service.registry.get(experiments, source_id) if source_id else None
+    return _render(
+        request,
+        "experiment.html",
+        experiment=row,
+        dataset=dataset,
+        folds=folds,
+        source_id=source_id,
+        source=source,
+    )
 
 
 @pages.get("/compare", response_class=HTMLResponse)

@@ -98,6 +98,7 @@ class ExperimentCreate(BaseModel):
     """A dataset plus a config: Hydrogen Torch YAML text, section fields, or both (fields win).
 
     Dataset paths come from the dataset; the other dataset keys (folds, validation_size, ...) may be set.
+    ``architecture.init_from: "experiment:<id>"`` starts from the weights of a succeeded experiment.
     """
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -132,6 +133,9 @@ class FoldDetail(BaseModel):
 
 class ExperimentDetail(Experiment):
     config_yaml: str
+    started_from: str | None = Field(
+        description="id of the experiment whose weights this one started from (architecture.init_from)"
+    )
     folds: list[FoldDetail]
     report_url: str | None
     package_url: str | None

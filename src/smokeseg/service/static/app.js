@@ -261,6 +261,8 @@
         if (value === null) continue;
         (config[field.dataset.section] = config[field.dataset.section] || {})[field.dataset.key] = value;
       }
+      const start = $("#f-architecture-init_from").value;  /* experiment:<id>, resolved by the API */
+      if (start) (config.architecture = config.architecture || {}).init_from = start;
       const body = { name: $("#f-name").value.trim(), dataset_id: $("#f-dataset").value, config: config,
         config_yaml: $("#f-yaml").value };
       const status = $("#form-status");
