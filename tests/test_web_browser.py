@@ -243,17 +243,26 @@ def test_import_train_watch_compare_and_score(
     checkpoint = httpx.get(server + page.get_attribute("#downloads a:has-text('Checkpoint')", "href"))
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
 
-    # Clone into a second run with another learning rate; it trains while we look at the table.
+    # Clone into a second run with another learning rate, starting from the first run's weights; it
+    # trains while we look at the table.
     page.click("text=Clone into a new form")
     page.wait_for_url("**/experiments/new?from=*")
     assert page.input_value("#f-training-epochs") == str(EPOCHS)
+    assert page.input_value("#f-architecture-init_from") == ""
     page.fill("#f-name", "second")
     page.fill("#f-training-epochs", "1")
     page.fill("#f-training-learning_rate", "0.01")
+    page.select_option("#f-architecture-init_from", f"experiment:{first_id}")
     page.click("#start-training")
     page.wait_for_url(EXPERIMENT_URL)
     second_id = page.url.rsplit("/", 1)[1]
-    assert _wait_finished(server, second_id)["status"] == "succeeded"
+    sync_api.expect(page.locator("#started-from")).to_have_text("first")
+    second = _wait_finished(server, second_id)
+    assert second["status"] == "succeeded" and second["started_from"] == first_id
+    log = "\n".join(second["folds"][0]["log"])
+    assert re.search(rf"Starting weights: init_from \S*/{first_id}/run/fold0/checkpoint\.ckpt", log), log
+    page.goto(f"/experiments/new?from={second_id}")  # a clone keeps where its source started
+    assert page.input_value("#f-architecture-init_from") == f"experiment:{first_id}"
 
     page.goto("/experiments")
     sync_api.expect(page.locator("#experiments-table tbody tr")).to_have_count(2)
