@@ -13,9 +13,11 @@ from fastapi.testclient import TestClient
 
 from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folder
 from smokeseg.config.schema import AugmentationConfig, TrainingConfig
+from smokeseg.service import pages as page_module
 from smokeseg.service.app import create_app
 from smokeseg.service.context import ServiceSettings
 from smokeseg.service.pages import FORM_FIELDS, form_fields
+from smokeseg.service.registry import datasets
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,34 @@ def test_dataset_page_shows_counts_histograms_and_mask_tiles(client: TestClient,
     missing = client.get("/datasets/nope")
     assert missing.status_code == 404 and "No dataset with id nope." in missing.text
     assert missing.headers["content-type"].startswith("text/html")
+
+
+def _histogram(page: str) -> list[int]:
+    bars = re.search(r'<ul class="bars" aria-label="Smoke share histogram">(.*?)</ul>', page, re.S).group(1)
+    return [int(count) for count in re.findall(r'<span class="bar-value">(\d+)</span>', bars)]
+
+
+def test_smoke_share_histogram_comes_from_the_import(client: TestClient, demo_zip: Path, monkeypatch):
+    dataset = _dataset(client, demo_zip)
+    stored = dataset["summary"]["splits"][0]["smoke_share_histogram"]
+    assert len(stored) == 10 and sum(stored) == 8
+    # Stored at import: the page decodes no image for it.
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            page_module, "_smoke_fractions", lambda *_: pytest.fail("decoded images for the histogram")
+        )
+        page = client.get(f"/datasets/{dataset['id']}").text
+    assert _histogram(page) == stored and "8 image(s) with masks)" in page
+    # A dataset imported before the summary kept it: measured on the page, the same counts.
+    registry = client.app.state.service.registry
+    summary = registry.get(datasets, dataset["id"])["summary"]
+    del summary["splits"][0]["smoke_share_histogram"]
+    registry.update(datasets, dataset["id"], summary=summary)
+    assert (
+        client.get(f"/v1/datasets/{dataset['id']}").json()["summary"]["splits"][0]["smoke_share_histogram"]
+        is None
+    )
+    assert _histogram(client.get(f"/datasets/{dataset['id']}").text) == stored
 
 
 def test_form_fields_come_from_the_schema():

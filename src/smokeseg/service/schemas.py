@@ -72,6 +72,10 @@ class SplitSummary(BaseModel):
     with_masks: int
     empty_masks: int
     mean_smoke_fraction: float | None
+    smoke_share_histogram: list[int] | None = Field(
+        None,
+        description="images per tenth of smoke share, 0-10% to 90-100% (none: imported before it was kept)",
+    )
     common_sizes: list[dict[str, int]]
     problems: int
 
