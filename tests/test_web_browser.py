@@ -221,7 +221,10 @@ def test_import_train_watch_compare_and_score(
     assert _points(page, "train_loss") >= EPOCHS and _points(page, "learning_rate") >= EPOCHS
     assert _points(page, "validation_IoU") == EPOCHS
     assert f"Training Epoch: {EPOCHS} / {EPOCHS}" in page.inner_text("#log")
-    sync_api.expect(page.locator("#metrics-table")).to_contain_text("validation_IoU")
+    metrics = page.locator("#metrics-table")
+    sync_api.expect(metrics).to_contain_text("Validation Dice, mean per image")  # readable metric names
+    assert "validation_mean_image_Dice" not in metrics.inner_text()
+    assert metrics.locator("th[title=validation_mean_image_Dice]").count() == 1
     sync_api.expect(page.locator("#downloads")).to_contain_text("Checkpoint, fold 0")
     # Gallery: truth vs prediction tiles, worst loss first, filtered by IoU.
     page.wait_for_function("document.querySelectorAll('#gallery img').length > 0")
@@ -273,7 +276,7 @@ def test_import_train_watch_compare_and_score(
     page.click("#compare-selected")
     page.wait_for_url("**/compare?ids=*")
     sync_api.expect(page.locator("#compare-config-table")).to_contain_text("training.learning_rate")
-    sync_api.expect(page.locator("#compare-metrics-table")).to_contain_text("fold0.validation_IoU")
+    sync_api.expect(page.locator("#compare-metrics-table")).to_contain_text("fold 0 · Validation IoU")
     assert page.locator('[data-chart="validation_loss"] path.series').count() == 2
     session.shoot("08-compare")
 
