@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from smokeseg.data.synthetic import generate_demo_dataset
+from smokeseg.service.registry import SUCCEEDED, experiments, now
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Seconds-long trainings: a from-scratch ResNet18 at 64x64, two epochs on eight images.
@@ -74,3 +76,13 @@ def start_server(workdir: Path, port: int, *extra: str, log: Path | None = None)
     process = subprocess.Popen([*command, *extra], env=env, stdout=output, stderr=subprocess.STDOUT)
     wait_for(f"http://127.0.0.1:{port}/healthz", process)
     return process
+
+
+def finish_experiment(client, experiment_id: str, run: Path) -> Path:
+    """Mark a queued experiment succeeded with a copy of ``run`` as its run folder, as if it had trained
+    (an in-process TestClient's server); returns the run folder."""
+    registry = client.app.state.service.registry
+    run_dir = Path(registry.get(experiments, experiment_id)["run_dir"])
+    shutil.copytree(run, run_dir, dirs_exist_ok=True)
+    registry.update(experiments, experiment_id, status=SUCCEEDED, finished_at=now())
+    return run_dir

@@ -20,11 +20,12 @@ from PIL import Image
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from service_support import TINY_CONFIG, png_bytes, tiny_demo, zip_folder
-from smokeseg.config.load import config_from_dict, resolve_paths
+from service_support import TINY_CONFIG, finish_experiment, png_bytes, tiny_demo, zip_folder
+from smokeseg.config.load import config_from_dict, load_config, resolve_paths
 from smokeseg.data.rle import rle_decode
 from smokeseg.service.app import create_app
 from smokeseg.service.context import ServiceSettings
+from smokeseg.service.jobs import JOB_CONFIG_NAME
 from smokeseg.service.registry import QUEUED, Registry, experiments, metadata
 from smokeseg.training import run
 
@@ -455,6 +456,79 @@ def test_experiment_queue_cancel_delete_and_404s(client: TestClient, dataset_id:
     for url in ("", "/report", "/package", "/events"):
         assert client.get(f"/v1/experiments/{experiment['id']}{url}").status_code == 404, url
     assert client.post(f"/v1/experiments/{experiment['id']}/cancel").status_code == 404
+
+
+def test_an_experiment_starts_from_a_finished_one_by_id_never_by_path(
+    client: TestClient, dataset_id: str, model_dir: Path, tmp_path: Path
+):
+    def create(name: str, init_from: str):
+        architecture = {**TINY_CONFIG["architecture"], "init_from": init_from}
+        return client.post(
+            "/v1/experiments",
+            json={
+                "name": name,
+                "dataset_id": dataset_id,
+                "config": {**TINY_CONFIG, "architecture": architecture},
+            },
+        )
+
+    source = client.post(
+        "/v1/experiments", json={"name": "a", "dataset_id": dataset_id, "config": TINY_CONFIG}
+    )
+    source_id = source.json()["id"]
+    queued = create("not-yet", f"experiment:{source_id}")
+    assert queued.status_code == 422 and f"{source_id} (a)" in queued.text and "queued" in queued.text
+    source_run = finish_experiment(client, source_id, model_dir)
+    refused = {
+        "experiment:nope": "no experiment with id 'nope'",
+        str(source_run): "is not allowed",
+        str(model_dir / "fold0" / "checkpoint.ckpt"): "is not allowed",
+        "experiment:": "no experiment with id ''",
+    }
+    for init_from, message in refused.items():
+        response = create("bad", init_from)
+        assert response.status_code == 422, init_from
+        detail = response.json()["detail"]
+        assert "architecture.init_from" in detail and message in detail and "'experiment:<id>'" in detail
+    empty = client.post(
+        "/v1/experiments", json={"name": "e", "dataset_id": dataset_id, "config": TINY_CONFIG}
+    )
+    (tmp_path / "nothing").mkdir()
+    finish_experiment(client, empty.json()["id"], tmp_path / "nothing")
+    no_checkpoint = create("bad", f"experiment:{empty.json()['id']}")
+    assert no_checkpoint.status_code == 422 and "holds no checkpoint.ckpt" in no_checkpoint.text
+
+    created = create("b", f"experiment:{source_id}")
+    assert created.status_code == 201, created.text
+    detail = client.get(f"/v1/experiments/{created.json()['id']}").json()
+    assert detail["started_from"] == source_id and f"init_from: {source_run}\n" in detail["config_yaml"]
+    assert client.get(f"/v1/experiments/{source_id}").json()["started_from"] is None
+    in_yaml = client.post(
+        "/v1/experiments",
+        json={
+            "name": "c",
+            "dataset_id": dataset_id,
+            "config_yaml": f"architecture:\n  init_from: experiment:{source_id}\n",
+        },
+    )
+    assert (
+        in_yaml.status_code == 201
+        and client.get(f"/v1/experiments/{in_yaml.json()['id']}").json()["started_from"]
+    )
+
+    # The job's config file trains from the source's first fold (one epoch here, in this process).
+    job_config = Path(source_run).parent.parent / created.json()["id"] / JOB_CONFIG_NAME
+    out = tmp_path / "b-run"
+    run.train(load_config(job_config, ["training.epochs=1"]), out, progress=False)
+    log = (out / "fold0" / "logs.log").read_text()
+    assert f"init_from {source_run / 'fold0' / 'checkpoint.ckpt'}" in log
+
+    # The source stays while an experiment that starts from it waits; after that it may go.
+    assert client.delete(f"/v1/experiments/{source_id}").status_code == 409
+    for experiment_id in (created.json()["id"], in_yaml.json()["id"]):
+        client.post(f"/v1/experiments/{experiment_id}/cancel")
+    assert client.delete(f"/v1/experiments/{source_id}").status_code == 204
+    assert client.get(f"/v1/experiments/{created.json()['id']}").json()["started_from"] == source_id
 
 
 def test_recover_marks_interrupted_jobs_failed_or_queues_them_to_resume(tmp_path: Path, demo_folder: Path):

@@ -221,7 +221,10 @@ def test_import_train_watch_compare_and_score(
     assert _points(page, "train_loss") >= EPOCHS and _points(page, "learning_rate") >= EPOCHS
     assert _points(page, "validation_IoU") == EPOCHS
     assert f"Training Epoch: {EPOCHS} / {EPOCHS}" in page.inner_text("#log")
-    sync_api.expect(page.locator("#metrics-table")).to_contain_text("validation_IoU")
+    metrics = page.locator("#metrics-table")
+    sync_api.expect(metrics).to_contain_text("Validation Dice, mean per image")  # readable metric names
+    assert "validation_mean_image_Dice" not in metrics.inner_text()
+    assert metrics.locator("th[title=validation_mean_image_Dice]").count() == 1
     sync_api.expect(page.locator("#downloads")).to_contain_text("Checkpoint, fold 0")
     # Gallery: truth vs prediction tiles, worst loss first, filtered by IoU.
     page.wait_for_function("document.querySelectorAll('#gallery img').length > 0")
@@ -243,17 +246,26 @@ def test_import_train_watch_compare_and_score(
     checkpoint = httpx.get(server + page.get_attribute("#downloads a:has-text('Checkpoint')", "href"))
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
 
-    # Clone into a second run with another learning rate; it trains while we look at the table.
+    # Clone into a second run with another learning rate, starting from the first run's weights; it
+    # trains while we look at the table.
     page.click("text=Clone into a new form")
     page.wait_for_url("**/experiments/new?from=*")
     assert page.input_value("#f-training-epochs") == str(EPOCHS)
+    assert page.input_value("#f-architecture-init_from") == ""
     page.fill("#f-name", "second")
     page.fill("#f-training-epochs", "1")
     page.fill("#f-training-learning_rate", "0.01")
+    page.select_option("#f-architecture-init_from", f"experiment:{first_id}")
     page.click("#start-training")
     page.wait_for_url(EXPERIMENT_URL)
     second_id = page.url.rsplit("/", 1)[1]
-    assert _wait_finished(server, second_id)["status"] == "succeeded"
+    sync_api.expect(page.locator("#started-from")).to_have_text("first")
+    second = _wait_finished(server, second_id)
+    assert second["status"] == "succeeded" and second["started_from"] == first_id
+    log = "\n".join(second["folds"][0]["log"])
+    assert re.search(rf"Starting weights: init_from \S*/{first_id}/run/fold0/checkpoint\.ckpt", log), log
+    page.goto(f"/experiments/new?from={second_id}")  # a clone keeps where its source started
+    assert page.input_value("#f-architecture-init_from") == f"experiment:{first_id}"
 
     page.goto("/experiments")
     sync_api.expect(page.locator("#experiments-table tbody tr")).to_have_count(2)
@@ -264,7 +276,7 @@ def test_import_train_watch_compare_and_score(
     page.click("#compare-selected")
     page.wait_for_url("**/compare?ids=*")
     sync_api.expect(page.locator("#compare-config-table")).to_contain_text("training.learning_rate")
-    sync_api.expect(page.locator("#compare-metrics-table")).to_contain_text("fold0.validation_IoU")
+    sync_api.expect(page.locator("#compare-metrics-table")).to_contain_text("fold 0 · Validation IoU")
     assert page.locator('[data-chart="validation_loss"] path.series').count() == 2
     session.shoot("08-compare")
 

@@ -4,17 +4,20 @@ the experiment form's fields come from the config schema, templates fill it, and
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service_support import TINY_CONFIG, tiny_demo, zip_folder
+from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folder
 from smokeseg.config.schema import AugmentationConfig, TrainingConfig
+from smokeseg.service import pages as page_module
 from smokeseg.service.app import create_app
 from smokeseg.service.context import ServiceSettings
 from smokeseg.service.pages import FORM_FIELDS, form_fields
+from smokeseg.service.registry import datasets
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,34 @@ def test_dataset_page_shows_counts_histograms_and_mask_tiles(client: TestClient,
     assert missing.headers["content-type"].startswith("text/html")
 
 
+def _histogram(page: str) -> list[int]:
+    bars = re.search(r'<ul class="bars" aria-label="Smoke share histogram">(.*?)</ul>', page, re.S).group(1)
+    return [int(count) for count in re.findall(r'<span class="bar-value">(\d+)</span>', bars)]
+
+
+def test_smoke_share_histogram_comes_from_the_import(client: TestClient, demo_zip: Path, monkeypatch):
+    dataset = _dataset(client, demo_zip)
+    stored = dataset["summary"]["splits"][0]["smoke_share_histogram"]
+    assert len(stored) == 10 and sum(stored) == 8
+    # Stored at import: the page decodes no image for it.
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            page_module, "_smoke_fractions", lambda *_: pytest.fail("decoded images for the histogram")
+        )
+        page = client.get(f"/datasets/{dataset['id']}").text
+    assert _histogram(page) == stored and "8 image(s) with masks)" in page
+    # A dataset imported before the summary kept it: measured on the page, the same counts.
+    registry = client.app.state.service.registry
+    summary = registry.get(datasets, dataset["id"])["summary"]
+    del summary["splits"][0]["smoke_share_histogram"]
+    registry.update(datasets, dataset["id"], summary=summary)
+    assert (
+        client.get(f"/v1/datasets/{dataset['id']}").json()["summary"]["splits"][0]["smoke_share_histogram"]
+        is None
+    )
+    assert _histogram(client.get(f"/datasets/{dataset['id']}").text) == stored
+
+
 def test_form_fields_come_from_the_schema():
     fields = {(field["section"], field["key"]): field for field in form_fields({})}
     assert list(fields) == list(FORM_FIELDS)
@@ -117,6 +148,42 @@ def test_new_experiment_form_fills_from_a_clone_or_a_recipe(client: TestClient, 
     )
     assert client.get("/experiments/new?recipe=nope").status_code == 404
     assert client.get("/experiments/new?from=nope").status_code == 404
+
+
+def test_start_from_lists_finished_experiments_and_a_clone_keeps_its_choice(
+    client: TestClient, demo_zip: Path, tmp_path: Path
+):
+    dataset = _dataset(client, demo_zip)
+
+    def create(name: str, **architecture: str) -> str:
+        config = {**TINY_CONFIG, "architecture": {**TINY_CONFIG["architecture"], **architecture}}
+        response = client.post(
+            "/v1/experiments", json={"name": name, "dataset_id": dataset["id"], "config": config}
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    run = tmp_path / "trained"
+    (run / "fold0").mkdir(parents=True)
+    (run / "fold0" / "checkpoint.ckpt").write_bytes(b"")  # the form only looks for the file
+    (run / "metrics.json").write_text(json.dumps({"fold0": {"validation_IoU": 0.25}}))
+    finished = create("finished")
+    create("still-queued")
+    finish_experiment(client, finished, run)
+    form = client.get("/experiments/new").text
+    select = re.search(r'<select id="f-architecture-init_from".*?</select>', form, re.S).group(0)
+    assert '<option value="">ImageNet / none</option>' in select and "still-queued" not in select
+    assert f'<option value="experiment:{finished}">finished · demo · validation IoU 0.2500</option>' in select
+    started = create("started", init_from=f"experiment:{finished}")
+    clone = client.get(f"/experiments/new?from={started}").text
+    assert f'<option value="experiment:{finished}" selected>' in clone
+    assert (
+        f'<option value="experiment:{finished}" selected>'
+        not in client.get(f"/experiments/new?from={finished}").text
+    )
+    page = client.get(f"/experiments/{started}").text
+    assert f'started from <a href="/experiments/{finished}" id="started-from">finished</a>' in page
+    assert "started from" not in client.get(f"/experiments/{finished}").text
 
 
 def test_ui_data_routes_404_before_training(client: TestClient, demo_zip: Path):

@@ -257,6 +257,7 @@ def show_experiment(experiment_id: str, row: ExperimentDep) -> dict[str, Any]:
     has_package = (run_dir / experiment_store.SCORING_PACKAGE_NAME).is_dir()
     return {
         **_experiment(row),
+        "started_from": experiment_store.started_from(row),
         "folds": [experiment_store.fold_detail(fold) for fold in experiment_store.fold_dirs(row)],
         "report_url": f"{base}/report" if (run_dir / experiment_store.REPORT_NAME).is_file() else None,
         "package_url": f"{base}/package" if has_package else None,

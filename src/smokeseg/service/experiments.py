@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,15 @@ from smokeseg.config.load import PATH_KEYS, config_from_dict, config_to_yaml
 from smokeseg.errors import ConfigError
 from smokeseg.layout import (
     CHARTS_NAME,
+    CHECKPOINT_NAME,
     LOG_NAME,
     METRICS_NAME,
     SCORING_PACKAGE_NAME,
     VALIDATION_PREDICTIONS_NAME,
 )
+from smokeseg.model.checkpoints import checkpoint_files
 from smokeseg.service.errors import ConflictError, NotFoundError
-from smokeseg.service.jobs import JOB_CONFIG_NAME, RUN_FOLDER, experiment_folder
+from smokeseg.service.jobs import EXPERIMENTS_FOLDER, JOB_CONFIG_NAME, RUN_FOLDER, experiment_folder
 from smokeseg.service.registry import (
     FINAL_STATES,
     QUEUED,
@@ -36,15 +39,26 @@ from smokeseg.storage import write_text_atomic
 REPORT_NAME = "report.html"
 PACKAGE_ARCHIVE = "scoring_package.zip"
 # Paths the service decides: a request may not point training at other files on the server.
-_SERVER_PATH_KEYS = {"dataset": set(PATH_KEYS), "architecture": {"pretrained_weights", "init_from"}}
+_SERVER_PATH_KEYS = {"dataset": set(PATH_KEYS), "architecture": {"pretrained_weights"}}
+# architecture.init_from names one of this server's experiments instead; the service resolves it.
+START_FROM_PREFIX = "experiment:"
 _PREDICTION_COLUMNS = ("image_id", "iou", "dice", "loss", "smoke", "confidence", "smoke_fraction")
 _LOG_LINES = 200
 
 
+def _given(value: Any) -> bool:
+    return value is not None and str(value).strip() not in {"", "None"}
+
+
 def build_config_yaml(
-    name: str, dataset: dict[str, Any], config_yaml: str | None, fields: dict[str, Any]
+    name: str,
+    dataset: dict[str, Any],
+    config_yaml: str | None,
+    fields: dict[str, Any],
+    start_from: Callable[[str], str],
 ) -> str:
-    """The experiment's validated config: YAML text, then fields over it, then the dataset's paths."""
+    """The experiment's validated config: YAML text, then fields over it, then the dataset's paths and
+    ``architecture.init_from`` as ``start_from`` resolves it."""
     try:
         raw = yaml.safe_load(config_yaml or "") or {}
     except yaml.YAMLError as error:
@@ -58,12 +72,15 @@ def build_config_yaml(
         current.update(values)
     for section, keys in _SERVER_PATH_KEYS.items():
         given = sorted(keys & set(raw.get(section) or {}))
-        given = [key for key in given if str(raw[section][key]).strip() not in {"", "None"}]
+        given = [key for key in given if _given(raw[section][key])]
         if given:
             raise ConfigError(
                 f"{', '.join(f'{section}.{key}' for key in given)}: paths on the server are set by the "
                 "service (dataset paths come from the dataset); leave them out."
             )
+    architecture = raw.get("architecture")
+    if isinstance(architecture, dict) and _given(architecture.get("init_from")):
+        architecture["init_from"] = start_from(str(architecture["init_from"]).strip())
     raw["dataset"] = {**(raw.get("dataset") or {}), **{k: v for k, v in dataset.items() if k in PATH_KEYS}}
     raw["experiment_name"] = name
     return config_to_yaml(config_from_dict(raw, source="experiment config"))
@@ -80,7 +97,9 @@ def create_experiment(
     dataset = registry.get(datasets, dataset_id)
     if dataset is None:
         raise NotFoundError(f"No dataset with id {dataset_id}; import one with POST /v1/datasets.")
-    text = build_config_yaml(name, dataset["dataset_config"], config_yaml, fields)
+    text = build_config_yaml(
+        name, dataset["dataset_config"], config_yaml, fields, lambda given: resolve_start(registry, given)
+    )
     experiment_id = new_id()
     folder = experiment_folder(workdir, experiment_id)
     write_text_atomic(folder / JOB_CONFIG_NAME, text)
@@ -97,6 +116,59 @@ def create_experiment(
     )
 
 
+def start_problem(row: dict[str, Any]) -> str | None:
+    """Why another experiment cannot start from this one's weights, or None when it can."""
+    if row["status"] != SUCCEEDED:
+        return f"it is {row['status']}; only a succeeded training can be a starting point"
+    if not checkpoint_files(Path(row["run_dir"])):
+        return f"its run folder holds no {CHECKPOINT_NAME}"
+    return None
+
+
+def starting_points(registry: Registry) -> list[dict[str, Any]]:
+    """The experiments a new one may start from, newest first."""
+    rows = [row for row in registry.find(experiments, status=SUCCEEDED) if start_problem(row) is None]
+    return sorted(rows, key=lambda row: row["created_at"], reverse=True)
+
+
+def resolve_start(registry: Registry, given: str) -> str:
+    """``experiment:<id>`` -> that experiment's run folder, which training's init_from takes (its first
+    fold's checkpoint). Only this server's succeeded experiments: a request never names a server path."""
+    allowed = (
+        f"allowed is '{START_FROM_PREFIX}<id>' of a succeeded experiment of this server "
+        "(GET /v1/experiments lists them), or nothing to start from ImageNet or random weights"
+    )
+    if not given.startswith(START_FROM_PREFIX):
+        raise ConfigError(f"architecture.init_from: {given!r} is not allowed; {allowed}.")
+    experiment_id = given.removeprefix(START_FROM_PREFIX).strip()
+    row = registry.get(experiments, experiment_id) if experiment_id else None
+    if row is None:
+        raise ConfigError(f"architecture.init_from: no experiment with id {experiment_id!r}; {allowed}.")
+    problem = start_problem(row)
+    if problem is not None:
+        raise ConfigError(
+            f"architecture.init_from: experiment {experiment_id} ({row['name']}) cannot be started from: "
+            f"{problem}."
+        )
+    return str(row["run_dir"])
+
+
+def started_from(row: dict[str, Any]) -> str | None:
+    """The id of the experiment whose weights this one started from: its config's init_from is that
+    experiment's run folder, ``<workdir>/experiments/<id>/run``, as ``resolve_start`` wrote it."""
+    try:
+        config = yaml.safe_load(row["config_yaml"]) or {}
+    except yaml.YAMLError:
+        return None
+    init_from = (config.get("architecture") or {}).get("init_from")
+    if not _given(init_from):
+        return None
+    path = Path(str(init_from))
+    if path.name == RUN_FOLDER and path.parent.parent.name == EXPERIMENTS_FOLDER:
+        return path.parent.name
+    return None
+
+
 def require_experiment(registry: Registry, experiment_id: str) -> dict[str, Any]:
     row = registry.get(experiments, experiment_id)
     if row is None:
@@ -108,6 +180,16 @@ def delete_experiment(registry: Registry, experiment_id: str) -> None:
     row = require_experiment(registry, experiment_id)
     if row["status"] not in FINAL_STATES:
         raise ConflictError(f"Experiment {experiment_id} is {row['status']}: cancel it before deleting it.")
+    waiting = [
+        other["name"]
+        for other in registry.find(experiments)
+        if other["status"] not in FINAL_STATES and started_from(other) == experiment_id
+    ]
+    if waiting:
+        raise ConflictError(
+            f"Experiment {experiment_id} is the starting point of experiments that have not finished "
+            f"({', '.join(waiting)}): cancel them, or wait, before deleting it."
+        )
     registry.delete(experiments, experiment_id)
     shutil.rmtree(Path(row["run_dir"]).parent, ignore_errors=True)
 

@@ -44,6 +44,7 @@ from smokeseg.report.overlay import overlay_mask
 from smokeseg.service import experiments as experiment_store
 from smokeseg.service.api import ServiceDep
 from smokeseg.service.context import DEFAULT_MODEL
+from smokeseg.service.datasets import smoke_share_histogram
 from smokeseg.service.errors import ForbiddenError, NotFoundError
 from smokeseg.service.registry import SUCCEEDED, datasets, experiments
 
@@ -91,7 +92,7 @@ FORM_FIELDS: tuple[tuple[str, str], ...] = (
     ("dataset", "folds"),
 )
 GRID_SIZE = 24
-HISTOGRAM_SAMPLE = 200  # images decoded for the smoke-share histogram (the import keeps only the mean)
+HISTOGRAM_SAMPLE = 200  # images decoded for the smoke-share histogram of a dataset imported without it
 TILE_WIDTH = 240
 RECIPE_FOLDERS = (Path.cwd() / "recipes", HERE.parents[2] / "recipes")
 
@@ -218,14 +219,16 @@ def datasets_page(request: Request, service: ServiceDep) -> HTMLResponse:
 def dataset_page(request: Request, dataset_id: str, service: ServiceDep) -> HTMLResponse:
     row = _dataset(service, dataset_id)
     samples = _dataset_samples(row["path"], json.dumps(row["dataset_config"], sort_keys=True))
-    fractions = _smoke_fractions(row["path"], json.dumps(row["dataset_config"], sort_keys=True))
-    histogram: list[dict[str, Any]] = []
-    if fractions:
-        counts, edges = np.histogram(fractions, bins=10, range=(0.0, 1.0))
-        histogram = [
-            {"label": f"{edges[i]:.0%}-{edges[i + 1]:.0%}", "count": int(count)}
-            for i, count in enumerate(counts)
-        ]
+    counts = row["summary"]["splits"][0].get("smoke_share_histogram")
+    sampled = counts is None
+    if counts is None:  # imported before the import kept the histogram: measure a sample now
+        counts = smoke_share_histogram(
+            _smoke_fractions(row["path"], json.dumps(row["dataset_config"], sort_keys=True))
+        )
+    histogram = [
+        {"label": f"{i / len(counts):.0%}-{(i + 1) / len(counts):.0%}", "count": count}
+        for i, count in enumerate(counts)
+    ]
     used = sum(1 for row_ in service.registry.find(experiments) if row_["dataset_id"] == dataset_id)
     return _render(
         request,
@@ -233,9 +236,10 @@ def dataset_page(request: Request, dataset_id: str, service: ServiceDep) -> HTML
         dataset=row,
         grid=[sample.image_id for sample in samples[:GRID_SIZE]],
         total=len(samples),
-        histogram=histogram,
-        histogram_max=max((bar["count"] for bar in histogram), default=0) or 1,
-        histogram_images=len(fractions),
+        histogram=histogram if sum(counts) else [],
+        histogram_max=max(counts, default=0) or 1,
+        histogram_images=sum(counts),
+        histogram_sampled=sampled and sum(counts) < len(samples),
         experiments_using=used,
     )
 
@@ -261,11 +265,13 @@ def new_experiment_page(
     recipe = value if kind == "recipe" and value else recipe
     config: dict[str, Any] = {}
     name = ""
+    start = None
     if clone:
         row = experiment_store.require_experiment(service.registry, clone)
         config = yaml.safe_load(row["config_yaml"]) or {}
         dataset = dataset or row["dataset_id"]
         name = f"{row['name']}-2"
+        start = experiment_store.started_from(row)
     elif recipe:
         path = recipes().get(recipe)
         if path is None:
@@ -285,7 +291,23 @@ def new_experiment_page(
         earlier=earlier,
         clone=clone,
         recipe=recipe,
+        starts=_starting_points(service),
+        start=start,
+        start_prefix=experiment_store.START_FROM_PREFIX,
     )
+
+
+def _starting_points(service: Any) -> list[dict[str, str]]:
+    """The form's "Start from" choices: each succeeded experiment as name · dataset · validation IoU."""
+    names = {row["id"]: row["name"] for row in service.registry.find(datasets)}
+    choices = []
+    for row in experiment_store.starting_points(service.registry):
+        folds = [fold for fold in experiment_store.run_metrics(row).values() if isinstance(fold, dict)]
+        scores = [float(fold["validation_IoU"]) for fold in folds if fold.get("validation_IoU") is not None]
+        iou = f"IoU {sum(scores) / len(scores):.4f}" if scores else "IoU n/a"
+        label = f"{row['name']} · {names.get(row['dataset_id'], 'deleted dataset')} · validation {iou}"
+        choices.append({"id": row["id"], "label": label})
+    return choices
 
 
 @pages.get("/experiments/{experiment_id}", response_class=HTMLResponse)
@@ -293,7 +315,17 @@ def experiment_page(request: Request, experiment_id: str, service: ServiceDep) -
     row = experiment_store.require_experiment(service.registry, experiment_id)
     dataset = service.registry.get(datasets, row["dataset_id"])
     folds = [path.name for path in experiment_store.fold_dirs(row)]
-    return _render(request, "experiment.html", experiment=row, dataset=dataset, folds=folds)
+    source_id = experiment_store.started_from(row)
+    source = service.registry.get(experiments, source_id) if source_id else None
+    return _render(
+        request,
+        "experiment.html",
+        experiment=row,
+        dataset=dataset,
+        folds=folds,
+        source_id=source_id,
+        source=source,
+    )
 
 
 @pages.get("/compare", response_class=HTMLResponse)

@@ -72,6 +72,10 @@ class SplitSummary(BaseModel):
     with_masks: int
     empty_masks: int
     mean_smoke_fraction: float | None
+    smoke_share_histogram: list[int] | None = Field(
+        None,
+        description="images per tenth of smoke share, 0-10% to 90-100% (none: imported before it was kept)",
+    )
     common_sizes: list[dict[str, int]]
     problems: int
 
@@ -98,6 +102,7 @@ class ExperimentCreate(BaseModel):
     """A dataset plus a config: Hydrogen Torch YAML text, section fields, or both (fields win).
 
     Dataset paths come from the dataset; the other dataset keys (folds, validation_size, ...) may be set.
+    ``architecture.init_from: "experiment:<id>"`` starts from the weights of a succeeded experiment.
     """
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -132,6 +137,9 @@ class FoldDetail(BaseModel):
 
 class ExperimentDetail(Experiment):
     config_yaml: str
+    started_from: str | None = Field(
+        description="id of the experiment whose weights this one started from (architecture.init_from)"
+    )
     folds: list[FoldDetail]
     report_url: str | None
     package_url: str | None

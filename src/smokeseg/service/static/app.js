@@ -46,6 +46,22 @@
     return Number.isInteger(+value) && digits === undefined ? String(value) : (+value).toFixed(digits === undefined ? 4 : digits);
   }
 
+  /* Readable names for metrics.json keys, the one place the pages name a metric; the raw key stays in the
+   * row's title. A compare key "fold0.validation_IoU" reads "fold 0 · Validation IoU". */
+  const METRIC_SPLITS = { validation: "Validation", test: "Test", train: "Train" };
+  const METRIC_NAMES = {
+    mean_image_IoU: "IoU, mean per image", mean_image_Dice: "Dice, mean per image", image_AUROC: "image AUROC",
+    region_recall: "region recall (smoke frames found)", false_region_frames: "share of frames with a false region",
+    false_regions_per_frame: "false regions per frame", observations: "images", wall_time_s: "wall time",
+  };
+  function metricLabel(key) {
+    const fold = /^fold(\d+)\.(.+)$/.exec(key);
+    if (fold) return `fold ${fold[1]} · ${metricLabel(fold[2])}`;
+    const split = /^(validation|test|train)_(.+)$/.exec(key);
+    const name = METRIC_NAMES[split ? split[2] : key] || (split ? split[2] : key).replace(/_/g, " ");
+    return split ? `${METRIC_SPLITS[split[1]]} ${name}` : name.charAt(0).toUpperCase() + name.slice(1);
+  }
+
   function duration(seconds) {
     if (seconds == null || !isFinite(seconds)) return "–";
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
@@ -261,6 +277,8 @@
         if (value === null) continue;
         (config[field.dataset.section] = config[field.dataset.section] || {})[field.dataset.key] = value;
       }
+      const start = $("#f-architecture-init_from").value;  /* experiment:<id>, resolved by the API */
+      if (start) (config.architecture = config.architecture || {}).init_from = start;
       const body = { name: $("#f-name").value.trim(), dataset_id: $("#f-dataset").value, config: config,
         config_yaml: $("#f-yaml").value };
       const status = $("#form-status");
@@ -298,7 +316,7 @@
     if (!folds.length) return null;
     const keys = Array.from(new Set(folds.flatMap((f) => Object.keys(metrics[f])))).filter((k) => k !== "fold");
     const head = `<tr><th scope="col">metric</th>${folds.map((f) => `<th scope="col">${esc(f)}</th>`).join("")}</tr>`;
-    const rows = keys.map((k) => `<tr><th scope="row">${esc(k)}</th>${folds.map((f) =>
+    const rows = keys.map((k) => `<tr><th scope="row" title="${esc(k)}">${esc(metricLabel(k))}</th>${folds.map((f) =>
       `<td class="num">${k === "wall_time_s" ? duration(metrics[f][k]) : esc(number(metrics[f][k], SCORE.test(k) ? 4 : undefined))}</td>`).join("")}</tr>`);
     return `<table class="metrics" id="metrics-table">${head}${rows.join("")}</table>`;
   }
@@ -432,7 +450,7 @@
       const numbers = ids.map((i) => values[i]).filter((v) => typeof v === "number");
       const higher = /IoU|Dice/.test(metric), lower = /loss/.test(metric);
       const best = higher ? Math.max(...numbers) : lower ? Math.min(...numbers) : null;
-      return `<tr><th scope="row">${esc(metric)}</th>${ids.map((i) => {
+      return `<tr><th scope="row" title="${esc(metric)}">${esc(metricLabel(metric))}</th>${ids.map((i) => {
         const v = values[i];
         const differ = new Set(numbers).size > 1;
         const mark = best !== null && differ && v === best ? ' class="num best" title="best"' : ' class="num"';
