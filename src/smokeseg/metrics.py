@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ FBETA_SQUARED = 0.3
 SIZE_BINS: dict[str, float] = {"small": 0.01, "medium": 0.10, "large": np.inf}
 # Pixels by which a verdict region may miss the true mask and still touch it (see the module docstring).
 REGION_TOLERANCE = 3
+RELIABILITY_BINS = 10
 
 
 def overlap_counts(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -221,6 +223,32 @@ def region_scores(
         "false_regions_per_frame": float(false.mean()),
         "image_AUROC": auroc(truth, frame_scores),
     }
+
+
+def reliability(labels: ArrayLike, scores: ArrayLike, bins: int = RELIABILITY_BINS) -> dict[str, Any]:
+    """A reliability table of frame scores read as probabilities of smoke: per equal-width score bin,
+    how many frames, their mean score and the share that truly holds smoke; and the expected
+    calibration error (ECE: the frame-weighted mean gap between the two), 0 for a calibrated score."""
+    truth = np.asarray(labels, dtype=np.float64)
+    values = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    which = np.minimum((values * bins).astype(int), bins - 1)
+    table, gap = [], 0.0
+    for index in range(bins):
+        inside = which == index
+        if not inside.any():
+            continue
+        mean_score, smoke_share = float(values[inside].mean()), float(truth[inside].mean())
+        table.append(
+            {
+                "low": index / bins,
+                "high": (index + 1) / bins,
+                "frames": int(inside.sum()),
+                "mean_score": mean_score,
+                "smoke_share": smoke_share,
+            }
+        )
+        gap += inside.sum() * abs(mean_score - smoke_share)
+    return {"bins": table, "ECE": gap / len(values) if len(values) else None}
 
 
 @dataclass

@@ -29,6 +29,7 @@ def _none_string_to_null(value: Any) -> Any:
 
 OptionalPath = Annotated[Path | None, BeforeValidator(_none_string_to_null)]
 OptionalInt = Annotated[int | None, BeforeValidator(_none_string_to_null)]
+OptionalFloat = Annotated[float | None, BeforeValidator(_none_string_to_null)]
 
 
 def _listify(value: Any) -> Any:
@@ -69,6 +70,11 @@ class ArchitectureConfig(Section):
     pretrained_weights: OptionalPath = Field(None, description="a local weights file for the encoder")
     init_from: OptionalPath = Field(
         None, description="a checkpoint or experiment folder to start the whole model from"
+    )
+    classification_head: bool = Field(
+        False,
+        description="add a head on the encoder that answers 'does this image hold smoke' (smp aux_params, "
+        "max-pooled so a small plume in a large frame still counts), trained jointly with the mask",
     )
 
 
@@ -232,6 +238,13 @@ class PredictionConfig(Section):
     probability_threshold: float = Field(0.5, ge=0, le=1)
     test_time_augmentations: list[TestTimeAugmentation] = []
     batch_size_inference: OptionalInt = Field(None, ge=1, description="defaults to training.batch_size")
+    classification_threshold: OptionalFloat = Field(
+        None,
+        ge=0,
+        le=1,
+        description="with architecture.classification_head: an image raises an alarm only when the head's "
+        "smoke probability is at least this too (None: the mask alone decides)",
+    )
 
     @field_validator("test_time_augmentations", mode="before")
     @classmethod
@@ -259,6 +272,9 @@ class TrainingConfig(Section):
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
     focal_weight: float = Field(1.0, ge=0)
+    classification_weight: float = Field(
+        1.0, ge=0, description="weight of the classification head's BCE loss, when the model has one"
+    )
     lovasz_weight: float = Field(1.0, ge=0)
     optimizer: Literal["AdamW", "Adam", "SGD", "RMSprop"] = "AdamW"
     save_best_checkpoint: bool = False

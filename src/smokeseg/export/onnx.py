@@ -23,6 +23,7 @@ import torch
 
 from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.inference.predictor import Predictor
+from smokeseg.model.factory import split_outputs
 from smokeseg.storage import atomic_path, ensure_writable_folder, reporting_write_errors, write_failure
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class Ensemble(torch.nn.Module):
         self.models = torch.nn.ModuleList(models)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # the argument name is the ONNX input name
-        return torch.stack([torch.sigmoid(model(images).float()) for model in self.models]).mean(0)
+        return torch.stack(
+            [torch.sigmoid(split_outputs(model(images))[0].float()) for model in self.models]
+        ).mean(0)
 
 
 @contextmanager
@@ -202,6 +205,13 @@ def write_model(predictor: Predictor, target: str | Path, format: str = "onnx") 
         raise ModelError(
             "Only PyTorch checkpoints can be exported: a scoring package already holds its graph as "
             "model.onnx. Export the checkpoint, fold or experiment folder the package was built from."
+        )
+    if predictor.image_threshold is not None:
+        raise ModelError(
+            "The exported graph carries the mask only, and this model's verdict also needs its "
+            f"classification head (prediction.classification_threshold={predictor.image_threshold}). "
+            "Score it with the checkpoint itself (smokeseg predict, smokeseg serve); the package "
+            "cannot give the same verdict yet."
         )
     module = Ensemble(modules).cpu().eval()
     height, width = predictor.model_size

@@ -22,7 +22,7 @@ from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError
 from smokeseg.inference.predictor import Predictor, TileSpec
-from smokeseg.inference.scoring import Prediction, smoke_verdict
+from smokeseg.inference.scoring import Prediction
 from smokeseg.metrics import (
     COUNT_METRICS,
     FBETA_SQUARED,
@@ -33,6 +33,7 @@ from smokeseg.metrics import (
     mean_absolute_error,
     region_outcome,
     region_scores,
+    reliability,
     scores_by_size,
     summarize_counts,
     threshold_counts,
@@ -108,9 +109,13 @@ class EvaluationResult:
         return {
             **detection_scores(images["true_smoke"], images["predicted_smoke"]),
             **region_scores(
-                images["true_smoke"], images["region_hit"], images["false_regions"], images["probability_max"]
+                images["true_smoke"], images["region_hit"], images["false_regions"], images["frame_score"]
             ),
         }
+
+    def calibration(self) -> dict[str, Any]:
+        """How well the frame score reads as a probability of smoke (``metrics.reliability``)."""
+        return reliability(self.images["true_smoke"], self.images["frame_score"])
 
     def worst(self, count: int = WORST_IMAGES) -> pd.DataFrame:
         """The lowest-IoU images, worst first: where to look at the overlays."""
@@ -129,6 +134,7 @@ class EvaluationResult:
             "segmentation": self.segmentation(),
             "by_size": self.by_size(),
             "detection": self.detection(),
+            "calibration": self.calibration(),
             "worst_images": self.worst().to_dict(orient="records"),
         }
 
@@ -184,7 +190,7 @@ def _image_scores(
     truth = prediction.sample.load_true_mask(*probabilities.shape)
     predicted = probabilities > threshold
     tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
-    verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
+    verdict = prediction.verdict(threshold, min_region_pixels)
     false_regions, region_hit = region_outcome(verdict.regions, truth, region_tolerance)
     return {
         "image_id": prediction.sample.image_id,
@@ -200,6 +206,8 @@ def _image_scores(
         "false_regions": false_regions,
         "region_hit": region_hit,
         "probability_max": float(probabilities.max()),
+        "image_probability": prediction.image_probability,
+        "frame_score": prediction.frame_score,
     }
 
 

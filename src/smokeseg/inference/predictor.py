@@ -28,6 +28,7 @@ from smokeseg.errors import SmokesegError
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.runtimes import Runtime, load_model
 from smokeseg.inference.scoring import ImageResult, Prediction
+from smokeseg.model.factory import split_outputs
 from smokeseg.model.precision import mixed_precision_dtype
 
 # Above this, resizing to the model size discards nearly every pixel and a batch of decoded frames
@@ -143,14 +144,26 @@ class Predictor:
     def threshold(self) -> float:
         return self.config.prediction.probability_threshold
 
+    @property
+    def image_threshold(self) -> float | None:
+        """The classification head's share of the verdict (``prediction.classification_threshold``)."""
+        return self.config.prediction.classification_threshold
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The model's view of an image (CxHxW float): the same inference transform as validation saw."""
         view = self.transform(image=image)["image"]
         return normalize(view, self.config.image.image_normalization).transpose(2, 0, 1)
 
-    @torch.inference_mode()
     def probabilities_at_model_size(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean sigmoid over models and test-time augmentations, for a preprocessed batch.
+        """Mean sigmoid over models and test-time augmentations, for a preprocessed batch (see
+        ``scores_at_model_size``)."""
+        return self.scores_at_model_size(batch)[0]
+
+    @torch.inference_mode()
+    def scores_at_model_size(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probability maps Nx1xHxW, image smoke probabilities N or None): mean sigmoids over models and
+        test-time augmentations, for a preprocessed batch. The image probabilities come from the
+        classification head (``architecture.classification_head``), None for models without one.
 
         The batch may be model-size images or tiles of any size divisible by 32: both scoring modes
         average the ensemble and TTA here, so they cannot drift apart.
@@ -158,14 +171,26 @@ class Predictor:
         batch = batch.to(self.device)
         views = [(lambda x: x, lambda y: y), *self.augmentations]
         total = torch.zeros((len(batch), 1, *batch.shape[-2:]), device=self.device)
+        image_total: torch.Tensor | None = None
         with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
             for model in self.models:
                 for forward, inverse in views:
-                    total += inverse(torch.sigmoid(model(forward(batch)).float()))
-        return (total / (len(self.models) * len(views))).cpu()
+                    masks, labels = split_outputs(model(forward(batch)))
+                    total += inverse(torch.sigmoid(masks.float()))
+                    if labels is not None:
+                        image_total = torch.sigmoid(labels.float()[:, 0]) + (
+                            0 if image_total is None else image_total
+                        )
+        count = len(self.models) * len(views)
+        return (total / count).cpu(), None if image_total is None else (image_total / count).cpu()
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (HxW float32) at each image's own size."""
+        return [probabilities for probabilities, _ in self.score_images(images)]
+
+    def score_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+        """(probability map at the image's own size, the classification head's smoke probability for the
+        whole image or None without a head) per image."""
         if self.tile is not None:
             return [self._predict_tiled(image, self.tile) for image in images]
         for image in images:
@@ -174,25 +199,27 @@ class Predictor:
         if self.config.image.resolution == "native":
             return [self._predict_native(image) for image in images]
         batch = torch.from_numpy(np.stack([self.preprocess(image) for image in images]))
-        probabilities = self.probabilities_at_model_size(batch)[:, 0].numpy()
+        maps, image_probabilities = self.scores_at_model_size(batch)
         return [
-            cv2.resize(p, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-            for p, image in zip(probabilities, images, strict=True)
+            (
+                cv2.resize(p, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR),
+                _item(image_probabilities, index),
+            )
+            for index, (p, image) in enumerate(zip(maps[:, 0].numpy(), images, strict=True))
         ]
 
-    def _predict_native(self, image: np.ndarray) -> np.ndarray:
+    def _predict_native(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
         """A whole frame at its own resolution (brought to ``image.long_side`` or shrunk to
         ``image.max_side`` first, as in training), probabilities at the frame's own size."""
         height, width = image.shape[:2]
         fit = self.config.image.native_fit()
         view = fit_to_size(image, (fit[0], fit[0]), fit[1]) if fit else image
         batch = torch.from_numpy(self.preprocess(view)[None])
-        probabilities = self.probabilities_at_model_size(batch)[0, 0].numpy()[
-            : view.shape[0], : view.shape[1]
-        ]
-        if view.shape[:2] == (height, width):
-            return np.ascontiguousarray(probabilities)
-        return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
+        maps, image_probabilities = self.scores_at_model_size(batch)
+        probabilities = maps[0, 0].numpy()[: view.shape[0], : view.shape[1]]
+        if view.shape[:2] != (height, width):
+            probabilities = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(probabilities), _item(image_probabilities, 0)
 
     def load_image(self, sample: Sample) -> np.ndarray:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""
@@ -251,9 +278,9 @@ class Predictor:
         return [results[sample.image_id] for sample in samples]
 
     def _flush(self, pending: list[tuple[Sample, np.ndarray]]) -> Iterator[Prediction]:
-        maps = self.predict_images([image for _, image in pending])
-        for (sample, image), probabilities in zip(pending, maps, strict=True):
-            yield Prediction(sample, image, probabilities)
+        scores = self.score_images([image for _, image in pending])
+        for (sample, image), (probabilities, image_probability) in zip(pending, scores, strict=True):
+            yield Prediction(sample, image, probabilities, image_probability, self.image_threshold)
 
     def _refuse_if_too_large(self, height: int, width: int, where: str) -> None:
         if height * width > self.max_untiled_pixels:
@@ -264,8 +291,9 @@ class Predictor:
                 "tile=TileSpec())), or downscale it."
             )
 
-    def _predict_tiled(self, image: np.ndarray, spec: TileSpec) -> np.ndarray:
-        """Native-resolution probabilities from overlapping tiles, streamed through the model in batches.
+    def _predict_tiled(self, image: np.ndarray, spec: TileSpec) -> tuple[np.ndarray, float | None]:
+        """Native-resolution probabilities from overlapping tiles, streamed through the model in batches,
+        and the highest image smoke probability of any tile (None without a classification head).
 
         Each tile's probabilities are weighted by a window that fades (raised cosine) to nearly zero
         towards its neighbours, where the model saw no context, and the sum is divided by the summed
@@ -285,6 +313,7 @@ class Predictor:
         columns = _tile_windows(padded_w, tile_w, overlap_w)
         total = np.zeros((padded_h, padded_w), np.float32)
         tiles = [(top, left) for top in rows for left in columns]
+        image_probability: float | None = None
         for start in range(0, len(tiles), self.batch_size):
             origins = tiles[start : start + self.batch_size]
             batch = np.stack(
@@ -293,13 +322,15 @@ class Predictor:
                     for top, left in origins
                 ]
             )
-            probabilities = self.probabilities_at_model_size(torch.from_numpy(batch))[:, 0].numpy()
-            for (top, left), tile_probabilities in zip(origins, probabilities, strict=True):
+            maps, tile_image_probabilities = self.scores_at_model_size(torch.from_numpy(batch))
+            if tile_image_probabilities is not None:
+                image_probability = max(float(tile_image_probabilities.max()), image_probability or 0.0)
+            for (top, left), tile_probabilities in zip(origins, maps[:, 0].numpy(), strict=True):
                 weight = np.outer(rows[top], columns[left])
                 total[top : top + tile_h, left : left + tile_w] += tile_probabilities * weight
         # The tile grid is separable, so the summed weights are the outer product of the per-axis sums.
         total /= np.outer(_summed_windows(rows, padded_h), _summed_windows(columns, padded_w))
-        return total[:height, :width]
+        return total[:height, :width], image_probability
 
 
 def _ready_for_inference(model: Runtime, device: torch.device) -> Runtime:
@@ -309,6 +340,10 @@ def _ready_for_inference(model: Runtime, device: torch.device) -> Runtime:
     if isinstance(model, torch.nn.Module) and device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _item(values: torch.Tensor | None, index: int) -> float | None:
+    return None if values is None else float(values[index])
 
 
 def _round_up(length: int) -> int:

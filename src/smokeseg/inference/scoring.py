@@ -57,11 +57,37 @@ def default_min_region_pixels(height: int, width: int) -> int:
 
 @dataclass
 class Prediction:
-    """A scored image: its sample, its pixels, and its probability map at its own size."""
+    """A scored image: its sample, its pixels, and its probability map at its own size; with a
+    classification head, also the head's smoke probability for the whole image and the share of the
+    verdict it was given (``prediction.classification_threshold``)."""
 
     sample: Sample
     image: np.ndarray
     probabilities: np.ndarray
+    image_probability: float | None = None
+    image_threshold: float | None = None
+
+    def verdict(self, threshold: float, min_region_pixels: int | None = None) -> Verdict:
+        """``smoke_verdict`` of the map; where the head has a say, no alarm below its threshold."""
+        verdict = smoke_verdict(self.probabilities, threshold, min_region_pixels)
+        if self.image_threshold is None or self.image_probability is None:
+            return verdict
+        if self.image_probability >= self.image_threshold:
+            return verdict
+        return Verdict(False, 1.0 - self.image_probability, [], np.zeros_like(verdict.regions))
+
+    @property
+    def frame_score(self) -> float:
+        """How much this image looks like smoke, threshold-free: ``frame_score``."""
+        return frame_score(float(self.probabilities.max()), self.image_probability)
+
+
+def frame_score(probability_max: float | np.ndarray, image_probability: float | np.ndarray | None):
+    """The image-level smoke score: the mask's highest probability, or, with a classification head,
+    the geometric mean of that and the head's probability (both must agree for a high score)."""
+    if image_probability is None:
+        return probability_max
+    return np.sqrt(np.asarray(probability_max) * np.asarray(image_probability))
 
 
 @dataclass(frozen=True)
@@ -110,7 +136,7 @@ def prediction_row(
     boxes, and IoU when it has a mask."""
     probabilities = prediction.probabilities
     predicted = probabilities > threshold
-    verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
+    verdict = prediction.verdict(threshold, min_region_pixels)
     row: dict[str, Any] = {
         "image_id": prediction.sample.image_id,
         "class_id": CLASS_NAME,
@@ -124,6 +150,8 @@ def prediction_row(
         "confidence": verdict.confidence,
         "boxes": verdict.boxes,
     }
+    if prediction.image_probability is not None:
+        row["image_probability"] = prediction.image_probability
     truth = prediction.sample.load_mask(*predicted.shape) if prediction.sample.has_mask else None
     if truth is not None:
         counts = np.array(
@@ -170,7 +198,7 @@ class ImageResult:
 
 def dataset_scores(rows: pd.DataFrame) -> dict[str, float | None]:
     """Dataset-level and mean per-image IoU/Dice and the region view's frame scores (``region_scores``,
-    ranking frames by their highest probability) from prediction rows that carry true masks."""
+    ranking frames by ``frame_score``) from prediction rows that carry true masks."""
     if "iou" not in rows or rows["iou"].isna().all():
         return {}
     scored = rows.dropna(subset=["iou"])
@@ -181,7 +209,7 @@ def dataset_scores(rows: pd.DataFrame) -> dict[str, float | None]:
             counts[:, 0] + counts[:, 2] > 0,
             scored["region_hit"],
             scored["false_regions"],
-            scored["probability_max"],
+            frame_score(scored["probability_max"], scored.get("image_probability")),
         ),
     }
 

@@ -117,18 +117,33 @@ def check_architecture(cfg: ArchitectureConfig, *, starting_weights: bool = True
         init_checkpoint(cfg.init_from)
 
 
+# The image-level head: max-pooled, so one small plume in a large frame weighs as it does in a crop.
+CLASSIFICATION_HEAD = {"classes": 1, "pooling": "max", "dropout": 0.2}
+
+
 def build_model(cfg: ArchitectureConfig) -> nn.Module:
-    """The bare network: one output channel of raw logits, randomly initialised."""
+    """The bare network: one output channel of raw logits, randomly initialised; with
+    ``classification_head`` it returns ``(mask logits, image logits)`` (see ``split_outputs``)."""
     architecture = resolve_architecture(cfg.architecture)
     backbone = resolve_backbone(cfg.backbone)
+    head = CLASSIFICATION_HEAD if cfg.classification_head else None
     try:
         # None always: smp would download on construction, which must not happen offline (see weights.py).
-        return architecture(encoder_name=backbone, encoder_weights=None, classes=1)
+        return architecture(encoder_name=backbone, encoder_weights=None, classes=1, aux_params=head)
     except (ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ModelError(
             f"architecture {cfg.architecture!r} cannot be built with backbone {cfg.backbone!r}: {error}. "
             "Choose another backbone or architecture"
         ) from error
+
+
+def split_outputs(
+    output: torch.Tensor | tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mask logits Nx1xHxW, image logits Nx1 or None) of a network's output, with or without the head."""
+    if isinstance(output, tuple | list):
+        return output[0], output[1]
+    return output, None
 
 
 def initialize_weights(model: nn.Module, cfg: ArchitectureConfig) -> str:

@@ -13,13 +13,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from smokeseg import __version__
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import mix_batch
 from smokeseg.metrics import OverlapScores
-from smokeseg.model.factory import build_model
+from smokeseg.model.factory import build_model, split_outputs
 from smokeseg.model.losses import create_loss
 
 VALIDATION_LOSSES_KEY = "validation_losses"
@@ -73,14 +74,27 @@ class SmokeSegmentationModule(L.LightningModule):
         self.samples_seen = 0
         self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits in float32 under any autocast precision, so losses and metrics are computed exactly."""
-        return self.model(images).float()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mask logits, image logits or None without a classification head), in float32 under any
+        autocast precision, so losses and metrics are computed exactly."""
+        masks, labels = split_outputs(self.model(images))
+        return masks.float(), None if labels is None else labels.float()
+
+    def _loss(
+        self, logits: torch.Tensor, label_logits: torch.Tensor | None, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """The mask loss, plus the head's BCE against "this image holds smoke" when there is a head."""
+        loss = self.loss(logits, masks)
+        if label_logits is None:
+            return loss
+        holds_smoke = (masks.flatten(1).amax(1, keepdim=True) > 0.5).float()
+        classification = F.binary_cross_entropy_with_logits(label_logits, holds_smoke)
+        return loss + self.config.training.classification_weight * classification
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         images, masks = mix_batch(batch["image"], batch["mask"], self.config.augmentation, self.mix_generator)
-        logits = self(images)
-        loss = self.loss(logits, masks)
+        logits, label_logits = self(images)
+        loss = self._loss(logits, label_logits, masks)
         self.samples_seen += len(images)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
         if self.config.training.calculate_train_metric:
@@ -99,9 +113,13 @@ class SmokeSegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images)
+        logits, label_logits = self(images)
+        labels = [None] * len(images) if label_logits is None else label_logits.split(1)
         per_image_loss = torch.stack(
-            [self.loss(logits[i : i + 1], masks[i : i + 1]) for i in range(len(images))]
+            [
+                self._loss(logit, label, mask)
+                for logit, label, mask in zip(logits.split(1), labels, masks.split(1), strict=True)
+            ]
         )
         self.validation_scores.update(torch.sigmoid(logits), masks)
         for index, loss in zip(batch["index"].tolist(), per_image_loss.tolist(), strict=True):
