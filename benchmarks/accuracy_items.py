@@ -1,0 +1,279 @@
+"""P2.4's measurements: each candidate change to fast.yaml as one row, trained one after the other in one
+run on one machine, judged on grouped validation first.
+
+Every row is `smokeseg train recipes/fast.yaml` with folds grouped by fire and camera scene
+(``dataset.group_rule=fire_sequence``), seed 0, plus the row's overrides. For each row it records:
+- grouped validation (fold 0: smoke-ht training frames of other fires than the fold's training frames):
+  IoU, mean per-image IoU, the share of frames with a false region, region recall, image AUROC; this is
+  what a recipe is chosen on;
+- smoke-ht's 49 test frames: the same scores, and IoU by smoke size (small < 1% of the frame, medium,
+  large >= 10%);
+- the false-positive rate on smoke-free crops of real camera frames (``false_alarms.py``) at the
+  model's operating point, with the recall on the test frames there;
+- wall time of the training command.
+
+Hard and random negatives are mined once, after the first row, from that row's model
+(``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
+every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames.
+
+usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
+       [--out benchmarks/results-items.json]
+Results are written after every row, so a long run that stops keeps what it measured; rows already in
+--out are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from false_alarms import TABLE_NAME, score_model
+from machine import cpu_description
+from run import FAST, ROOT, SHARED, SMOKESEG, _timed
+from smoke_pretrain_table import SMOKE5K, SMOKE_HT
+
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import load_samples
+from smokeseg.layout import TEST_PREDICTIONS_NAME, VALIDATION_PREDICTIONS_NAME
+from smokeseg.metrics import scores_by_size
+from smokeseg.storage import write_text_atomic
+
+GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed=0")
+SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...] = ()
+    item: str = ""  # the issue item the row measures
+
+
+ROWS = [
+    Row("fast.yaml", (), "baseline"),
+    Row(
+        "classification head, verdict needs head >= 0.5",
+        ("architecture.classification_head=true", "prediction.classification_threshold=0.5"),
+        "2",
+    ),
+    Row(
+        "context pass: 30% whole-frame views, mean of both passes",
+        ("image.context_probability=0.3", "image.context_pass=mean"),
+        "5",
+    ),
+    Row(
+        "hard negatives, share 0.2",
+        ("dataset.negative_dataframe={hard}", f"dataset.negative_share={SHARE}"),
+        "3",
+    ),
+    Row(
+        "random smoke-free crops, share 0.2",
+        ("dataset.negative_dataframe={random}", f"dataset.negative_share={SHARE}"),
+        "3",
+    ),
+    Row(
+        "384x384 crops, batch 8",
+        ("image.image_height=384", "image.image_width=384", "training.batch_size=8"),
+        "5",
+    ),
+    Row("horizontal-flip TTA", ("prediction.test_time_augmentations=[horizontal_flip]",), "5"),
+    Row("loss BCE + Lovasz", ("training.loss_function=BCELovasz",), "5"),
+    Row("loss Focal + Dice", ("training.loss_function=FocalDice",), "5"),
+    Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
+    Row("EfficientNet-Lite2", ("architecture.backbone=efficientnet_lite2",), "4"),
+    Row(
+        "fp32 training and scoring",
+        ("environment.mixed_precision_training=false", "environment.mixed_precision_inference=false"),
+        "7",
+    ),
+]
+SCORES = (
+    "IoU",
+    "mean_image_IoU",
+    "false_region_frames",
+    "false_regions_per_frame",
+    "region_recall",
+    "image_AUROC",
+)
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)[:60]
+
+
+def test_by_size(fold: Path) -> dict[str, dict[str, float | int]]:
+    """IoU by smoke size on the test frames, from the test predictions table."""
+    table = pd.read_parquet(fold / TEST_PREDICTIONS_NAME).dropna(subset=["iou"])
+    counts = table[["tp", "fp", "fn"]].to_numpy()
+    fractions = (table["tp"] + table["fn"]) / (table["height"] * table["width"])
+    return scores_by_size(counts, fractions.to_numpy())
+
+
+def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
+    """Hard and random smoke-free crops from fold 0's training frames and the SMOKE5K frames outside
+    smoke-ht's fires; returns each table's path."""
+    validation = set(pd.read_parquet(model / "fold0" / VALIDATION_PREDICTIONS_NAME)["image_id"])
+    train = pd.read_parquet(SMOKE_HT / "train.pq")
+    fold_train = workdir / "fold0_train.pq"
+    train[~train["image_id"].isin(validation)].to_parquet(fold_train, index=False)
+    outside = workdir / "smoke5k_outside_test_fires.pq"
+    if not outside.is_file():
+        _timed([sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(outside)], workdir)
+    tables = {}
+    for rule, flag in (("hard", []), ("random", ["--random"])):
+        out = workdir / f"negatives-{rule}"
+        if not out.is_dir():
+            for source, folder, part in (
+                (fold_train, SMOKE_HT / "gt_training", "site"),
+                (outside, SMOKE5K / "images", "smoke5k"),
+            ):
+                _timed(
+                    [
+                        SMOKESEG,
+                        "mine-negatives",
+                        str(model),
+                        str(source),
+                        "--data-folder",
+                        str(folder),
+                        "--out",
+                        str(workdir / f"negatives-{rule}-{part}"),
+                        *flag,
+                    ],
+                    workdir,
+                )
+            _merge([workdir / f"negatives-{rule}-{part}" for part in ("site", "smoke5k")], out)
+        tables[rule] = out / "negatives.csv"
+    return tables
+
+
+def _merge(parts: list[Path], out: Path) -> None:
+    """One negatives folder from several (image ids made unique by their part's name)."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for part in parts:
+        table = pd.read_csv(part / "negatives.csv", keep_default_na=False)
+        for image_id in table["image_id"]:
+            target = out / "images" / f"{part.name}_{Path(image_id).name}"
+            target.write_bytes((part / "images" / image_id).read_bytes())
+        frames.append(table.assign(image_id=[f"{part.name}_{Path(i).name}" for i in table["image_id"]]))
+    write_text_atomic(out / "negatives.csv", pd.concat(frames).to_csv(index=False))
+
+
+def run_row(row: Row, workdir: Path, crops: Path, placeholders: dict[str, object]) -> dict[str, object]:
+    out = workdir / _folder_name(row.name)
+    overrides = [o.format(**placeholders) for o in (*GROUPED, *row.overrides)]
+    if placeholders.get("init"):
+        overrides.append(f"architecture.init_from={placeholders['init']}")
+    sets = [part for override in overrides for part in ("--set", override)]
+    arguments = ["train", str(FAST), *sets, "--output-dir", str(out), "--no-progress"]
+    seconds = _timed([SMOKESEG, *arguments], workdir)
+    metrics = json.loads((out / "fold0/metrics.json").read_text())
+    negatives = load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True)
+    positives = load_samples(
+        SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True
+    )
+    listed = pd.read_csv(crops / TABLE_NAME)
+    frames = dict(
+        zip(listed["image_id"], zip(listed["frame_height"], listed["frame_width"], strict=True), strict=True)
+    )
+    alarms = score_model(str(out), negatives, frames, positives)
+    command = "smokeseg " + " ".join(arguments[:-3]).replace(str(ROOT) + "/", "").replace(
+        str(SHARED.parent) + "/", "../"
+    )
+    return {
+        "row": row.name,
+        "item": row.item,
+        "command": command,
+        "wall_s": round(seconds, 1),
+        "validation": {name: metrics.get(f"validation_{name}") for name in SCORES},
+        "test": {name: metrics.get(f"test_{name}") for name in SCORES},
+        "test_by_size": test_by_size(out / "fold0"),
+        "smoke_free_crops": alarms["operating_point"],
+        "smoke_free_crops_best_at_equal_recall": alarms["lowest_false_positive_rate_at_equal_recall"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("crops", type=Path, help="smoke-free crops folder written by false_alarms.py")
+    parser.add_argument("--rows", nargs="*", help="names of the rows to run (all by default)")
+    parser.add_argument(
+        "--init-from", type=Path, help="a smoke-pretrained experiment folder to start every row from"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results-items.json")
+    args = parser.parse_args()
+    if not (args.crops / TABLE_NAME).is_file():
+        sys.exit(
+            f"{args.crops / TABLE_NAME} is missing: run benchmarks/false_alarms.py {args.crops} MODEL first"
+        )
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = args.workdir.resolve()
+    machine = cpu_description()
+    print(json.dumps(machine, indent=1), flush=True)
+    done = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    placeholders: dict[str, object] = {"init": args.init_from.resolve() if args.init_from else None}
+    for row in ROWS:
+        if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
+            continue
+        if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
+            placeholders.update(mine_negatives(workdir / _folder_name(ROWS[0].name), workdir))
+        started = time.perf_counter()
+        done.append(run_row(row, workdir, args.crops.resolve(), placeholders))
+        print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
+        write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
+    print(_table(done))
+
+
+COLUMNS = (
+    "row",
+    "item",
+    "val IoU",
+    "val IoU/img",
+    "val false-region frames",
+    "test IoU",
+    "test IoU/img",
+    "test IoU small / medium / large",
+    "test false-region frames",
+    "test region recall",
+    "smoke-free crops alarm",
+    "wall",
+)
+
+
+def _number(value: object) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        v, t, s = r["validation"], r["test"], r["test_by_size"]
+        cells = [
+            r["row"],
+            r["item"],
+            _number(v["IoU"]),
+            _number(v["mean_image_IoU"]),
+            _number(v["false_region_frames"]),
+            _number(t["IoU"]),
+            _number(t["mean_image_IoU"]),
+            " / ".join(_number(s.get(k, {}).get("IoU")) for k in ("small", "medium", "large")),
+            _number(t["false_region_frames"]),
+            _number(t["region_recall"]),
+            _number(r["smoke_free_crops"]["false_positive_rate"]),
+            f"{r['wall_s']:.0f} s",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
