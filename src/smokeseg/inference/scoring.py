@@ -68,13 +68,10 @@ class Prediction:
     image_threshold: float | None = None
 
     def verdict(self, threshold: float, min_region_pixels: int | None = None) -> Verdict:
-        """``smoke_verdict`` of the map; where the head has a say, no alarm below its threshold."""
-        verdict = smoke_verdict(self.probabilities, threshold, min_region_pixels)
-        if self.image_threshold is None or self.image_probability is None:
-            return verdict
-        if self.image_probability >= self.image_threshold:
-            return verdict
-        return Verdict(False, 1.0 - self.image_probability, [], np.zeros_like(verdict.regions))
+        """``gated_verdict`` of this image."""
+        return gated_verdict(
+            self.probabilities, threshold, min_region_pixels, self.image_probability, self.image_threshold
+        )
 
     @property
     def frame_score(self) -> float:
@@ -127,6 +124,21 @@ def smoke_verdict(
     keep = np.zeros(len(stats), labels.dtype)
     keep[kept] = kept
     return Verdict(bool(boxes), confidence, boxes, keep[labels])
+
+
+def gated_verdict(
+    probabilities: np.ndarray,
+    threshold: float,
+    min_region_pixels: int | None = None,
+    image_probability: float | None = None,
+    image_threshold: float | None = None,
+) -> Verdict:
+    """``smoke_verdict``, except that where the classification head has a say (both ``image_*`` given)
+    an image it scores below ``image_threshold`` raises no alarm, whatever its regions."""
+    verdict = smoke_verdict(probabilities, threshold, min_region_pixels)
+    if image_threshold is None or image_probability is None or image_probability >= image_threshold:
+        return verdict
+    return Verdict(False, 1.0 - image_probability, [], np.zeros_like(verdict.regions))
 
 
 def prediction_row(
