@@ -4,12 +4,14 @@ scored beside the native pass with ``image.context_pass``, in the Predictor and 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
@@ -20,10 +22,12 @@ from smokeseg.data.augment import build_train_transform, model_resize
 from smokeseg.data.dataset import fit_to_size
 from smokeseg.data.formats import load_samples
 from smokeseg.data.normalization import normalize
+from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError
 from smokeseg.inference.predictor import Predictor
 from smokeseg.training import run
 from smokeseg.training.module import SmokeSegmentationModule
+from test_training import TINY
 
 SIDE = 64
 # Channel 0 holds the row, channel 1 the column: a crop shows where it came from, a resize does not.
@@ -214,3 +218,15 @@ def test_a_custom_training_pipeline_refuses_a_context_share():
             AugmentationConfig(augmentations_strategy="Custom"), _native(context_probability=0.2)
         )
     build_train_transform(AugmentationConfig(augmentations_strategy="Custom"), _native())
+
+
+def test_a_model_trains_and_validates_with_the_context_view(tmp_path):
+    """End to end through Lightning: the context view in training batches, the combined scores in the
+    per-epoch validation (its extra keys collate) and in the fold's tables."""
+    config_path = generate_demo_dataset(tmp_path / "data", n_train=8, n_test=2, size=(64, 96), seed=3)
+    overrides = [*TINY, "training.epochs=1", "image.resolution=native", "image.image_height=32"]
+    overrides += ["image.image_width=32", "image.context_probability=0.5", "image.context_pass=max"]
+    results = run.train(load_config(config_path, overrides), tmp_path / "exp", progress=False)
+    assert math.isfinite(results[0].metrics["validation_loss"])
+    test = pd.read_parquet(tmp_path / "exp/fold0/test_predictions.parquet")
+    assert (test["height"] == 64).all() and (test["width"] == 96).all()

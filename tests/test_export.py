@@ -334,6 +334,11 @@ def test_native_resolution_scores_like_the_predictor(
     native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS[view]))
     (tmp_path / "model.onnx").symlink_to(package / "model.onnx")
     settings = scoring_settings(native)
+    context_pass = native.config.image.context_pass
+    assert settings["context_pass"] == context_pass
+    assert (f"combined by their {context_pass}" in package_module._describe_model_input(settings)) == (
+        context_pass != "none"
+    )
     (tmp_path / "scoring.json").write_text(json.dumps(settings))
     frames = [read_image(images / name, name) for name in ("double.png", "nested/small.png")]
     got = score.Scorer(tmp_path).probabilities(frames)

@@ -61,16 +61,13 @@ CONTEXT_PASSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 
 def combine_context(native: torch.Tensor, context: torch.Tensor, context_pass: str) -> torch.Tensor:
     """Combine NxCxHxW native-pass probabilities with the context pass's, scored at the model size and
-    brought to HxW bilinearly (half-pixel centres, as OpenCV's INTER_LINEAR); "none" returns ``native``.
+    brought to HxW bilinearly (half-pixel centres, as OpenCV's INTER_LINEAR), as ``context_pass`` says.
 
     Scoring and the per-epoch validation both combine here, so the metric that picks a checkpoint
     measures what scoring does.
     """
-    combine = CONTEXT_PASSES.get(context_pass)
-    if combine is None:
-        return native
     upsampled = F.interpolate(context, size=native.shape[-2:], mode="bilinear", align_corners=False)
-    return combine(native, upsampled)
+    return CONTEXT_PASSES[context_pass](native, upsampled)
 
 
 @dataclass(frozen=True)
@@ -217,12 +214,12 @@ class Predictor:
         fit = self.config.image.native_fit()
         view = fit_to_size(image, (fit[0], fit[0]), fit[1]) if fit else image
         batch = torch.from_numpy(self.preprocess(view)[None])
-        native = self.probabilities_at_model_size(batch)[..., : view.shape[0], : view.shape[1]]
+        scores = self.probabilities_at_model_size(batch)[..., : view.shape[0], : view.shape[1]]
         if self.context_transform is not None:
             context_batch = torch.from_numpy(self.preprocess(view, self.context_transform)[None])
             context = self.probabilities_at_model_size(context_batch)
-            native = combine_context(native, context, self.config.image.context_pass)
-        probabilities = native[0, 0].numpy()
+            scores = combine_context(scores, context, self.config.image.context_pass)
+        probabilities = scores[0, 0].numpy()
         if view.shape[:2] == (height, width):
             return np.ascontiguousarray(probabilities)
         return cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
