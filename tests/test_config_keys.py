@@ -17,7 +17,7 @@ from smokeseg.config import schema
 from smokeseg.data.augment import MIXERS, PRESETS
 from smokeseg.data.normalization import NORMALIZATIONS
 from smokeseg.export.onnx import EXPORT_FORMATS
-from smokeseg.inference.predictor import TEST_TIME_AUGMENTATIONS
+from smokeseg.inference.predictor import CONTEXT_PASSES, TEST_TIME_AUGMENTATIONS
 from smokeseg.metrics import METRIC_NAMES
 from smokeseg.model.losses import LOSS_PARTS
 from smokeseg.training.module import OPTIMIZERS, SCHEDULES
@@ -51,6 +51,7 @@ def _allowed(section: type[BaseModel], key: str) -> set[str]:
         (schema.AugmentationConfig, "augmentations_strategy", {*PRESETS, "Custom"}),
         (schema.AugmentationConfig, "mix_image", {*MIXERS, "Disabled"}),
         (schema.ImageConfig, "image_normalization", set(NORMALIZATIONS)),
+        (schema.ImageConfig, "context_pass", {*CONTEXT_PASSES, "none"}),
         (schema.PredictionConfig, "metric", set(METRIC_NAMES)),
         (schema.PredictionConfig, "test_time_augmentations", set(TEST_TIME_AUGMENTATIONS)),
         (schema.TrainingConfig, "optimizer", set(OPTIMIZERS)),

@@ -42,7 +42,7 @@ from smokeseg.export import package as package_module
 from smokeseg.export.package import scoring_settings
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
-from smokeseg.inference.predictor import TEST_TIME_AUGMENTATIONS, Predictor
+from smokeseg.inference.predictor import CONTEXT_PASSES, TEST_TIME_AUGMENTATIONS, Predictor
 from smokeseg.inference.runtimes import load_checkpoint
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.training import run
@@ -291,6 +291,8 @@ VIEWS = {
     "resize": {},
     "native": {"image": {"resolution": "native", "max_side": 120}},
     "native long side": {"image": {"resolution": "native", "long_side": 160}},
+    "native context mean": {"image": {"resolution": "native", "long_side": 160, "context_pass": "mean"}},
+    "native context max": {"image": {"resolution": "native", "max_side": 120, "context_pass": "max"}},
     "custom resize": {"augmentation": {"augmentations_strategy": "Custom"}},
 }
 
@@ -323,21 +325,33 @@ def test_preprocessing_equals_the_predictors(
             np.testing.assert_array_equal(score.preprocess(image, settings), reference.preprocess(image))
 
 
-@pytest.mark.parametrize("view", ["native", "native long side"])
+@pytest.mark.parametrize("view", ["native", "native long side", "native context mean", "native context max"])
 def test_native_resolution_scores_like_the_predictor(
     score: ModuleType, predictor: Predictor, package: Path, images: Path, tmp_path: Path, view: str
 ):
     """Whole frames, padded, shrunk above max_side or brought to long_side: the same graph, scored
-    the native way."""
+    the native way, and with a context pass also resized to the model size and combined."""
     native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS[view]))
     (tmp_path / "model.onnx").symlink_to(package / "model.onnx")
     settings = scoring_settings(native)
+    context_pass = native.config.image.context_pass
+    assert settings["context_pass"] == context_pass
+    assert (f"combined by their {context_pass}" in package_module._describe_model_input(settings)) == (
+        context_pass != "none"
+    )
     (tmp_path / "scoring.json").write_text(json.dumps(settings))
     frames = [read_image(images / name, name) for name in ("double.png", "nested/small.png")]
     got = score.Scorer(tmp_path).probabilities(frames)
     for mine, expected in zip(got, native.predict_images(frames), strict=True):
         assert mine.shape == expected.shape
         assert np.abs(mine - expected).max() < 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(CONTEXT_PASSES))
+def test_context_passes_combine_as_the_predictors(score: ModuleType, name: str):
+    native, context = np.random.default_rng(4).random((2, 1, 1, 40, 60)).astype(np.float32)
+    expected = CONTEXT_PASSES[name](torch.from_numpy(native), torch.from_numpy(context)).numpy()
+    np.testing.assert_allclose(score.CONTEXT_PASSES[name](native, context), expected, atol=1e-7)
 
 
 def test_an_inference_pipeline_score_py_cannot_mirror_is_refused(predictor: Predictor, monkeypatch):

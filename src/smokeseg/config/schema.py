@@ -192,11 +192,37 @@ class ImageConfig(Section):
     smoke_crop_probability: float = Field(
         0.5, ge=0, le=1, description="native: share of training crops placed on smoke (the rest at random)"
     )
+    context_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="native: share of training samples that are the whole frame resized to image_height x "
+        "image_width (the context view, as resize trains) instead of a crop, so large plumes are also "
+        "seen whole; 0: crops only",
+    )
+    context_pass: Literal["none", "mean", "max"] = Field(
+        "none",
+        description="native: also score the whole frame resized to image_height x image_width, bring its "
+        "probabilities back to the frame and combine them with the native pass: mean (their average) or "
+        "max (pixelwise), so large plumes keep their context; none: the native pass alone. Train with "
+        "context_probability above 0 so the model knows the whole-frame view. Tiled scoring ignores it",
+    )
 
     @model_validator(mode="after")
     def _one_side_rule(self) -> ImageConfig:
         if self.max_side is not None and self.long_side is not None:
             raise ValueError("set image.long_side or image.max_side, not both (long_side also shrinks)")
+        return self
+
+    @model_validator(mode="after")
+    def _context_needs_native(self) -> ImageConfig:
+        """resize already trains and scores the whole frame at the model size: a context view adds nothing."""
+        if self.resolution != "native" and (self.context_probability > 0 or self.context_pass != "none"):
+            raise ValueError(
+                "image.context_probability and image.context_pass act only with image.resolution: native "
+                f"(resolution {self.resolution} already sees whole frames): set resolution: native, or "
+                "context_probability: 0 and context_pass: none"
+            )
         return self
 
     def native_fit(self) -> tuple[int, bool] | None:

@@ -83,9 +83,17 @@ PRESETS: dict[str, Callable[[], list[A.BasicTransform]]] = {
 }
 
 
-def model_resize(image_cfg: ImageConfig) -> A.Resize:
+def model_resize(image_cfg: ImageConfig, p: float = 1.0) -> A.Resize:
     """Resize to the model input; area averaging when shrinking keeps thin, faint smoke visible."""
-    return A.Resize(image_cfg.image_height, image_cfg.image_width, area_for_downscale="image", p=1.0)
+    return A.Resize(image_cfg.image_height, image_cfg.image_width, area_for_downscale="image", p=p)
+
+
+def build_context_transform(image_cfg: ImageConfig) -> A.Compose | None:
+    """native with ``context_pass``: the whole-frame view scored beside the native pass, the view that
+    ``context_probability`` trains on; None without a context pass."""
+    if image_cfg.context_pass == "none":
+        return None
+    return A.Compose([model_resize(image_cfg)])
 
 
 def build_train_transform(
@@ -97,6 +105,12 @@ def build_train_transform(
     give each worker its own stream with ``transform.set_random_seed(seed + worker_id)``.
     """
     if aug_cfg.augmentations_strategy == "Custom":
+        if image_cfg.context_probability > 0:
+            raise ConfigError(
+                f"image.context_probability shapes the preset native crops, but {TRAIN_KEY} replaces them: "
+                "put the whole-frame Resize into that pipeline (an A.OneOf beside its crop), or set "
+                "image.context_probability: 0."
+            )
         pipeline = _ending_at_model_size(
             load_hydrogen_torch_pipeline(
                 aug_cfg.custom_train_augmentations, image_cfg.image_height, image_cfg.image_width, TRAIN_KEY
@@ -112,14 +126,17 @@ def build_train_transform(
 
 
 def native_crop(image_cfg: ImageConfig) -> list[A.BasicTransform]:
-    """Model-size crops at the image's own resolution, a share of them placed on smoke.
+    """Model-size crops at the image's own resolution, a share of them placed on smoke, and a share
+    (``context_probability``) of whole frames resized to the model size instead.
 
     Crops on smoke teach what a plume looks like at full detail; random crops bring the clouds, haze
-    and skylines a camera sees most of the time.
+    and skylines a camera sees most of the time; whole frames show large plumes whole, as the context
+    pass scores them.
     """
     height, width = image_cfg.image_height, image_cfg.image_width
     on_smoke = image_cfg.smoke_crop_probability
-    return [
+    context = image_cfg.context_probability
+    crops = [
         A.PadIfNeeded(min_height=height, min_width=width, border_mode=_BORDER),
         A.OneOf(
             [
@@ -129,6 +146,10 @@ def native_crop(image_cfg: ImageConfig) -> list[A.BasicTransform]:
             p=1.0,
         ),
     ]
+    if not context:
+        return crops  # no extra random draw: seeded runs repeat those made before the context view
+    # Padding belongs to the crops only: the context view resizes the frame as scoring does, unpadded.
+    return [A.OneOf([A.Sequential(crops, p=1 - context), model_resize(image_cfg, p=context)], p=1.0)]
 
 
 def pad_to_stride(stride: int = 32) -> A.PadIfNeeded:

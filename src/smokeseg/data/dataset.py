@@ -49,6 +49,10 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False)
 class SegmentationDataset(Dataset):
     """Yields ``{"image": 3xHxW float, "mask": 1xHxW float, "index": int}`` at the model size.
 
+    With ``context_transform`` (validation with ``image.context_pass``) also ``"context"``, the image
+    as that transform makes it, and ``"size"``, the (height, width) of the image before ``transform``
+    padded it, so validation can combine the two passes as scoring does.
+
     Decoded images and masks are kept in memory: smoke datasets are small, and decoding multi-megapixel
     camera JPEGs would otherwise dominate each epoch. With ``max_size`` the cached copies are shrunk
     to at most that size (``fit_to_size``), or brought to it with ``enlarge``.
@@ -61,9 +65,11 @@ class SegmentationDataset(Dataset):
         normalization: str,
         max_size: tuple[int, int] | None = None,
         enlarge: bool = False,
+        context_transform: A.BasicTransform | A.Compose | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.context_transform = context_transform
         self.normalization = normalization
         self.max_size = max_size
         self.enlarge = enlarge
@@ -97,9 +103,16 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.load(index)
         out = self.transform(image=image, mask=mask)
-        pixels = normalize(out["image"], self.normalization)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
+        item = {
+            "image": self._tensor(out["image"]),
             "mask": torch.from_numpy(out["mask"][None].astype(np.float32)),
             "index": index,
         }
+        if self.context_transform is not None:
+            item["context"] = self._tensor(self.context_transform(image=image)["image"])
+            item["size"] = torch.tensor(image.shape[:2])
+        return item
+
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        pixels = normalize(image, self.normalization)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))

@@ -83,14 +83,21 @@ def scoring_settings(predictor: Predictor) -> dict[str, Any]:
 def model_view_settings(predictor: Predictor) -> dict[str, Any]:
     """How the predictor's inference transform makes the model's input, in the two forms score.py
     re-implements: a resize to the model size (shrinking by area or bilinearly), or, at native
-    resolution, padding to the encoder's stride. Any other custom pipeline cannot be packaged."""
+    resolution, padding to the encoder's stride, with the context pass's resize to the model size
+    (``image.context_pass``). Any other custom pipeline cannot be packaged."""
     image = predictor.config.image
     steps = predictor.transform.transforms
     step = steps[0] if len(steps) == 1 else None
     if image.resolution == "native" and isinstance(step, A.PadIfNeeded) and _pads_like_score_py(step):
         side, enlarge = image.native_fit() or (None, False)
         pad = step.pad_height_divisor
-        return {"resolution": "native", "side": side, "enlarge": enlarge, "pad_multiple": pad}
+        return {
+            "resolution": "native",
+            "side": side,
+            "enlarge": enlarge,
+            "pad_multiple": pad,
+            "context_pass": image.context_pass,
+        }
     if (
         image.resolution == "resize"
         and isinstance(step, A.Resize)
@@ -173,8 +180,15 @@ def _describe_model_input(settings: dict[str, Any]) -> str:
             shrink = f", first scaled so that the longer side is {settings['side']} pixels"
         elif settings["side"]:
             shrink = f", shrunk first to at most {settings['side']} pixels a side"
+        context = ""
+        if settings["context_pass"] != "none":
+            context = (
+                f"; also resized to {settings['image_width']}x{settings['image_height']} (shrinking by area "
+                f"averaging), the two probability maps combined by their {settings['context_pass']}"
+            )
         return (
-            f"whole images at their own resolution, padded to multiples of {settings['pad_multiple']}{shrink}"
+            f"whole images at their own resolution, padded to multiples of {settings['pad_multiple']}"
+            f"{shrink}{context}"
         )
     shrinking = "area averaging" if settings["shrink"] == "area" else "bilinear"
     return f"{settings['image_width']}x{settings['image_height']}, shrinking by {shrinking}"

@@ -5,7 +5,9 @@ probabilities this way, so one image gets one answer everywhere.
 
 Two ways to score an image: Hydrogen Torch's (the default) resizes it to the model size and the
 probabilities back; tiling (``TileSpec``) scores it at native resolution in overlapping model-size
-tiles, so distant smoke a few hundred pixels wide is not shrunk away in a 3072x2048 frame.
+tiles, so distant smoke a few hundred pixels wide is not shrunk away in a 3072x2048 frame. Models
+trained at native resolution score whole frames so; with ``image.context_pass`` they also score the
+frame resized to the model size and combine both, so large plumes keep their context.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from smokeseg.config.schema import ExperimentConfig
-from smokeseg.data.augment import build_inference_transform
+from smokeseg.data.augment import build_context_transform, build_inference_transform
 from smokeseg.data.dataset import fit_to_size, limit_opencv_threads
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
@@ -48,6 +52,23 @@ TEST_TIME_AUGMENTATIONS: dict[str, tuple[TensorMap, TensorMap]] = {
     "rotate180": (lambda x: x.rot90(2, (-2, -1)), lambda y: y.rot90(-2, (-2, -1))),
     "rotate270": (lambda x: x.rot90(3, (-2, -1)), lambda y: y.rot90(-3, (-2, -1))),
 }
+
+# image.context_pass -> how the native pass's probabilities and the context pass's combine, pixelwise.
+CONTEXT_PASSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mean": lambda native, context: (native + context) / 2,
+    "max": torch.maximum,
+}
+
+
+def combine_context(native: torch.Tensor, context: torch.Tensor, context_pass: str) -> torch.Tensor:
+    """Combine NxCxHxW native-pass probabilities with the context pass's, scored at the model size and
+    brought to HxW bilinearly (half-pixel centres, as OpenCV's INTER_LINEAR), as ``context_pass`` says.
+
+    Scoring and the per-epoch validation both combine here, so the metric that picks a checkpoint
+    measures what scoring does.
+    """
+    upsampled = F.interpolate(context, size=native.shape[-2:], mode="bilinear", align_corners=False)
+    return CONTEXT_PASSES[context_pass](native, upsampled)
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,7 @@ class Predictor:
         self.tile = tile
         self.max_untiled_pixels = max_untiled_pixels
         self.transform = build_inference_transform(config.augmentation, config.image)
+        self.context_transform = build_context_transform(config.image)
         if tile is not None:
             tile.geometry(self.model_size)  # a bad overlap fails now, not at the first image
 
@@ -149,9 +171,10 @@ class Predictor:
         """The classification head's share of the verdict (``prediction.classification_threshold``)."""
         return self.config.prediction.classification_threshold
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """The model's view of an image (CxHxW float): the same inference transform as validation saw."""
-        view = self.transform(image=image)["image"]
+    def preprocess(self, image: np.ndarray, transform: A.Compose | None = None) -> np.ndarray:
+        """The model's view of an image (CxHxW float): the same inference transform as validation saw,
+        or ``transform`` (the context pass's)."""
+        view = (transform or self.transform)(image=image)["image"]
         return normalize(view, self.config.image.image_normalization).transpose(2, 0, 1)
 
     def probabilities_at_model_size(self, batch: torch.Tensor) -> torch.Tensor:
@@ -210,13 +233,23 @@ class Predictor:
 
     def _predict_native(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
         """A whole frame at its own resolution (brought to ``image.long_side`` or shrunk to
-        ``image.max_side`` first, as in training), probabilities at the frame's own size."""
+        ``image.max_side`` first, as in training), probabilities at the frame's own size.
+
+        With ``image.context_pass`` that view is also scored resized to the model size, as
+        ``context_probability`` trains it, and both combine at the view's size (``combine_context``).
+        """
         height, width = image.shape[:2]
         fit = self.config.image.native_fit()
         view = fit_to_size(image, (fit[0], fit[0]), fit[1]) if fit else image
         batch = torch.from_numpy(self.preprocess(view)[None])
         maps, image_probabilities = self.scores_at_model_size(batch)
-        probabilities = maps[0, 0].numpy()[: view.shape[0], : view.shape[1]]
+        scores = maps[..., : view.shape[0], : view.shape[1]]
+        if self.context_transform is not None:
+            context_batch = torch.from_numpy(self.preprocess(view, self.context_transform)[None])
+            scores = combine_context(
+                scores, self.probabilities_at_model_size(context_batch), self.config.image.context_pass
+            )
+        probabilities = scores[0, 0].numpy()
         if view.shape[:2] != (height, width):
             probabilities = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
         return np.ascontiguousarray(probabilities), _item(image_probabilities, 0)
@@ -298,6 +331,9 @@ class Predictor:
         Each tile's probabilities are weighted by a window that fades (raised cosine) to nearly zero
         towards its neighbours, where the model saw no context, and the sum is divided by the summed
         weights. Memory is the image, its normalised copy and one accumulator: O(image), not O(tiles).
+
+        ``image.context_pass`` does not apply here: tiles are scored as they are, at the image's own
+        resolution, without the whole-frame view.
         """
         height, width = image.shape[:2]
         normalized = normalize(image, self.config.image.image_normalization)  # whole-image statistics

@@ -19,11 +19,14 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from smokeseg import __version__
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import mix_batch
+from smokeseg.inference.predictor import combine_context
 from smokeseg.metrics import OverlapScores
 from smokeseg.model.factory import build_model, split_outputs
 from smokeseg.model.losses import create_loss
 
 VALIDATION_LOSSES_KEY = "validation_losses"
+# Combined probabilities become logits again for the loss; this keeps 0 and 1 finite.
+_LOGIT_EPS = 1e-6
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "AdamW": torch.optim.AdamW,
@@ -114,6 +117,8 @@ class SmokeSegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         images, masks = batch["image"], batch["mask"]
         logits, label_logits = self(images)
+        if "context" in batch:
+            logits = self._with_context_pass(logits, batch["context"], batch["size"])
         labels = [None] * len(images) if label_logits is None else label_logits.split(1)
         per_image_loss = torch.stack(
             [
@@ -124,6 +129,21 @@ class SmokeSegmentationModule(L.LightningModule):
         self.validation_scores.update(torch.sigmoid(logits), masks)
         for index, loss in zip(batch["index"].tolist(), per_image_loss.tolist(), strict=True):
             self.validation_losses[index] = loss
+
+    def _with_context_pass(
+        self, logits: torch.Tensor, context_images: torch.Tensor, sizes: torch.Tensor
+    ) -> torch.Tensor:
+        """``image.context_pass`` as the Predictor scores it (without its test-time augmentations), so
+        the per-epoch metric and loss judge the combined scores: each frame's own pixels combine the
+        native and the context pass; the stride padding beyond them keeps the native pass's."""
+        probabilities = torch.sigmoid(logits)
+        context = torch.sigmoid(self(context_images)[0])
+        for index, (height, width) in enumerate(sizes.tolist()):
+            frame = probabilities[index : index + 1, :, :height, :width]
+            probabilities[index : index + 1, :, :height, :width] = combine_context(
+                frame, context[index : index + 1], self.config.image.context_pass
+            )
+        return torch.logit(probabilities, eps=_LOGIT_EPS)
 
     def on_validation_epoch_end(self) -> None:
         if not self.validation_losses:

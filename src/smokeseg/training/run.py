@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
-from smokeseg.data.augment import build_inference_transform, build_train_transform
+from smokeseg.data.augment import build_context_transform, build_inference_transform, build_train_transform
 from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
@@ -415,7 +415,10 @@ def _fit(
 
 
 def _cached_dataset(
-    samples: Sequence[Sample], transform: A.BaseCompose, config: ExperimentConfig
+    samples: Sequence[Sample],
+    transform: A.BaseCompose,
+    config: ExperimentConfig,
+    context_transform: A.BaseCompose | None = None,
 ) -> SegmentationDataset:
     """A dataset keeping decoded images in memory, at the size the pipeline starts from.
 
@@ -428,7 +431,14 @@ def _cached_dataset(
     if image.resolution == "native":
         fit = image.native_fit()
         size, enlarge = ((fit[0], fit[0]), fit[1]) if fit else (None, False)
-    return SegmentationDataset(samples, transform, image.image_normalization, max_size=size, enlarge=enlarge)
+    return SegmentationDataset(
+        samples,
+        transform,
+        image.image_normalization,
+        max_size=size,
+        enlarge=enlarge,
+        context_transform=context_transform,
+    )
 
 
 def _validation_batch_size(config: ExperimentConfig, batch_size: int) -> int:
@@ -439,7 +449,13 @@ def _validation_batch_size(config: ExperimentConfig, batch_size: int) -> int:
 
 
 def _validation_dataset(samples: Sequence[Sample], config: ExperimentConfig) -> SegmentationDataset:
-    return _cached_dataset(samples, build_inference_transform(config.augmentation, config.image), config)
+    """The frames as scoring sees them, with the context pass's view where ``image.context_pass`` is on."""
+    return _cached_dataset(
+        samples,
+        build_inference_transform(config.augmentation, config.image),
+        config,
+        build_context_transform(config.image),
+    )
 
 
 LightningPrecision = Literal["32-true", "16-mixed", "bf16-mixed"]

@@ -5,9 +5,10 @@
 Needs only onnxruntime, numpy and pillow (requirements.txt): no torch, no smokeseg. Each step mirrors
 smokeseg's scoring path, so an image gets the same mask here as there: decode upright RGB, resize to the
 model size with OpenCV's own arithmetic (area averaging or bilinear, bit for bit) or, for native-resolution
-models, pad whole frames; normalise, average the test-time augmentations (model.onnx already averages the
-folds), resize the probabilities back to the image's own size, threshold, run-length encode, and give the
-image-level smoke verdict.
+models, pad whole frames (with a context pass, also score them resized to the model size and combine the
+two maps by their mean or maximum); normalise, average the test-time augmentations (model.onnx already
+averages the folds), resize the probabilities back to the image's own size, threshold, run-length encode,
+and give the image-level smoke verdict.
 
 Row ids are a file's name, or its path relative to the folder given. One table row per image: image_id,
 class_id, rle_mask (1-indexed ``start length`` pairs in ``rle_order``, at the image's own size), height,
@@ -310,6 +311,13 @@ TEST_TIME_AUGMENTATIONS: dict[str, tuple[ArrayMap, ArrayMap]] = {
 }
 
 
+# context_pass -> how the native pass's probabilities and the context pass's combine, pixelwise.
+CONTEXT_PASSES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "mean": lambda native, context: (native + context) / 2,
+    "max": np.maximum,
+}
+
+
 # --- masks, regions and rows ---------------------------------------------------------------------
 
 
@@ -424,10 +432,18 @@ class Scorer:
         return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
 
     def _native_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """A whole frame at its own resolution (first brought to ``side``), one at a time."""
+        """A whole frame at its own resolution (first brought to ``side``), one at a time; with a context
+        pass, combined with the same view scored at the model size."""
         view = fit_to_side(image, self.settings["side"], self.settings["enlarge"])
         probabilities = self._mean_over_views(preprocess(view, self.settings)[None])[0, 0]
         probabilities = np.ascontiguousarray(probabilities[: view.shape[0], : view.shape[1]])
+        combine = CONTEXT_PASSES.get(self.settings.get("context_pass", "none"))
+        if combine is not None:
+            settings = self.settings
+            resized = resize_image(view, settings["image_height"], settings["image_width"], "area")
+            pixels = normalize(resized, settings["normalization"]).transpose(2, 0, 1)
+            context = self._mean_over_views(pixels[None])[0, 0]
+            probabilities = combine(probabilities, resize_probabilities(context, *view.shape[:2]))
         if view.shape == image.shape:
             return probabilities
         return resize_probabilities(probabilities, *image.shape[:2])
