@@ -34,6 +34,7 @@ from smoke_pretrain_table import SMOKE5K, SMOKE_HT, split_real_frames
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.dataset import fit_scale, fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map, samples_from_folders
+from smokeseg.data.negatives import smoke_free_windows
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
@@ -41,22 +42,6 @@ from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
 TABLE_NAME = "smoke_free.csv"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_AREAS = (None, 64, 128, 256, 512)  # None: the default (0.01% of the image, at least 16 pixels)
-
-
-def smoke_free_windows(mask: np.ndarray, size: int, margin: int, count: int, rng: np.random.Generator):
-    """Up to ``count`` top-left corners of ``size`` x ``size`` windows with no smoke within ``margin``."""
-    near_smoke = cv2.dilate(mask.astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8))
-    # A window is clean when the summed-area table says it holds no pixel near smoke.
-    table = cv2.integral(near_smoke)
-    height, width = mask.shape
-    corners = [(y, x) for y in range(0, height - size + 1, 16) for x in range(0, width - size + 1, 16)]
-    clean = [
-        (y, x)
-        for y, x in corners
-        if table[y + size, x + size] - table[y, x + size] - table[y + size, x] + table[y, x] == 0
-    ]
-    picked = rng.permutation(len(clean))[:count]
-    return [clean[i] for i in picked]
 
 
 def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int) -> Path:

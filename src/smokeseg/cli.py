@@ -374,6 +374,66 @@ def evaluate(
     console.print(f"Scores: {result.write_json(output)}")
 
 
+@app.command("mine-negatives")
+def mine_negatives(
+    model: Annotated[
+        Path, typer.Argument(help="A checkpoint, a fold or experiment folder, or a scoring package.")
+    ],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Labelled frames: Hydrogen Torch tables (.pq/.csv), images/+masks/ folders, zips."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New folder for the crops and negatives.csv.")],
+    count_per_frame: Annotated[int, typer.Option(min=1, help="Most crops cut from one frame.")] = 1,
+    size: Annotated[int, typer.Option(min=32, help="Crop side in pixels, at the model's scale.")] = 256,
+    margin: Annotated[int, typer.Option(min=0, help="Pixels kept clear of any true smoke.")] = 32,
+    random: Annotated[
+        bool,
+        typer.Option(
+            "--random", help="Uniformly random smoke-free crops (the baseline) instead of the model's errors."
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random crops.")] = 0,
+    data_folder: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Folder (or zip) with the images of a table (default: found beside the table)."),
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Cut smoke-free crops where the model raises false alarms (or, with --random, anywhere clean) into a
+    dataset with empty masks, for dataset.negative_dataframe."""
+    from smokeseg.data.negatives import WindowSpec
+    from smokeseg.inference.mining import TABLE_NAME
+    from smokeseg.inference.mining import mine_negatives as run_mining
+
+    rule = "random" if random else "hard"
+    with _ImageProgress("Mining") as progress:
+        run = run_mining(
+            model,
+            sources,
+            out,
+            rule=rule,
+            spec=WindowSpec(size=size, margin=margin, count=count_per_frame),
+            seed=seed,
+            data_folder=data_folder,
+            device=device,
+            progress=progress,
+        )
+    summary = run.summary
+    console.print(
+        f"{run.crops} {rule} negatives from {summary['frames_with_crops']} of {summary['frames']} frames "
+        f"({len(summary['frames_skipped'])} skipped): {run.folder / TABLE_NAME}"
+    )
+    if run.crops == 0:
+        console.print(
+            "No window qualified (smoke-free and, for hard negatives, above the model's threshold): "
+            "the table is empty. Lower --margin or --size, or give more frames.",
+            style="yellow",
+        )
+
+
 @app.command("tune-threshold")
 def tune_threshold(
     experiment: Annotated[Path, typer.Argument(help="An experiment (or fold) folder from `smokeseg train`.")],

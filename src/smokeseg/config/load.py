@@ -20,6 +20,8 @@ from smokeseg.storage import write_text_atomic
 PATH_KEYS = (
     "data_folder",
     "data_folder_test",
+    "negative_data_folder",
+    "negative_dataframe",
     "test_dataframe",
     "train_dataframe",
     "validation_dataframe",

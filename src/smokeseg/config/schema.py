@@ -128,6 +128,21 @@ class DatasetConfig(Section):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="error: stop at a bad image or mask; skip: leave it out with a warning"
     )
+    negative_dataframe: OptionalPath = Field(
+        None,
+        description="a table of smoke-free crops (empty masks) at the model's scale, such as "
+        "`smokeseg mine-negatives` writes; training draws negative_share of each epoch from it",
+    )
+    negative_data_folder: OptionalPath = Field(
+        None, description="folder (or .zip) holding the negatives' images (default: beside the table)"
+    )
+    negative_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each training epoch drawn from negative_dataframe, used as they are "
+        "(0: off); never in validation",
+    )
 
     def training_tables(self) -> tuple[Path, Path | None]:
         """The train table, and the validation table where ``validation_strategy`` is custom (else None);
@@ -142,6 +157,18 @@ class DatasetConfig(Section):
         if self.validation_dataframe is None:
             raise ConfigError("dataset.validation_strategy=custom needs dataset.validation_dataframe.")
         return self.train_dataframe, self.validation_dataframe
+
+    def negative_table(self) -> Path | None:
+        """The negatives table where ``negative_share`` is above 0 (else None); a ConfigError if unset."""
+        if self.negative_share == 0:
+            return None
+        if self.negative_dataframe is None:
+            raise ConfigError(
+                f"dataset.negative_share={self.negative_share} draws from dataset.negative_dataframe, which "
+                "is not set: point it at a table of smoke-free crops (`smokeseg mine-negatives` writes one), "
+                "or set dataset.negative_share: 0."
+            )
+        return self.negative_dataframe
 
     def for_test_table(self) -> DatasetConfig:
         """These settings as the test table is read: with its own RLE order, if it has one."""

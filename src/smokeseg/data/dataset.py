@@ -46,6 +46,19 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False)
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
+def fit_with_mask(
+    image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] | None, enlarge: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fit_to_size`` for an image and its mask alike (None: left as they are), the mask as 0/1 uint8,
+    zeros where none is known. The mask is scaled as 0/255 and cut at half, so its edge moves with the
+    image's."""
+    mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
+    if size is not None:
+        image = fit_to_size(image, size, enlarge)
+        mask = fit_to_size(mask, size, enlarge)
+    return image, (mask > 127).astype(np.uint8)
+
+
 class SegmentationDataset(Dataset):
     """Yields ``{"image": 3xHxW float, "mask": 1xHxW float, "index": int}`` at the model size.
 
@@ -87,12 +100,7 @@ class SegmentationDataset(Dataset):
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         image = sample.load_image()
-        mask = sample.load_mask(*image.shape[:2])
-        mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8) * 255
-        if self.max_size is not None:
-            image = fit_to_size(image, self.max_size, self.enlarge)
-            mask = fit_to_size(mask, self.max_size, self.enlarge)
-        return image, (mask > 127).astype(np.uint8)
+        return fit_with_mask(image, sample.load_mask(*image.shape[:2]), self.max_size, self.enlarge)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The (possibly shrunk) image, HxWx3 uint8, and its 0/1 mask, zeros where none is known."""

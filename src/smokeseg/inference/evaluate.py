@@ -66,11 +66,19 @@ def load_labelled_samples(
         dataset_cfg = config.dataset.for_test_table()
         data_folder = data_folder or dataset_cfg.data_folder_test or dataset_cfg.data_folder
         data = test_table
+    return labelled_samples(data, data_folder, dataset_cfg, "evaluate")
+
+
+def labelled_samples(
+    data: Path, data_folder: str | Path | None, dataset_cfg: DatasetConfig, needed_by: str
+) -> list[Sample]:
+    """Samples of a table, an images/+masks/ folder or a zip, each with a mask; an image without one is
+    a DataError naming the first, and the command (``needed_by``) that needs them."""
     samples = load_samples(data, data_folder, dataset_cfg, require_masks=False)
     unlabelled = [sample for sample in samples if not sample.has_mask]
     if unlabelled:
         raise DataError(
-            f"evaluate needs masks: {data} has none for {len(unlabelled)} of {len(samples)} images "
+            f"{needed_by} needs masks: {data} has none for {len(unlabelled)} of {len(samples)} images "
             f"(first: {unlabelled[0].source}). Give a table with the {dataset_cfg.rle_mask_column!r} "
             "column (dataset.rle_mask_column), or an images/ + masks/ folder."
         )

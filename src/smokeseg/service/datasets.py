@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, SecretStr
 
-from smokeseg.config.load import config_from_dict, load_config
+from smokeseg.config.load import PATH_KEYS, config_from_dict, load_config
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.check import DatasetReport, check_dataset
 from smokeseg.data.formats import safe_relative_name
@@ -257,13 +257,7 @@ def _single_subfolder(folder: Path) -> Path:
 
 def _require_inside(dataset: DatasetConfig, folder: Path, config_path: Path) -> None:
     root = folder.resolve()
-    for key in (
-        "data_folder",
-        "data_folder_test",
-        "train_dataframe",
-        "validation_dataframe",
-        "test_dataframe",
-    ):
+    for key in PATH_KEYS:
         value = getattr(dataset, key)
         if value is not None and not Path(value).resolve().is_relative_to(root):
             raise ConfigError(

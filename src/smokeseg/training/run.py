@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
@@ -31,6 +31,7 @@ from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.data.groups import assign_groups
+from smokeseg.data.negatives import NegativeMix, check_negative_table, load_negatives, negative_draws
 from smokeseg.data.splits import resolve_seed, split_train_validation
 from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
@@ -74,6 +75,7 @@ class FoldResult:
 class FoldData:
     train: list[Sample]
     validation: list[Sample]
+    negatives: list[Sample] = field(default_factory=list)  # smoke-free crops drawn beside train
 
 
 def _logger_factory(config: ExperimentConfig, fold_dir: Path) -> Any:
@@ -123,6 +125,7 @@ def validate_before_training(config: ExperimentConfig, *, starting_weights: bool
     build_train_transform(config.augmentation, config.image)
     build_inference_transform(config.augmentation, config.image)
     config.dataset.training_tables()
+    check_negative_table(config.dataset)
 
 
 def train(
@@ -176,11 +179,12 @@ def _build_scoring_pipeline(config: ExperimentConfig, experiment_dir: Path) -> N
 
 @dataclass
 class ExperimentData:
-    """The experiment's samples: train table, custom validation table and test table."""
+    """The experiment's samples: train table, custom validation table, test table and negatives."""
 
     train: list[Sample]
     validation: list[Sample]
     test: list[Sample]
+    negatives: list[Sample] = field(default_factory=list)
     _groups: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -205,7 +209,9 @@ class ExperimentData:
                 require_masks=False,
             )
             check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
-        return cls(train, validation, test)
+        if dataset_cfg.negative_dataframe is not None and dataset_cfg.negative_share == 0:
+            logger.warning("dataset.negative_dataframe is set but dataset.negative_share is 0: not used.")
+        return cls(train, validation, test, load_negatives(dataset_cfg))
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
@@ -230,7 +236,7 @@ class ExperimentData:
         )
         if config.training.train_validation_data:
             train = train + validation
-        return FoldData(train, validation)
+        return FoldData(train, validation, self.negatives)
 
 
 def _train_folds(
@@ -290,20 +296,29 @@ def _seed_worker_augmentations(base_seed: int, worker_id: int) -> None:
     """Albumentations keeps its own random state: give each loader worker a distinct, repeatable one."""
     info = torch.utils.data.get_worker_info()
     assert info is not None, "runs as a DataLoader's worker_init_fn, so inside a worker"
-    assert isinstance(info.dataset, SegmentationDataset), "_loader builds loaders of SegmentationDatasets"
-    info.dataset.transform.set_random_seed(base_seed + worker_id)
+    parts = info.dataset.datasets if isinstance(info.dataset, ConcatDataset) else [info.dataset]
+    for part in parts:
+        assert isinstance(part, SegmentationDataset), "_loader builds loaders of SegmentationDatasets"
+        part.transform.set_random_seed(base_seed + worker_id)
 
 
 def _loader(
-    dataset: SegmentationDataset, config: ExperimentConfig, batch_size: int, train: bool
+    dataset: SegmentationDataset | ConcatDataset,
+    config: ExperimentConfig,
+    batch_size: int,
+    train: bool,
+    sampler: NegativeMix | None = None,
 ) -> DataLoader:
+    """``sampler``: the order of a training epoch where it is not a shuffle of ``dataset`` (negatives)."""
     workers = min(config.environment.number_of_workers, os.cpu_count() or 1)
     seed = config.environment.seed
+    epoch_size = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and config.training.drop_last_batch and len(dataset) > batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and config.training.drop_last_batch and epoch_size > batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed) if train else None,
@@ -340,6 +355,14 @@ def _train_fold(
         logger.info("Number of observations in validation dataset: %d", len(fold_data.validation))
         if data.test:
             logger.info("Number of observations in test dataset: %d", len(data.test))
+        if fold_data.negatives:
+            logger.info(
+                "Negatives: %d smoke-free crops, share %.2f: %d drawn per epoch beside %d training samples",
+                len(fold_data.negatives),
+                config.dataset.negative_share,
+                negative_draws(config.dataset.negative_share, len(fold_data.train)),
+                len(fold_data.train),
+            )
         if resume_from is not None:
             logger.info("Resuming from %s", resume_from)
         else:
@@ -370,8 +393,10 @@ def _fit(
     augment = build_train_transform(config.augmentation, config.image, seed=config.environment.seed)
     train_set = _cached_dataset(data.train, augment, config)
     validation_set = _validation_dataset(data.validation, config)
-    train_set.preload()
-    validation_set.preload()
+    # Negatives were cut at the model's scale: used as they are, not brought to image.long_side again.
+    negative_set = SegmentationDataset(data.negatives, augment, config.image.image_normalization)
+    for part in (train_set, validation_set, negative_set):
+        part.preload()
     batch_size = training.batch_size
     devices = trainer_devices(config.environment, _cuda_count(accelerator))
     if devices["strategy"] == "ddp_spawn":
@@ -390,7 +415,7 @@ def _fit(
                 trainer.validate(module, validation_loader, verbose=False)
             trainer.fit(
                 module,
-                _loader(train_set, config, batch_size, True),
+                _train_loader(train_set, negative_set, config, batch_size),
                 validation_loader,
                 ckpt_path=resume_from,
             )
@@ -412,6 +437,20 @@ def _fit(
                 ) from None
             raise
         return trainer
+
+
+def _train_loader(
+    train_set: SegmentationDataset,
+    negative_set: SegmentationDataset,
+    config: ExperimentConfig,
+    batch_size: int,
+) -> DataLoader:
+    """The training samples, plus ``dataset.negative_share`` of each epoch drawn from the negatives."""
+    if not len(negative_set):
+        return _loader(train_set, config, batch_size, True)
+    draws = negative_draws(config.dataset.negative_share, len(train_set))
+    mix = NegativeMix(len(train_set), len(negative_set), draws, config.environment.seed)
+    return _loader(ConcatDataset([train_set, negative_set]), config, batch_size, True, mix)
 
 
 def _cached_dataset(
