@@ -4,7 +4,9 @@ Negatives are crops cut from SMOKE5K real frames, at least ``--margin`` pixels a
 the mask, taken from the frames no pretraining saw (the fires and camera scenes of smoke-ht, minus
 smoke-ht's own images: see ``smoke_pretrain_table.split_real_frames``). Positives are smoke-ht's 49
 test frames, which all hold smoke. Each image gets the alarm rule ``predict`` applies
-(``smokeseg.inference.scoring.smoke_verdict``): a region above the threshold of at least a minimum area.
+(``smokeseg.inference.scoring.gated_verdict``): a region above the threshold of at least a minimum area,
+and, for a model with a classification head and ``prediction.classification_threshold``, the head's
+probability at least that.
 
 The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks and
 the size of the frame each came from. A model trained at native resolution scores a crop at the scale
@@ -12,8 +14,9 @@ it gives that whole frame (``image.long_side`` enlarges a 640x480 frame 2x, so i
 if the crop were a frame of its own.
 
 For each model: the false-positive rate and recall at its operating point (its threshold, the default
-minimum area), then, over a grid of thresholds and minimum areas, the lowest false-positive rate that
-keeps at least that recall.
+minimum area), then, over a grid of thresholds, minimum areas (and head thresholds), the lowest
+false-positive rate that keeps at least that recall; and how the frame score (``scoring.frame_score``)
+separates crops from smoke frames: its AUROC and reliability table.
 
 usage: python benchmarks/false_alarms.py CROPS_DIR MODEL [MODEL ...] [--out results.json]
 """
@@ -36,12 +39,15 @@ from smokeseg.data.dataset import fit_scale, fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map, samples_from_folders
 from smokeseg.data.negatives import smoke_free_windows
 from smokeseg.inference.predictor import Predictor
-from smokeseg.inference.scoring import smoke_verdict
+from smokeseg.inference.scoring import frame_score, gated_verdict
+from smokeseg.metrics import auroc, reliability
 from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
 
 TABLE_NAME = "smoke_free.csv"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_AREAS = (None, 64, 128, 256, 512)  # None: the default (0.01% of the image, at least 16 pixels)
+# The classification head's veto (None: none), tried for models that have a head.
+IMAGE_THRESHOLDS = (None, 0.3, 0.5, 0.7, 0.9)
 
 
 def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int) -> Path:
@@ -71,38 +77,63 @@ def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int)
     return target
 
 
-def probability_maps(predictor: Predictor, samples: list[Sample]) -> list[np.ndarray]:
-    return [prediction.probabilities for prediction in predictor.predict_samples(samples)]
+Scored = tuple[np.ndarray, float | None]  # a probability map, and the classification head's probability
+
+
+def scored_images(predictor: Predictor, samples: list[Sample]) -> list[Scored]:
+    return [(p.probabilities, p.image_probability) for p in predictor.predict_samples(samples)]
 
 
 FrameSizes = dict[str, tuple[int, int]]  # crop image id -> (height, width) of the frame it was cut from
 
 
-def crop_probability_maps(predictor: Predictor, crops: list[Sample], frames: FrameSizes) -> list[np.ndarray]:
-    """Crops scored at their frame's scale: enlarged or shrunk as the model would its whole frame."""
+def scored_crops(predictor: Predictor, crops: list[Sample], frames: FrameSizes) -> list[Scored]:
+    """Crops scored at their frame's scale: enlarged or shrunk as the model would its whole frame.
+
+    Without the context pass (``image.context_pass``): a crop cannot show the model its whole frame at
+    low resolution, and a crop resized to the model size would be seen far larger than its frame's
+    context view shows it; so crops measure the native pass, and whole frames measure both.
+    """
     image_cfg = predictor.config.image
     fit = image_cfg.native_fit() if image_cfg.resolution == "native" else None
     if fit is None:
-        return probability_maps(predictor, crops)
+        return scored_images(predictor, crops)
     side, enlarge = fit
     as_is = predictor.config.model_copy(
-        update={"image": image_cfg.model_copy(update={"long_side": None, "max_side": None})}
+        update={
+            "image": image_cfg.model_copy(
+                update={"long_side": None, "max_side": None, "context_pass": "none"}
+            )
+        }
     )
     scorer = Predictor(predictor.models, as_is, predictor.device)
-    maps = []
+    scored = []
     for crop in crops:
         scale = fit_scale(*frames[crop.image_id], (side, side), enlarge)
         image = crop.load_image()
         size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
-        scaled = scorer.predict_images([fit_to_size(image, size, enlarge=True)])[0]
+        [(scaled, image_probability)] = scorer.score_images([fit_to_size(image, size, enlarge=True)])
         # Back at the crop's own pixels, as predict maps a frame back to its own size.
-        maps.append(cv2.resize(scaled, image.shape[1::-1], interpolation=cv2.INTER_LINEAR))
-    return maps
+        scored.append(
+            (cv2.resize(scaled, image.shape[1::-1], interpolation=cv2.INTER_LINEAR), image_probability)
+        )
+    return scored
 
 
-def alarm_rates(negatives: list[np.ndarray], positives: list[np.ndarray], threshold: float, min_area):
-    def alarms(maps: list[np.ndarray]) -> float:
-        return float(np.mean([smoke_verdict(m, threshold, min_area).smoke for m in maps]))
+def alarm_rates(
+    negatives: list[Scored],
+    positives: list[Scored],
+    threshold: float,
+    min_area,
+    image_threshold: float | None,
+) -> dict[str, float]:
+    """The share of negatives and of positives that raise an alarm by ``predict``'s rule (the head's
+    veto included, where the model has one and ``image_threshold`` is set)."""
+
+    def alarms(scored: list[Scored]) -> float:
+        return float(
+            np.mean([gated_verdict(m, threshold, min_area, p, image_threshold).smoke for m, p in scored])
+        )
 
     return {"false_positive_rate": alarms(negatives), "recall": alarms(positives)}
 
@@ -112,23 +143,40 @@ def score_model(
 ) -> dict[str, object]:
     predictor = Predictor.from_path(model, "auto")
     started = time.perf_counter()
-    negative_maps = crop_probability_maps(predictor, negatives, frames)
-    positive_maps = probability_maps(predictor, positives)
+    negative_scores = scored_crops(predictor, negatives, frames)
+    positive_scores = scored_images(predictor, positives)
     seconds = time.perf_counter() - started
-    operating = alarm_rates(negative_maps, positive_maps, predictor.threshold, None)
+    gate = predictor.image_threshold
+    operating = alarm_rates(negative_scores, positive_scores, predictor.threshold, None, gate)
+    has_head = negative_scores[0][1] is not None
     grid = [
-        {"threshold": t, "min_area": a, **alarm_rates(negative_maps, positive_maps, t, a)}
+        {
+            "threshold": t,
+            "min_area": a,
+            "image_threshold": g,
+            **alarm_rates(negative_scores, positive_scores, t, a, g),
+        }
         for t in THRESHOLDS
         for a in MIN_AREAS
+        for g in (IMAGE_THRESHOLDS if has_head else (None,))
     ]
     at_equal_recall = [g for g in grid if g["recall"] >= operating["recall"]]
     best = min(at_equal_recall, key=lambda g: (g["false_positive_rate"], -g["recall"]))
+    scores = [frame_score(float(m.max()), p) for m, p in (*negative_scores, *positive_scores)]
+    labels = [False] * len(negative_scores) + [True] * len(positive_scores)
     return {
         "model": model,
         "negatives": len(negatives),
         "positives": len(positives),
-        "operating_point": {"threshold": predictor.threshold, "min_area": None, **operating},
+        "operating_point": {
+            "threshold": predictor.threshold,
+            "min_area": None,
+            "image_threshold": gate,
+            **operating,
+        },
         "lowest_false_positive_rate_at_equal_recall": best,
+        "frame_score_AUROC": auroc(labels, scores),
+        "frame_score_reliability": reliability(labels, scores),
         "grid": grid,
         "scoring_seconds": round(seconds, 1),
     }
