@@ -76,15 +76,17 @@ class Prediction:
     @property
     def frame_score(self) -> float:
         """How much this image looks like smoke, threshold-free: ``frame_score``."""
-        return frame_score(float(self.probabilities.max()), self.image_probability)
+        return float(frame_score(float(self.probabilities.max()), self.image_probability))
 
 
-def frame_score(probability_max: float | np.ndarray, image_probability: float | np.ndarray | None):
+def frame_score(
+    probability_max: float | np.ndarray | pd.Series, image_probability: float | np.ndarray | pd.Series | None
+) -> float | np.ndarray:
     """The image-level smoke score: the mask's highest probability, or, with a classification head,
     the geometric mean of that and the head's probability (both must agree for a high score)."""
     if image_probability is None:
-        return probability_max
-    return np.sqrt(np.asarray(probability_max) * np.asarray(image_probability))
+        return probability_max if isinstance(probability_max, float) else np.asarray(probability_max)
+    return np.sqrt(np.asarray(probability_max, np.float64) * np.asarray(image_probability, np.float64))
 
 
 @dataclass(frozen=True)
