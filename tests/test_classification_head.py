@@ -25,26 +25,16 @@ from smokeseg.metrics import auroc, reliability
 from smokeseg.model.factory import build_model, split_outputs
 from smokeseg.training import run
 from smokeseg.training.module import SmokeSegmentationModule
+from test_training import TINY
 
-TINY = [
-    "architecture.backbone=resnet18",
-    "architecture.pretrained=false",
-    "architecture.classification_head=true",
-    "image.image_height=64",
-    "image.image_width=64",
-    "training.batch_size=4",
-    "training.epochs=1",
-    "environment.number_of_workers=0",
-    "environment.seed=7",
-    "training.build_scoring_pipelines=false",
-]
+HEAD = [*TINY, "architecture.pretrained=false", "architecture.classification_head=true", "training.epochs=1"]
 
 
 @pytest.fixture(scope="module")
 def trained_with_head(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("head")
     dataset = generate_demo_dataset(folder / "data", n_train=12, n_test=4, size=(64, 96), seed=3)
-    run.train(load_config(dataset, TINY), folder / "exp", progress=False)
+    run.train(load_config(dataset, HEAD), folder / "exp", progress=False)
     return folder / "exp"
 
 

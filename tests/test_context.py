@@ -27,6 +27,7 @@ from smokeseg.errors import ConfigError
 from smokeseg.inference.predictor import Predictor
 from smokeseg.training import run
 from smokeseg.training.module import SmokeSegmentationModule
+from test_predict import tiny_fcn
 from test_training import TINY
 
 SIDE = 64
@@ -90,19 +91,7 @@ def test_the_training_pipeline_round_trips_as_data():
         np.testing.assert_array_equal(mine, theirs)
 
 
-def _fcn(seed: int) -> torch.nn.Module:
-    """Two 3x3 convolutions: any frame size scores, so the native pass needs no encoder."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1)
-        )
-    with torch.no_grad():
-        model[2].weight.mul_(30)  # spread the probabilities over (0, 1), so differences show
-    return model
-
-
-MODELS = [_fcn(0), _fcn(1)]
+MODELS = [tiny_fcn(0), tiny_fcn(1)]
 
 
 def _config(tta: tuple[str, ...] = ("horizontal_flip",), **image: Any) -> ExperimentConfig:

@@ -40,7 +40,7 @@ from test_training import TINY
 SIZES = {"a.png": (40, 60), "b.png": (33, 17), "c.png": (64, 64)}
 
 
-def _fcn(seed: int = 0) -> torch.nn.Module:
+def tiny_fcn(seed: int = 0) -> torch.nn.Module:
     """Two 3x3 convolutions: no pooling or normalisation, so any size scores, receptive radius 2."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -62,7 +62,7 @@ def _config(size: int = 64, tta: tuple[str, ...] = ()) -> ExperimentConfig:
 
 
 def _predictor(**options) -> Predictor:
-    return Predictor([_fcn()], _config(), **options)
+    return Predictor([tiny_fcn()], _config(), **options)
 
 
 def _write_images(folder: Path, sizes: dict[str, tuple[int, int]] = SIZES) -> Path:
@@ -334,10 +334,10 @@ def test_tiles_blend_to_the_native_resolution_answer_without_seams():
     image[::7, ::5] = 255 - image[::7, ::5]  # fine detail, so each pixel's neighbourhood matters
     config = _config(size=256)
     native_input = torch.from_numpy(normalize(image, "Simple").transpose(2, 0, 1)[None].copy())
-    native = Predictor([_fcn()], config).probabilities_at_model_size(native_input)[0, 0].numpy()
+    native = Predictor([tiny_fcn()], config).probabilities_at_model_size(native_input)[0, 0].numpy()
 
     def tiled(overlap: float) -> np.ndarray:
-        predictor = Predictor([_fcn()], config, batch_size=32, tile=TileSpec(overlap=overlap))
+        predictor = Predictor([tiny_fcn()], config, batch_size=32, tile=TileSpec(overlap=overlap))
         return predictor.predict_images([image])[0]
 
     # The model pads each tile with zeros, so only the 2 outermost pixels of a tile (its receptive radius)
@@ -366,7 +366,7 @@ def test_tile_spec_rejects_sizes_the_model_cannot_take():
 
 
 def test_tta_is_the_mean_of_the_inverse_mapped_views_over_every_model():
-    models = [_fcn(0), _fcn(1)]
+    models = [tiny_fcn(0), tiny_fcn(1)]
     predictor = Predictor(models, _config(tta=("horizontal_flip", "vertical_flip", "rotate90")))
     batch = torch.rand(2, 3, 32, 64)
 
@@ -391,8 +391,8 @@ def test_mixed_precision_inference_is_bfloat16_on_capable_cpus(monkeypatch, nati
         update={"environment": _config().environment.model_copy(update={"mixed_precision_inference": True})}
     )
     batch = torch.rand(2, 3, 32, 64)
-    full = Predictor([_fcn()], _config()).probabilities_at_model_size(batch)
-    mixed = Predictor([_fcn()], config)
+    full = Predictor([tiny_fcn()], _config()).probabilities_at_model_size(batch)
+    mixed = Predictor([tiny_fcn()], config)
     assert mixed.autocast_dtype == (torch.bfloat16 if native_bfloat16 else None)
     got = mixed.probabilities_at_model_size(batch)
     if native_bfloat16:

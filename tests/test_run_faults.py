@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import smokeseg
+import test_training
 from smokeseg.cli import app
 from smokeseg.config.load import load_config, save_config
 from smokeseg.data.rle import rle_decode, rle_encode
@@ -28,16 +29,7 @@ from smokeseg.inference.evaluate import load_labelled_samples
 from smokeseg.layout import CONFIG_NAME, unused_run_folder
 from smokeseg.training import run
 
-TINY = [
-    "architecture.backbone=resnet18",
-    "image.image_height=64",
-    "image.image_width=64",
-    "training.batch_size=4",
-    "training.epochs=1",
-    "environment.number_of_workers=0",
-    "environment.seed=7",
-    "training.build_scoring_pipelines=false",
-]
+TINY = [*test_training.TINY, "training.epochs=1"]
 SRC = Path(smokeseg.__file__).resolve().parents[1]  # the sources under test, for the subprocesses
 
 
@@ -129,6 +121,7 @@ _HOLD_AFTER_LOCKING = """
 import sys, time
 from pathlib import Path
 from smokeseg.training import run
+import test_training
 release = Path(sys.argv[1])
 load = run.ExperimentData.load
 def held(config):  # the folder is locked by now; wait for the test to say go on
