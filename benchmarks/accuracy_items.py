@@ -57,6 +57,11 @@ class Row:
 ROWS = [
     Row("fast.yaml", (), "baseline"),
     Row(
+        "classification head, frame score only (no veto)",
+        ("architecture.classification_head=true",),
+        "2",
+    ),
+    Row(
         "classification head, verdict needs head >= 0.5",
         ("architecture.classification_head=true", "prediction.classification_threshold=0.5"),
         "2",
@@ -195,6 +200,8 @@ def run_row(row: Row, workdir: Path, crops: Path, placeholders: dict[str, object
         "test_by_size": test_by_size(out / "fold0"),
         "smoke_free_crops": alarms["operating_point"],
         "smoke_free_crops_best_at_equal_recall": alarms["lowest_false_positive_rate_at_equal_recall"],
+        "frame_score_AUROC": alarms["frame_score_AUROC"],
+        "frame_score_reliability": alarms["frame_score_reliability"],
     }
 
 
