@@ -89,6 +89,7 @@ ROWS = [
     Row("horizontal-flip TTA", ("prediction.test_time_augmentations=[horizontal_flip]",), "5"),
     Row("loss BCE + Lovasz", ("training.loss_function=BCELovasz",), "5"),
     Row("loss Focal + Dice", ("training.loss_function=FocalDice",), "5"),
+    Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
     Row("EfficientNet-Lite2", ("architecture.backbone=efficientnet_lite2",), "4"),
     Row(
