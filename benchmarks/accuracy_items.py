@@ -45,6 +45,7 @@ from smokeseg.storage import write_text_atomic
 
 GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed=0")
 SHARE = 0.2
+CONTEXT = ("image.context_probability=0.3", "image.context_pass=mean")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ ROWS = [
     ),
     Row(
         "context pass: 30% whole-frame views, mean of both passes",
-        ("image.context_probability=0.3", "image.context_pass=mean"),
+        CONTEXT,
         "5",
     ),
     Row(
@@ -80,6 +81,27 @@ ROWS = [
         "random smoke-free crops, share 0.2",
         ("dataset.negative_dataframe={random}", f"dataset.negative_share={SHARE}"),
         "3",
+    ),
+    Row(
+        "context pass + random smoke-free crops 0.2",
+        (*CONTEXT, "dataset.negative_dataframe={random}", f"dataset.negative_share={SHARE}"),
+        "3+5",
+    ),
+    Row(
+        "context pass + hard negatives 0.2",
+        (*CONTEXT, "dataset.negative_dataframe={hard}", f"dataset.negative_share={SHARE}"),
+        "3+5",
+    ),
+    Row(
+        "context pass + random smoke-free crops 0.2, fp32 training and scoring",
+        (
+            *CONTEXT,
+            "dataset.negative_dataframe={random}",
+            f"dataset.negative_share={SHARE}",
+            "environment.mixed_precision_training=false",
+            "environment.mixed_precision_inference=false",
+        ),
+        "7",
     ),
     Row(
         "384x384 crops, batch 8",
