@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 from false_alarms import TABLE_NAME, score_model
 from machine import cpu_description
-from run import FAST, ROOT, SHARED, SMOKESEG, _timed
+from run import FAST, ROOT, SEED_CONFIG, SHARED, SMOKESEG, _timed
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT
 
 from smokeseg.config.schema import DatasetConfig
@@ -53,6 +53,7 @@ class Row:
     name: str
     overrides: tuple[str, ...] = ()
     item: str = ""  # the issue item the row measures
+    config: Path = FAST
 
 
 ROWS = [
@@ -111,6 +112,12 @@ ROWS = [
     Row("horizontal-flip TTA", ("prediction.test_time_augmentations=[horizontal_flip]",), "5"),
     Row("loss BCE + Lovasz", ("training.loss_function=BCELovasz",), "5"),
     Row("loss Focal + Dice", ("training.loss_function=FocalDice",), "5"),
+    Row(
+        "reference config (whole frames resized to 256x256), EfficientNet-Lite0",
+        ("architecture.backbone=efficientnet_lite0", "training.build_scoring_pipelines=false"),
+        "large plumes",
+        SEED_CONFIG,
+    ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
     Row("EfficientNet-Lite2", ("architecture.backbone=efficientnet_lite2",), "4"),
@@ -198,7 +205,7 @@ def run_row(row: Row, workdir: Path, crops: Path, placeholders: dict[str, object
     if placeholders.get("init"):
         overrides.append(f"architecture.init_from={placeholders['init']}")
     sets = [part for override in overrides for part in ("--set", override)]
-    arguments = ["train", str(FAST), *sets, "--output-dir", str(out), "--no-progress"]
+    arguments = ["train", str(row.config), *sets, "--output-dir", str(out), "--no-progress"]
     seconds = _timed([SMOKESEG, *arguments], workdir)
     metrics = json.loads((out / "fold0/metrics.json").read_text())
     negatives = load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True)
