@@ -121,7 +121,6 @@ _HOLD_AFTER_LOCKING = """
 import sys, time
 from pathlib import Path
 from smokeseg.training import run
-import test_training
 release = Path(sys.argv[1])
 load = run.ExperimentData.load
 def held(config):  # the folder is locked by now; wait for the test to say go on
