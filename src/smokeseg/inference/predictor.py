@@ -194,18 +194,16 @@ class Predictor:
         batch = batch.to(self.device)
         views = [(lambda x: x, lambda y: y), *self.augmentations]
         total = torch.zeros((len(batch), 1, *batch.shape[-2:]), device=self.device)
-        image_total: torch.Tensor | None = None
+        image_probabilities: list[torch.Tensor] = []  # from the models that have a head
         with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
             for model in self.models:
                 for forward, inverse in views:
                     masks, labels = split_outputs(model(forward(batch)))
                     total += inverse(torch.sigmoid(masks.float()))
                     if labels is not None:
-                        image_total = torch.sigmoid(labels.float()[:, 0]) + (
-                            0 if image_total is None else image_total
-                        )
-        count = len(self.models) * len(views)
-        return (total / count).cpu(), None if image_total is None else (image_total / count).cpu()
+                        image_probabilities.append(torch.sigmoid(labels.float()[:, 0]))
+        maps = (total / (len(self.models) * len(views))).cpu()
+        return maps, torch.stack(image_probabilities).mean(0).cpu() if image_probabilities else None
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Probability maps (HxW float32) at each image's own size."""
