@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from run import FAST, ROOT, SEED_CONFIG, SHARED, SMOKESEG, _timed
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import load_samples
+from smokeseg.data.formats import Sample, load_samples
 from smokeseg.layout import TEST_PREDICTIONS_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
@@ -58,6 +59,11 @@ class Row:
 
 ROWS = [
     Row("fast.yaml", (), "baseline"),
+    Row(
+        "fast.yaml without the context pass",
+        ("image.context_probability=0", "image.context_pass=none"),
+        "5",
+    ),
     Row(
         "classification head, frame score only (no veto)",
         ("architecture.classification_head=true",),
@@ -120,7 +126,7 @@ ROWS = [
     ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
-    Row("EfficientNet-Lite2", ("architecture.backbone=efficientnet_lite2",), "4"),
+    Row("EfficientNet-Lite2, context pass", ("architecture.backbone=efficientnet_lite2",), "4"),
     Row(
         "fp32 training and scoring",
         ("environment.mixed_precision_training=false", "environment.mixed_precision_inference=false"),
@@ -155,7 +161,8 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
     validation = set(pd.read_parquet(model / "fold0" / VALIDATION_PREDICTIONS_NAME)["image_id"])
     train = pd.read_parquet(SMOKE_HT / "train.pq")
     fold_train = workdir / "fold0_train.pq"
-    train[~train["image_id"].isin(validation)].to_parquet(fold_train, index=False)
+    if not fold_train.is_file():
+        train[~train["image_id"].isin(validation)].to_parquet(fold_train, index=False)
     outside = workdir / "smoke5k_outside_test_fires.pq"
     if not outside.is_file():
         _timed([sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(outside)], workdir)
@@ -193,13 +200,32 @@ def _merge(parts: list[Path], out: Path) -> None:
     for part in parts:
         table = pd.read_csv(part / "negatives.csv", keep_default_na=False)
         for image_id in table["image_id"]:
-            target = out / "images" / f"{part.name}_{Path(image_id).name}"
-            target.write_bytes((part / "images" / image_id).read_bytes())
+            shutil.copyfile(part / "images" / image_id, out / "images" / f"{part.name}_{Path(image_id).name}")
         frames.append(table.assign(image_id=[f"{part.name}_{Path(i).name}" for i in table["image_id"]]))
     write_text_atomic(out / "negatives.csv", pd.concat(frames).to_csv(index=False))
 
 
-def run_row(row: Row, workdir: Path, crops: Path, placeholders: dict[str, object]) -> dict[str, object]:
+@dataclass(frozen=True)
+class Judges:
+    """What every row is scored on, loaded once: smoke-free camera crops (with their frames' sizes)
+    and smoke-ht's test frames."""
+
+    crops: list[Sample]
+    frame_sizes: dict[str, tuple[int, int]]
+    test_frames: list[Sample]
+
+    @classmethod
+    def load(cls, crops: Path) -> Judges:
+        listed = pd.read_csv(crops / TABLE_NAME)
+        sizes = zip(listed["frame_height"], listed["frame_width"], strict=True)
+        return cls(
+            load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True),
+            dict(zip(listed["image_id"], sizes, strict=True)),
+            load_samples(SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True),
+        )
+
+
+def run_row(row: Row, workdir: Path, judges: Judges, placeholders: dict[str, object]) -> dict[str, object]:
     out = workdir / _folder_name(row.name)
     overrides = [o.format(**placeholders) for o in (*GROUPED, *row.overrides)]
     if placeholders.get("init"):
@@ -208,15 +234,7 @@ def run_row(row: Row, workdir: Path, crops: Path, placeholders: dict[str, object
     arguments = ["train", str(row.config), *sets, "--output-dir", str(out), "--no-progress"]
     seconds = _timed([SMOKESEG, *arguments], workdir)
     metrics = json.loads((out / "fold0/metrics.json").read_text())
-    negatives = load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True)
-    positives = load_samples(
-        SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True
-    )
-    listed = pd.read_csv(crops / TABLE_NAME)
-    frames = dict(
-        zip(listed["image_id"], zip(listed["frame_height"], listed["frame_width"], strict=True), strict=True)
-    )
-    alarms = score_model(str(out), negatives, frames, positives)
+    alarms = score_model(str(out), judges.crops, judges.frame_sizes, judges.test_frames)
     command = "smokeseg " + " ".join(arguments[:-3]).replace(str(ROOT) + "/", "").replace(
         str(SHARED.parent) + "/", "../"
     )
@@ -257,13 +275,14 @@ def main() -> None:
     print(json.dumps(machine, indent=1), flush=True)
     done = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     placeholders: dict[str, object] = {"init": args.init_from.resolve() if args.init_from else None}
+    judges = Judges.load(args.crops.resolve())
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue
         if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
             placeholders.update(mine_negatives(workdir / _folder_name(ROWS[0].name), workdir))
         started = time.perf_counter()
-        done.append(run_row(row, workdir, args.crops.resolve(), placeholders))
+        done.append(run_row(row, workdir, judges, placeholders))
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
         write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     print(_table(done))
