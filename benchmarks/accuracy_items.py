@@ -2,7 +2,8 @@
 run on one machine, judged on grouped validation first.
 
 Every row is `smokeseg train recipes/fast.yaml` with folds grouped by fire and camera scene
-(``dataset.group_rule=fire_sequence``), seed 0, plus the row's overrides. For each row it records:
+(``dataset.group_rule=fire_sequence``), seed 0 (``--seed``), plus the row's overrides. For each row it
+records:
 - grouped validation (fold 0: smoke-ht training frames of other fires than the fold's training frames):
   IoU, mean per-image IoU, the share of frames with a false region, region recall, image AUROC; this is
   what a recipe is chosen on;
@@ -17,7 +18,7 @@ Hard and random negatives are mined once, after the first row, from that row's m
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames.
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
-       [--out benchmarks/results-items.json]
+       [--seed 0] [--out benchmarks/results-items.json]
 Results are written after every row, so a long run that stops keeps what it measured; rows already in
 --out are not run again.
 """
@@ -44,7 +45,7 @@ from smokeseg.layout import TEST_PREDICTIONS_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
 
-GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed=0")
+GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed={seed}")
 SHARE = 0.2
 CONTEXT = ("image.context_probability=0.3", "image.context_pass=mean")
 
@@ -263,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--init-from", type=Path, help="a smoke-pretrained experiment folder to start every row from"
     )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results-items.json")
     args = parser.parse_args()
     if not (args.crops / TABLE_NAME).is_file():
@@ -274,7 +276,10 @@ def main() -> None:
     machine = cpu_description()
     print(json.dumps(machine, indent=1), flush=True)
     done = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
-    placeholders: dict[str, object] = {"init": args.init_from.resolve() if args.init_from else None}
+    placeholders: dict[str, object] = {
+        "init": args.init_from.resolve() if args.init_from else None,
+        "seed": args.seed,
+    }
     judges = Judges.load(args.crops.resolve())
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
