@@ -25,6 +25,7 @@ from smokeseg.inference.threshold import tune_threshold
 from smokeseg.layout import THRESHOLD_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
+    REGION_TOLERANCE,
     auroc,
     detection_scores,
     iou_from_counts,
@@ -312,10 +313,18 @@ def test_a_broken_stored_threshold_names_the_file(trained, tmp_path: Path):
 def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):
     config_path, experiment = trained
     output = tmp_path / "scores.json"
-    result = CliRunner().invoke(app, ["evaluate", str(experiment), str(config_path), "--output", str(output)])
+    arguments = ["evaluate", str(experiment), str(config_path), "--output", str(output)]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "Evaluation: 4 images" in result.output and "F-beta" in result.output
-    assert json.loads(output.read_text())["images"] == 4
+    scores = json.loads(output.read_text())
+    assert scores["images"] == 4 and scores["region_tolerance"] == REGION_TOLERANCE
+
+    result = CliRunner().invoke(app, [*arguments, "--region-tolerance", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(output.read_text())["region_tolerance"] == 0
+    refused = CliRunner().invoke(app, [*arguments, "--region-tolerance", "-1"])
+    assert refused.exit_code == 2 and "region-tolerance" in refused.output
 
 
 def test_cli_evaluate_scores_in_tiles_on_the_device_asked_for(trained, tmp_path: Path, monkeypatch):

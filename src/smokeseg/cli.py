@@ -350,6 +350,13 @@ def evaluate(
         Optional[int],  # noqa: UP045
         typer.Option(help="Smallest smoke region for a smoke verdict (default: predict's)."),
     ] = None,
+    region_tolerance: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=0,
+            help="Pixels a verdict region may lie off the true smoke and still touch it (default: 3).",
+        ),
+    ] = None,
     tile: TileOption = False,
     tile_size: TileSizeOption = None,
     tile_overlap: TileOverlapOption = 0.25,
@@ -358,6 +365,7 @@ def evaluate(
     """Score a model on labelled images: IoU, Dice, precision, recall, F-beta, MAE, detection, worst ones."""
     from smokeseg.inference.evaluate import evaluate as run_evaluation
     from smokeseg.inference.evaluate import render_evaluation
+    from smokeseg.metrics import REGION_TOLERANCE
 
     with _ImageProgress("Evaluating") as progress:
         result = run_evaluation(
@@ -366,6 +374,7 @@ def evaluate(
             threshold=threshold,
             data_folder=data_folder,
             min_region_pixels=min_region_pixels,
+            region_tolerance=REGION_TOLERANCE if region_tolerance is None else region_tolerance,
             tile=_tile_spec(tile, tile_size, tile_overlap),
             device=device,
             progress=progress,
