@@ -100,6 +100,7 @@ def test_every_input_kind_gives_the_same_predictions(tmp_path: Path):
         "glob": [str(images / "*.png")],
         "table beside its images": [images / "test.csv"],
         "table with --data-folder": [tmp_path / "test.pq"],
+        "table above its images folder": [tmp_path / "test.pq"],  # as `convert` writes them
         "zip of images": [_zip(tmp_path / "images.zip", files)],
         "zip of a table and images": [
             _zip(

@@ -36,7 +36,8 @@ DataFolder = str | Path | None
 def collect_inputs(paths: Sequence[str | Path], data_folder: DataFolder = None) -> list[Sample]:
     """Every image the inputs name, in input order; an image named twice is scored once.
 
-    ``data_folder`` holds the images of a table (default: the table's own folder). An input that
+    ``data_folder`` holds the images of a table (default: the table's own folder, or the subfolder of
+    it that holds them, such as the images/ that ``convert`` writes). An input that
     names no image, or two different images that would share an id, is a DataError.
     """
     samples: list[Sample] = []
@@ -112,10 +113,6 @@ def _from_glob(pattern: str, data_folder: DataFolder) -> list[Sample]:
     return samples
 
 
-def _from_table(path: str, data_folder: DataFolder) -> list[Sample]:
-    return _dataset_samples(path, data_folder or Path(path).parent)
-
-
 def _from_zip(path: str, data_folder: DataFolder) -> list[Sample]:
     """A zip holding a table is a dataset (the table names its images); otherwise, every image in it."""
     store = open_store(path)
@@ -141,7 +138,7 @@ def _dataset_samples(path: str, data_folder: DataFolder) -> list[Sample]:
 
 _RESOLVERS: list[tuple[Callable[[str], bool], Callable[[str, DataFolder], list[Sample]]]] = [
     (_is_glob, _from_glob),
-    (_is_table, _from_table),
+    (_is_table, _dataset_samples),
     (lambda path: split_zip_path(path) is not None, _from_zip),
     (lambda path: Path(path).is_dir(), _from_folder),
     (_is_image_file, _from_image_file),
