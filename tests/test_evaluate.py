@@ -18,10 +18,11 @@ from smokeseg.data.formats import Sample, convert_dataset, convert_table_to_fold
 from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
+from smokeseg.inference import threshold as tuning
 from smokeseg.inference.evaluate import evaluate
 from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.scoring import Prediction, dataset_scores, prediction_row, smoke_verdict
-from smokeseg.inference.threshold import tune_threshold
+from smokeseg.inference.threshold import DEFAULT_GRID, choose_operating_point, region_grid, tune_threshold
 from smokeseg.layout import THRESHOLD_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
@@ -308,6 +309,146 @@ def test_a_broken_stored_threshold_names_the_file(trained, tmp_path: Path):
         Predictor.from_path(fold)
     with pytest.raises(ConfigError, match="F-beta"):
         tune_threshold(fold, "Accuracy")
+
+
+def _validation_table(config_path: Path, experiment: Path, target: Path) -> Path:
+    """The fold's out-of-fold validation images as a table of their own, for `evaluate` to re-measure."""
+    ids = pd.read_parquet(experiment / "fold0/validation_predictions.parquet")["image_id"].astype(str)
+    train = pd.read_parquet(config_path.parent / "train.pq")
+    train[train["image_id"].astype(str).isin(set(ids))].to_parquet(target)
+    return target
+
+
+def test_tuning_for_mean_image_iou_picks_the_grid_maximum_evaluate_measures(trained, tmp_path: Path):
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
+    images = config_path.parent / "images"
+    grid = [0.1, 0.3, 0.7, 0.9, 0.99]
+
+    result = tune_threshold(experiment, "mean_image_IoU", grid=grid)
+    assert result.grid.tolist() == [0.1, 0.3, 0.5, 0.7, 0.9, 0.99], "the current threshold is tried too"
+    measured = [evaluate(experiment, table, threshold=t, data_folder=images) for t in result.grid]
+    mean_curve = np.array([m.segmentation()["mean_image_IoU"] for m in measured])
+    dataset_curve = np.array([m.segmentation()["IoU"] for m in measured])
+    assert len(measured[0].images) == result.images == 3
+    assert not np.allclose(mean_curve, dataset_curve), "the views differ here: the test tells them apart"
+    assert result.scores == pytest.approx(mean_curve)
+    best = np.flatnonzero(np.isclose(mean_curve, mean_curve.max()))
+    assert result.threshold == result.grid[best[np.argmin(np.abs(result.grid[best] - 0.5))]]
+    assert result.after == pytest.approx(mean_curve.max()) and result.after >= result.before
+    assert result.before == pytest.approx(mean_curve[2]), "before: the current threshold's score"
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["metric"] == "mean_image_IoU" and stored["probability_threshold"] == result.threshold
+    assert "target_met" not in stored, "the operating point's fields belong to that rule only"
+
+
+def test_the_operating_point_reaches_the_target_with_the_fewest_false_region_frames():
+    thresholds = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    recall = np.array([1.0, 0.95, 0.9, 0.8, 0.6])
+    false = np.array([0.5, 0.3, 0.3, 0.1, 0.0])
+    assert choose_operating_point(thresholds, recall, false, 0.9) == (2, True), "tie on false: highest"
+    assert choose_operating_point(thresholds, recall, false, 0.8) == (3, True)
+    assert choose_operating_point(thresholds, recall, false, 0.5) == (4, True)
+    # More false-region frames at a higher threshold (a region split in two): the lower one wins.
+    assert choose_operating_point(thresholds[:3], [1.0, 0.9, 0.9], [0.4, 0.1, 0.2], 0.9) == (1, True)
+    # A share k/n equal to the target reaches it, whatever the rounding of the target.
+    assert choose_operating_point([0.2, 0.4], np.array([3, 2]) / 10, [0.5, 0.1], 0.1 + 0.2) == (0, True)
+    assert choose_operating_point([0.2, 0.4], np.array([9, 8]) / 10, [0.5, 0.1], 0.9) == (0, True)
+
+
+def test_an_unreachable_target_takes_the_highest_recall_and_says_so():
+    thresholds = np.array([0.1, 0.2, 0.3, 0.4])
+    recall = np.array([0.8, 0.8, 0.7, 0.5])
+    assert choose_operating_point(thresholds, recall, [0.3, 0.2, 0.2, 0.0], 1.0) == (1, False)
+    assert choose_operating_point(thresholds, recall, [0.2, 0.2, 0.0, 0.0], 1.0) == (1, False), "highest"
+    assert choose_operating_point(thresholds, [0.0] * 4, [0.1, 0.0, 0.0, 0.1], 0.5) == (2, False)
+    with pytest.raises(ValueError, match="one value per threshold"):
+        choose_operating_point(thresholds, recall[:3], [0.0] * 4, 0.9)
+
+
+def test_region_outcomes_are_counted_on_the_coarse_grid_and_the_current_threshold():
+    coarse = region_grid(np.unique(np.append(DEFAULT_GRID, 0.37)), 0.37)
+    assert len(coarse) == 22 and 0.37 in coarse and 0.0 in coarse and 1.0 in coarse
+    assert np.allclose(np.delete(coarse, np.searchsorted(coarse, 0.37)), np.linspace(0, 1, 21))
+    assert region_grid(np.array([0.05, 0.3, 0.33]), 0.5).tolist() == [0.05, 0.3, 0.5]
+
+
+def test_tuning_for_region_recall_keeps_the_target_with_the_fewest_false_regions(trained, tmp_path: Path):
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    target = 0.5
+    result = tune_threshold(experiment, min_region_recall=target)
+    assert result.metric == "region_recall" and result.target_met is True and result.smoke_images == 3
+    assert len(result.grid) == 21, "0.05 steps; the current 0.5 is one of them"
+    chosen = int(np.searchsorted(result.grid, result.threshold))
+    assert result.after == result.scores[chosen] >= target
+    false = result.false_region_frames
+    assert false is not None
+    reaching = result.scores >= target
+    assert false[chosen] == false[reaching].min()
+    assert not (reaching & (false == false[chosen]) & (result.grid > result.threshold)).any()
+    assert reaching[chosen + 1 :].any(), "a higher threshold reaches the target too, with more false regions"
+
+    # Re-measured as evaluate counts it, at the chosen threshold and the next one up.
+    table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
+    for index in (chosen, chosen + 1):
+        detection = evaluate(
+            experiment, table, threshold=result.grid[index], data_folder=config_path.parent / "images"
+        ).detection()
+        assert detection["region_recall"] == pytest.approx(result.scores[index])
+        assert detection["false_region_frames"] == pytest.approx(false[index])
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["metric"] == "region_recall" and stored["probability_threshold"] == result.threshold
+    assert stored["target_region_recall"] == target and stored["target_met"] is True
+    assert stored["region_recall"] == result.after and stored["false_region_frames"] == false[chosen]
+    assert Predictor.from_path(experiment).threshold == result.threshold
+
+
+def test_region_recall_without_smoke_in_validation_names_the_folds(trained, tmp_path: Path, monkeypatch):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    monkeypatch.setattr(Sample, "load_true_mask", lambda self, height, width: np.zeros((height, width), bool))
+    with pytest.raises(DataError, match=r"fold0.*region recall needs validation images with smoke"):
+        tune_threshold(experiment, min_region_recall=0.9)
+    assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "nothing is stored"
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        tune_threshold(experiment, min_region_recall=0.0)
+    with pytest.raises(ConfigError, match="not both"):
+        tune_threshold(experiment, "IoU", min_region_recall=0.9)
+
+
+def test_cli_tune_threshold_warns_when_the_region_recall_target_is_out_of_reach(
+    trained, tmp_path: Path, monkeypatch
+):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    real_outcome = tuning.region_outcome
+
+    def never_on_the_smoke(regions, truth):  # every region misses: no threshold finds any smoke
+        false, _ = real_outcome(regions, truth)
+        return false, False
+
+    monkeypatch.setattr(tuning, "region_outcome", never_on_the_smoke)
+    result = CliRunner().invoke(app, ["tune-threshold", str(experiment), "--min-region-recall", "1.0"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "Operating point: region recall >= 1.00" in output
+    assert "Warning: Region recall target 1.00 not reached on the 3 validation images with smoke" in output
+    assert "the best, 0.0000 (0 of them found)" in output
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["target_met"] is False and stored["region_recall"] == 0.0
+    assert f"threshold {stored['probability_threshold']:.2f}, is stored" in output
+
+
+def test_cli_tune_threshold_takes_a_metric_or_a_region_recall_not_both(trained, tmp_path: Path):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    for options in (["--metric", "IoU", "--min-region-recall", "0.9"], ["--min-region-recall", "0"]):
+        refused = CliRunner().invoke(app, ["tune-threshold", str(experiment), *options])
+        assert refused.exit_code == 2, refused.output
+        assert "min-region-recall" in refused.output
+    assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "refused before any tuning"
 
 
 def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):

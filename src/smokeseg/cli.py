@@ -446,16 +446,40 @@ def mine_negatives(
 @app.command("tune-threshold")
 def tune_threshold(
     experiment: Annotated[Path, typer.Argument(help="An experiment (or fold) folder from `smokeseg train`.")],
-    metric: Annotated[Literal["IoU", "Dice", "F-beta"], typer.Option(help="What to maximise.")] = "IoU",
+    metric: Annotated[
+        Optional[Literal["IoU", "Dice", "F-beta", "mean_image_IoU"]],  # noqa: UP045
+        typer.Option(help="What to maximise (default: IoU, dataset-level)."),
+    ] = None,
+    min_region_recall: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Instead of --metric: find smoke on at least this share (0-1] of the validation smoke "
+            "images, with the fewest frames holding a false region."
+        ),
+    ] = None,
 ) -> None:
-    """Pick the probability threshold that maximises a metric on the out-of-fold validation images."""
-    from smokeseg.inference.threshold import render_tuning
+    """Pick the probability threshold that maximises a metric on the out-of-fold validation images, or
+    the operating point reaching a region recall with the fewest false alarms."""
+    from smokeseg.inference.threshold import render_tuning, shortfall
     from smokeseg.inference.threshold import tune_threshold as run_tuning
     from smokeseg.layout import THRESHOLD_NAME
 
+    if min_region_recall is not None and metric is not None:
+        raise typer.BadParameter(
+            "give either --metric (a score to maximise) or --min-region-recall (an operating point), "
+            "not both.",
+            param_hint="'--min-region-recall'",
+        )
+    if min_region_recall is not None and not 0 < min_region_recall <= 1:
+        raise typer.BadParameter(
+            f"{min_region_recall} is not a share in (0, 1].", param_hint="'--min-region-recall'"
+        )
     with _ImageProgress("Re-scoring validation images") as progress:
-        result = run_tuning(experiment, metric, progress=progress)
+        result = run_tuning(experiment, metric, min_region_recall=min_region_recall, progress=progress)
     console.print(render_tuning(result))
+    warning = shortfall(result)
+    if warning is not None:
+        console.print(f"Warning: {warning}", style="yellow", highlight=False)
     console.print(f"Stored as {THRESHOLD_NAME} in {', '.join(map(str, result.folds))}")
 
 
