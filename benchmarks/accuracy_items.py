@@ -13,6 +13,11 @@ records:
   model's operating point, with the recall on the test frames there;
 - wall time of the training command.
 
+Each row's model is then put at two operating points chosen on the same grouped validation frames
+(``smokeseg tune-threshold``: the threshold with the best mean per-image IoU, and the operator's point,
+region recall >= 0.9 with the fewest false-region frames), and scored there on the test frames and
+the smoke-free crops; rows measured before this step get it on the next run.
+
 Hard and random negatives are mined once, after the first row, from that row's model
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames.
@@ -41,7 +46,8 @@ from smoke_pretrain_table import SMOKE5K, SMOKE_HT
 
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
-from smokeseg.layout import TEST_PREDICTIONS_NAME, VALIDATION_PREDICTIONS_NAME
+from smokeseg.inference.evaluate import evaluate
+from smokeseg.layout import TEST_PREDICTIONS_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
 
@@ -134,6 +140,11 @@ ROWS = [
         "7",
     ),
 ]
+# Operating points chosen on grouped validation: name -> `smokeseg tune-threshold` options.
+OPERATING_POINTS = {
+    "best mean per-image IoU": ("--metric", "mean_image_IoU"),
+    "region recall >= 0.9": ("--min-region-recall", "0.9"),
+}
 SCORES = (
     "IoU",
     "mean_image_IoU",
@@ -254,6 +265,36 @@ def run_row(row: Row, workdir: Path, judges: Judges, placeholders: dict[str, obj
     }
 
 
+def operating_points(row: dict[str, object], workdir: Path, judges: Judges) -> dict[str, object]:
+    """The row's model at each of ``OPERATING_POINTS``: the threshold tuned on fold 0's validation frames
+    (in a copy of the fold, so the row's own model keeps its threshold), then test and crop scores there."""
+    fold = workdir / _folder_name(str(row["row"])) / "fold0"
+    points = {}
+    for name, options in OPERATING_POINTS.items():
+        tuned = fold.with_name(f"fold0-{_folder_name(name)}")
+        shutil.rmtree(tuned, ignore_errors=True)
+        shutil.copytree(fold, tuned)
+        (tuned / THRESHOLD_NAME).unlink(missing_ok=True)
+        _timed([SMOKESEG, "tune-threshold", str(tuned), *options], workdir)
+        validation = json.loads((tuned / THRESHOLD_NAME).read_text())
+        test = evaluate(tuned, SMOKE_HT / "test.pq", data_folder=SMOKE_HT / "gt_testing")
+        segmentation, detection = test.segmentation(), test.detection()
+        alarms = score_model(str(tuned), judges.crops, judges.frame_sizes, judges.test_frames)
+        points[name] = {
+            "threshold": validation["probability_threshold"],
+            "validation": validation,
+            "test": {
+                "IoU": segmentation["IoU"],
+                "mean_image_IoU": segmentation["mean_image_IoU"],
+                "false_region_frames": detection["false_region_frames"],
+                "region_recall": detection["region_recall"],
+            },
+            "test_by_size": test.by_size(),
+            "smoke_free_crops": alarms["operating_point"],
+        }
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -290,7 +331,12 @@ def main() -> None:
         done.append(run_row(row, workdir, judges, placeholders))
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
         write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
+    for row in done:
+        if "operating_points" not in row and (workdir / _folder_name(str(row["row"])) / "fold0").is_dir():
+            row["operating_points"] = operating_points(row, workdir, judges)
+            write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     print(_table(done))
+    print(_operating_table(done))
 
 
 COLUMNS = (
@@ -333,6 +379,44 @@ def _table(rows: list[dict]) -> str:
             f"{r['wall_s']:.0f} s",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+OPERATING_COLUMNS = (
+    "row",
+    "operating point",
+    "threshold",
+    "val region recall",
+    "val false-region frames",
+    "test IoU",
+    "test IoU/img",
+    "test IoU large",
+    "test false-region frames",
+    "test region recall",
+    "smoke-free crops alarm",
+)
+
+
+def _operating_table(rows: list[dict]) -> str:
+    """Each row at its operating points (``operating_points``) as a Markdown table."""
+    lines = ["| " + " | ".join(OPERATING_COLUMNS) + " |", "|" + "---|" * len(OPERATING_COLUMNS)]
+    for r in rows:
+        for name, point in r.get("operating_points", {}).items():
+            v, t = point["validation"], point["test"]
+            cells = [
+                r["row"],
+                name,
+                _number(point["threshold"]),
+                _number(v.get("region_recall")),
+                _number(v.get("false_region_frames")),
+                _number(t["IoU"]),
+                _number(t["mean_image_IoU"]),
+                _number(point["test_by_size"].get("large", {}).get("IoU")),
+                _number(t["false_region_frames"]),
+                _number(t["region_recall"]),
+                _number(point["smoke_free_crops"]["false_positive_rate"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
