@@ -301,7 +301,9 @@ def main() -> None:
     )
     parser.add_argument("workdir", type=Path)
     parser.add_argument("crops", type=Path, help="smoke-free crops folder written by false_alarms.py")
-    parser.add_argument("--rows", nargs="*", help="names of the rows to run (all by default)")
+    parser.add_argument(
+        "--rows", nargs="*", help="names of the rows to run and put at operating points (all by default)"
+    )
     parser.add_argument(
         "--init-from", type=Path, help="a smoke-pretrained experiment folder to start every row from"
     )
@@ -332,6 +334,8 @@ def main() -> None:
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
         write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     for row in done:
+        if args.rows and row["row"] not in args.rows:
+            continue
         if "operating_points" not in row and (workdir / _folder_name(str(row["row"])) / "fold0").is_dir():
             row["operating_points"] = operating_points(row, workdir, judges)
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
