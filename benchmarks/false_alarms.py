@@ -160,7 +160,14 @@ def score_model(
         for a in MIN_AREAS
         for g in (IMAGE_THRESHOLDS if has_head else (None,))
     ]
-    at_equal_recall = [g for g in grid if g["recall"] >= operating["recall"]]
+    operating_point = {
+        "threshold": predictor.threshold,
+        "min_area": None,
+        "image_threshold": gate,
+        **operating,
+    }
+    # The operating point itself is a candidate: a tuned threshold between grid values may beat them all.
+    at_equal_recall = [operating_point, *(g for g in grid if g["recall"] >= operating["recall"])]
     best = min(at_equal_recall, key=lambda g: (g["false_positive_rate"], -g["recall"]))
     scores = [frame_score(float(m.max()), p) for m, p in (*negative_scores, *positive_scores)]
     labels = [False] * len(negative_scores) + [True] * len(positive_scores)
@@ -168,12 +175,7 @@ def score_model(
         "model": model,
         "negatives": len(negatives),
         "positives": len(positives),
-        "operating_point": {
-            "threshold": predictor.threshold,
-            "min_area": None,
-            "image_threshold": gate,
-            **operating,
-        },
+        "operating_point": operating_point,
         "lowest_false_positive_rate_at_equal_recall": best,
         "frame_score_AUROC": auroc(labels, scores),
         "frame_score_reliability": reliability(labels, scores),
