@@ -343,52 +343,48 @@ def test_tuning_for_mean_image_iou_picks_the_grid_maximum_evaluate_measures(trai
     assert "target_met" not in stored, "the operating point's fields belong to that rule only"
 
 
-def test_the_operating_point_reaches_the_target_with_the_fewest_false_region_frames():
+def test_the_operating_point_is_the_highest_threshold_that_reaches_the_target():
     thresholds = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     recall = np.array([1.0, 0.95, 0.9, 0.8, 0.6])
-    false = np.array([0.5, 0.3, 0.3, 0.1, 0.0])
-    assert choose_operating_point(thresholds, recall, false, 0.9) == (2, True), "tie on false: highest"
-    assert choose_operating_point(thresholds, recall, false, 0.8) == (3, True)
-    assert choose_operating_point(thresholds, recall, false, 0.5) == (4, True)
-    # More false-region frames at a higher threshold (a region split in two): the lower one wins.
-    assert choose_operating_point(thresholds[:3], [1.0, 0.9, 0.9], [0.4, 0.1, 0.2], 0.9) == (1, True)
+    assert choose_operating_point(thresholds, recall, 0.9) == (2, True)
+    assert choose_operating_point(thresholds, recall, 0.8) == (3, True)
+    assert choose_operating_point(thresholds, recall, 0.5) == (4, True)
+    # Recall need not fall steadily (a region may shrink below the smallest region and come back).
+    assert choose_operating_point(thresholds, [1.0, 0.8, 0.9, 0.7, 0.9], 0.9) == (4, True)
     # A share k/n equal to the target reaches it, whatever the rounding of the target.
-    assert choose_operating_point([0.2, 0.4], np.array([3, 2]) / 10, [0.5, 0.1], 0.1 + 0.2) == (0, True)
-    assert choose_operating_point([0.2, 0.4], np.array([9, 8]) / 10, [0.5, 0.1], 0.9) == (0, True)
+    assert choose_operating_point([0.2, 0.4], np.array([3, 3]) / 10, 0.1 + 0.2) == (1, True)
+    assert choose_operating_point([0.2, 0.4], np.array([9, 8]) / 10, 0.9) == (0, True)
 
 
 def test_an_unreachable_target_takes_the_highest_recall_and_says_so():
     thresholds = np.array([0.1, 0.2, 0.3, 0.4])
-    recall = np.array([0.8, 0.8, 0.7, 0.5])
-    assert choose_operating_point(thresholds, recall, [0.3, 0.2, 0.2, 0.0], 1.0) == (1, False)
-    assert choose_operating_point(thresholds, recall, [0.2, 0.2, 0.0, 0.0], 1.0) == (1, False), "highest"
-    assert choose_operating_point(thresholds, [0.0] * 4, [0.1, 0.0, 0.0, 0.1], 0.5) == (2, False)
+    assert choose_operating_point(thresholds, [0.8, 0.8, 0.7, 0.5], 1.0) == (1, False), "tie: highest"
+    assert choose_operating_point(thresholds, [0.0] * 4, 0.5) == (3, False)
     with pytest.raises(ValueError, match="one value per threshold"):
-        choose_operating_point(thresholds, recall[:3], [0.0] * 4, 0.9)
+        choose_operating_point(thresholds, [0.8, 0.8, 0.7], 0.9)
 
 
 def test_region_outcomes_are_counted_on_the_coarse_grid_and_the_current_threshold():
     coarse = region_grid(np.unique(np.append(DEFAULT_GRID, 0.37)), 0.37)
-    assert len(coarse) == 22 and 0.37 in coarse and 0.0 in coarse and 1.0 in coarse
-    assert np.allclose(np.delete(coarse, np.searchsorted(coarse, 0.37)), np.linspace(0, 1, 21))
-    assert region_grid(np.array([0.05, 0.3, 0.33]), 0.5).tolist() == [0.05, 0.3, 0.5]
+    assert len(coarse) == 21 and 0.37 in coarse and 1.0 in coarse
+    assert 0.0 not in coarse, "at zero one frame-filling region would find every plume"
+    assert np.allclose(np.delete(coarse, np.searchsorted(coarse, 0.37)), np.linspace(0.05, 1, 20))
+    assert region_grid(np.array([0.0, 0.05, 0.3, 0.33]), 0.5).tolist() == [0.05, 0.3, 0.5]
 
 
-def test_tuning_for_region_recall_keeps_the_target_with_the_fewest_false_regions(trained, tmp_path: Path):
+def test_tuning_for_region_recall_takes_the_highest_threshold_that_reaches_it(trained, tmp_path: Path):
     config_path, original = trained
     experiment = shutil.copytree(original, tmp_path / "exp")
     target = 0.5
     result = tune_threshold(experiment, min_region_recall=target)
     assert result.metric == "region_recall" and result.target_met is True and result.smoke_images == 3
-    assert len(result.grid) == 21, "0.05 steps; the current 0.5 is one of them"
+    assert len(result.grid) == 20, "0.05 steps above zero; the current 0.5 is one of them"
     chosen = int(np.searchsorted(result.grid, result.threshold))
     assert result.after == result.scores[chosen] >= target
     false = result.false_region_frames
     assert false is not None
-    reaching = result.scores >= target
-    assert false[chosen] == false[reaching].min()
-    assert not (reaching & (false == false[chosen]) & (result.grid > result.threshold)).any()
-    assert reaching[chosen + 1 :].any(), "a higher threshold reaches the target too, with more false regions"
+    assert (result.scores[chosen + 1 :] < target).all(), "no higher threshold reaches the target"
+    assert chosen + 1 < len(result.grid), "the next threshold up exists, to re-measure below"
 
     # Re-measured as evaluate counts it, at the chosen threshold and the next one up.
     table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
@@ -433,7 +429,7 @@ def test_cli_tune_threshold_warns_when_the_region_recall_target_is_out_of_reach(
     result = CliRunner().invoke(app, ["tune-threshold", str(experiment), "--min-region-recall", "1.0"])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
-    assert "Operating point: region recall >= 1.00" in output
+    assert "Operating point: the highest threshold with region recall >= 1.00" in output
     assert "Warning: Region recall target 1.00 not reached on the 3 validation images with smoke" in output
     assert "the best, 0.0000 (0 of them found)" in output
     stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())

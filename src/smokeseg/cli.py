@@ -453,13 +453,13 @@ def tune_threshold(
     min_region_recall: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(
-            help="Instead of --metric: find smoke on at least this share (0-1] of the validation smoke "
-            "images, with the fewest frames holding a false region."
+            help="Instead of --metric: the highest threshold that still finds smoke on at least this "
+            "share (0-1] of the validation smoke images."
         ),
     ] = None,
 ) -> None:
     """Pick the probability threshold that maximises a metric on the out-of-fold validation images, or
-    the operating point reaching a region recall with the fewest false alarms."""
+    the operator's operating point: the highest threshold that reaches a region recall."""
     from smokeseg.inference.threshold import render_tuning, shortfall
     from smokeseg.inference.threshold import tune_threshold as run_tuning
     from smokeseg.layout import THRESHOLD_NAME

@@ -5,8 +5,8 @@ them), and every grid threshold is counted in one pass per image (``threshold_co
 search costs one histogram per image. Two ways to choose:
 - maximise a score (``TUNING_METRICS``): a dataset-level one, or ``mean_image_IoU`` (every image weighs
   the same). The current threshold is always in the grid, so tuning never lowers the validation score;
-- the operator's operating point (``min_region_recall``): find smoke on at least that share of smoke
-  frames with as few frames holding a false region as possible (``choose_operating_point``).
+- the operator's operating point (``min_region_recall``): the highest threshold that still finds smoke
+  on at least that share of smoke frames (``choose_operating_point``).
 The choice is written as ``threshold.json`` beside each checkpoint, where ``Predictor.from_path`` reads
 it: predict, evaluate and export then use it with no config edit.
 """
@@ -83,8 +83,8 @@ class ThresholdResult:
             chosen = int(np.searchsorted(self.grid, self.threshold))
             stored.update(
                 rule=(
-                    "the highest threshold with the fewest validation frames holding a false region among "
-                    "those whose region recall reaches the target; where none does, the highest region recall"
+                    "the highest threshold whose validation region recall reaches the target; where none "
+                    "does, the highest region recall"
                 ),
                 target_region_recall=self.target,
                 target_met=self.target_met,
@@ -119,13 +119,13 @@ def tune_threshold(
 
     ``min_region_recall`` R (0 < R <= 1, instead of ``metric``): the operating point of
     ``choose_operating_point`` on the validation region recall (the share of images with true smoke that
-    have a verdict region touching it, within ``REGION_TOLERANCE`` pixels) and the share of images holding
-    a false region, both counted as ``evaluate`` counts them (``Prediction.verdict`` and
-    ``region_outcome``, default ``min_region_pixels``). Each threshold needs its own connected regions per
-    image, so this rule looks only at the grid values on ``REGION_GRID_STEP`` (0.05) steps, plus the
-    current threshold: at most 22 verdicts per image on the default grid (about 0.3 s for a 1280x720
-    frame on one CPU core), which keeps a fold of a few hundred such frames within minutes. A DataError
-    when no validation image holds smoke.
+    have a verdict region touching it, within ``REGION_TOLERANCE`` pixels); the share of images holding a
+    false region there is reported beside it, both counted as ``evaluate`` counts them
+    (``Prediction.verdict`` and ``region_outcome``, default ``min_region_pixels``). Each threshold needs
+    its own connected regions per image, so this rule looks only at the grid values on
+    ``REGION_GRID_STEP`` (0.05) steps, plus the current threshold, above zero: at most 21 verdicts per
+    image on the default grid (about 0.3 s for a 1280x720 frame on one CPU core), which keeps a fold of a
+    few hundred such frames within minutes. A DataError when no validation image holds smoke.
     """
     if min_region_recall is not None:
         if metric is not None:
@@ -183,31 +183,33 @@ def tune_threshold(
 
 
 def region_grid(thresholds: np.ndarray, current: float) -> np.ndarray:
-    """The values of the sorted grid on ``REGION_GRID_STEP`` steps, and ``current``: where region
-    outcomes are counted."""
+    """The values of the sorted grid on ``REGION_GRID_STEP`` steps, and ``current``, above zero: where region
+    outcomes are counted. Zero is left out: every pixel would be smoke, one frame-filling region that
+    always "touches" the smoke, so it would meet any recall target with no false region."""
     steps = np.round(thresholds / REGION_GRID_STEP)
     on_step = np.isclose(thresholds, steps * REGION_GRID_STEP, rtol=0.0, atol=1e-9)
-    return np.unique(np.append(thresholds[on_step], current))
+    grid = np.unique(np.append(thresholds[on_step], current))
+    return grid[grid > 0]
 
 
 def choose_operating_point(
-    thresholds: np.ndarray, region_recall: np.ndarray, false_region_frames: np.ndarray, target: float
+    thresholds: np.ndarray, region_recall: np.ndarray, target: float
 ) -> tuple[int, bool]:
-    """(index of the chosen threshold, whether it reaches ``target``), from per-threshold curves.
+    """(index of the chosen threshold, whether it reaches ``target``), from the per-threshold recall curve.
 
-    Among the thresholds whose region recall reaches ``target``: the fewest frames with a false region,
-    ties to the highest threshold. Where none reaches it: the highest region recall, ties to the fewest
-    false-region frames, then the highest threshold.
+    The highest threshold whose region recall reaches ``target``: regions only shrink as the threshold
+    rises, so it raises the fewest alarms that still find that share of the smoke. (The fewest
+    false-region frames would be the wrong aim: low thresholds merge clouds into the plume's region, which
+    then touches the smoke and counts as no false region.) Where none reaches it: the highest region
+    recall, ties to the highest threshold.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     recall = np.asarray(region_recall, dtype=np.float64)
-    false = np.asarray(false_region_frames, dtype=np.float64)
-    if not len(thresholds) == len(recall) == len(false) > 0:
-        raise ValueError("thresholds, region_recall and false_region_frames need one value per threshold")
+    if not len(thresholds) == len(recall) > 0:
+        raise ValueError("thresholds and region_recall need one value per threshold")
     reached = recall >= target - 1e-12  # a share k/n equal to the target is no miss for rounding
     candidates = np.flatnonzero(reached) if reached.any() else np.flatnonzero(recall == recall.max())
-    fewest = candidates[false[candidates] == false[candidates].min()]
-    return int(fewest[np.argmax(thresholds[fewest])]), bool(reached.any())
+    return int(candidates[np.argmax(thresholds[candidates])]), bool(reached.any())
 
 
 def _operating_point(
@@ -228,7 +230,7 @@ def _operating_point(
         )
     recall = hits / smoke_images
     false_share = false_frames / images
-    chosen, met = choose_operating_point(thresholds, recall, false_share, target)
+    chosen, met = choose_operating_point(thresholds, recall, target)
     return ThresholdResult(
         metric=REGION_RECALL,
         previous_threshold=float(current),
@@ -327,8 +329,8 @@ def render_tuning(result: ThresholdResult) -> Table:
         return table
     table = Table(
         title=(
-            f"Operating point: region recall >= {result.target:.2f} (±{REGION_TOLERANCE} px) with the fewest "
-            f"frames holding a false region, on {result.images} out-of-fold validation images "
+            f"Operating point: the highest threshold with region recall >= {result.target:.2f} "
+            f"(±{REGION_TOLERANCE} px), on {result.images} out-of-fold validation images "
             f"({result.smoke_images} with smoke)"
         )
     )
