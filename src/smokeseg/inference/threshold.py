@@ -95,6 +95,32 @@ class ThresholdResult:
             )
         return stored
 
+    @classmethod
+    def from_curve(
+        cls,
+        metric: str,
+        current: float,
+        grid: np.ndarray,
+        scores: np.ndarray,
+        chosen: int,
+        images: int,
+        folds: list[Path],
+        **operating_point: Any,
+    ) -> ThresholdResult:
+        """The result of choosing ``grid[chosen]`` on the curve ``scores``, starting from ``current``."""
+        return cls(
+            metric=metric,
+            previous_threshold=float(current),
+            threshold=float(grid[chosen]),
+            before=float(scores[np.searchsorted(grid, current)]),
+            after=float(scores[chosen]),
+            images=images,
+            folds=folds,
+            grid=grid,
+            scores=scores,
+            **operating_point,
+        )
+
     @property
     def previous_false_region_frames(self) -> float | None:
         if self.false_region_frames is None:
@@ -231,16 +257,14 @@ def _operating_point(
     recall = hits / smoke_images
     false_share = false_frames / images
     chosen, met = choose_operating_point(thresholds, recall, target)
-    return ThresholdResult(
-        metric=REGION_RECALL,
-        previous_threshold=float(current),
-        threshold=float(thresholds[chosen]),
-        before=float(recall[np.searchsorted(thresholds, current)]),
-        after=float(recall[chosen]),
-        images=images,
-        folds=folds,
-        grid=thresholds,
-        scores=recall,
+    return ThresholdResult.from_curve(
+        REGION_RECALL,
+        current,
+        thresholds,
+        recall,
+        chosen,
+        images,
+        folds,
         target=target,
         target_met=met,
         false_region_frames=false_share,
@@ -263,18 +287,8 @@ def _best_score(
     else:
         raise DataError(f"{', '.join(map(str, folds))} holds no validation images to tune on.")
     best = np.flatnonzero(scores == scores.max())
-    chosen = best[np.argmin(np.abs(thresholds[best] - current))]
-    return ThresholdResult(
-        metric=metric,
-        previous_threshold=float(current),
-        threshold=float(thresholds[chosen]),
-        before=float(scores[np.searchsorted(thresholds, current)]),
-        after=float(scores[chosen]),
-        images=len(per_image),
-        folds=folds,
-        grid=thresholds,
-        scores=scores,
-    )
+    chosen = int(best[np.argmin(np.abs(thresholds[best] - current))])
+    return ThresholdResult.from_curve(metric, current, thresholds, scores, chosen, len(per_image), folds)
 
 
 @dataclass
