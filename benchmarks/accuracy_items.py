@@ -15,7 +15,7 @@ records:
 
 Each row's model is then put at two operating points chosen on the same grouped validation frames
 (``smokeseg tune-threshold``: the threshold with the best mean per-image IoU, and the operator's point,
-region recall >= 0.9 with the fewest false-region frames), and scored there on the test frames and
+the highest threshold with region recall >= 0.9), and scored there on the test frames and
 the smoke-free crops; rows measured before this step get it on the next run.
 
 Hard and random negatives are mined once, after the first row, from that row's model

@@ -80,7 +80,6 @@ class ThresholdResult:
             "folds": [str(fold) for fold in self.folds],
         }
         if self.false_region_frames is not None:
-            chosen = int(np.searchsorted(self.grid, self.threshold))
             stored.update(
                 rule=(
                     "the highest threshold whose validation region recall reaches the target; where none "
@@ -89,7 +88,7 @@ class ThresholdResult:
                 target_region_recall=self.target,
                 target_met=self.target_met,
                 region_recall=self.after,
-                false_region_frames=float(self.false_region_frames[chosen]),
+                false_region_frames=self.false_region_share(self.threshold),
                 validation_smoke_images=self.smoke_images,
                 region_tolerance=REGION_TOLERANCE,
             )
@@ -121,11 +120,12 @@ class ThresholdResult:
             **operating_point,
         )
 
-    @property
-    def previous_false_region_frames(self) -> float | None:
+    def false_region_share(self, threshold: float) -> float | None:
+        """The share of validation frames with a false region at ``threshold`` (a grid value); None
+        outside the operating-point mode."""
         if self.false_region_frames is None:
             return None
-        return float(self.false_region_frames[np.searchsorted(self.grid, self.previous_threshold)])
+        return float(self.false_region_frames[np.searchsorted(self.grid, threshold)])
 
 
 def tune_threshold(
@@ -350,14 +350,18 @@ def render_tuning(result: ThresholdResult) -> Table:
     )
     for column in ("", "threshold", "region recall", "share of frames with a false region"):
         table.add_column(column, justify="left" if not column else "right")
-    chosen = float(result.false_region_frames[np.searchsorted(result.grid, result.threshold)])
     table.add_row(
         "before",
         f"{result.previous_threshold:.2f}",
         f"{result.before:.4f}",
-        f"{result.previous_false_region_frames:.4f}",
+        f"{result.false_region_share(result.previous_threshold):.4f}",
     )
-    table.add_row("after", f"{result.threshold:.2f}", f"{result.after:.4f}", f"{chosen:.4f}")
+    table.add_row(
+        "after",
+        f"{result.threshold:.2f}",
+        f"{result.after:.4f}",
+        f"{result.false_region_share(result.threshold):.4f}",
+    )
     return table
 
 
