@@ -52,6 +52,8 @@ from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
 
 GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed={seed}")
+# smoke_pretrain_table.py --real choices -> the file each is written to in WORKDIR.
+SMOKE5K_TABLES = {"outside": "smoke5k_outside_test_fires.pq", "training-scenes": "smoke5k_training_scenes.pq"}
 SHARE = 0.2
 CONTEXT = ("image.context_probability=0.3", "image.context_pass=mean")
 
@@ -62,6 +64,9 @@ class Row:
     overrides: tuple[str, ...] = ()
     item: str = ""  # the issue item the row measures
     config: Path = FAST
+    # SMOKE5K real frames added to fold 0's training frames (``smoke_pretrain_table.py --real``); the
+    # row then validates on the first row's fold 0 validation frames (custom validation).
+    extra_frames: tuple[str, ...] = ()
 
 
 ROWS = [
@@ -131,6 +136,24 @@ ROWS = [
         "large plumes",
         SEED_CONFIG,
     ),
+    Row(
+        "more frames of the training scenes (SMOKE5K), same steps",
+        ("training.epochs=5", "training.evaluation_epochs=5"),
+        "cameras",
+        extra_frames=("training-scenes",),
+    ),
+    Row(
+        "more frames of the training scenes and of other fires (SMOKE5K), same steps",
+        ("training.epochs=3", "training.evaluation_epochs=3"),
+        "cameras",
+        extra_frames=("training-scenes", "outside"),
+    ),
+    Row(
+        "more frames of the training scenes (SMOKE5K), twice the steps",
+        ("training.epochs=10", "training.evaluation_epochs=10"),
+        "cameras",
+        extra_frames=("training-scenes",),
+    ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
     Row("EfficientNet-Lite2, context pass", ("architecture.backbone=efficientnet_lite2",), "4"),
@@ -175,9 +198,7 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
     fold_train = workdir / "fold0_train.pq"
     if not fold_train.is_file():
         train[~train["image_id"].isin(validation)].to_parquet(fold_train, index=False)
-    outside = workdir / "smoke5k_outside_test_fires.pq"
-    if not outside.is_file():
-        _timed([sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(outside)], workdir)
+    outside = smoke5k_table(workdir, "outside")
     tables = {}
     for rule, flag in (("hard", []), ("random", ["--random"])):
         out = workdir / f"negatives-{rule}"
@@ -205,6 +226,51 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
     return tables
 
 
+def smoke5k_table(workdir: Path, real: str) -> Path:
+    """``smoke_pretrain_table.py --real REAL``'s table, written once into ``workdir``."""
+    table = workdir / SMOKE5K_TABLES[real]
+    if not table.is_file():
+        _timed(
+            [sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(table), "--real", real],
+            workdir,
+        )
+    return table
+
+
+def extra_frames_overrides(workdir: Path, parts: tuple[str, ...]) -> list[str]:
+    """Train on fold 0's smoke-ht training frames plus the SMOKE5K frames ``parts``, validate on fold 0's
+    validation frames (the first row's); images are linked into one folder, so one table names them.
+    Training frames sharing a group with a validation frame are left out by the trainer."""
+    validation_ids = set(
+        pd.read_parquet(workdir / _folder_name(ROWS[0].name) / "fold0" / VALIDATION_PREDICTIONS_NAME)[
+            "image_id"
+        ]
+    )
+    folder = workdir / ("frames-" + "-".join(parts))
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    sources = [(pd.read_parquet(SMOKE_HT / "train.pq"), SMOKE_HT / "gt_training")] + [
+        (pd.read_parquet(smoke5k_table(workdir, part)), SMOKE5K / "images") for part in parts
+    ]
+    tables = []
+    for table, source in sources:
+        for image_id in table["image_id"]:
+            link = images / Path(image_id).name
+            if not link.exists():
+                link.symlink_to(source / image_id)
+        tables.append(table.assign(image_id=[Path(i).name for i in table["image_id"]]))
+    frames = pd.concat(tables, ignore_index=True)
+    is_validation = frames["image_id"].isin(validation_ids)
+    frames[~is_validation].to_parquet(folder / "train.pq", index=False)
+    frames[is_validation].to_parquet(folder / "validation.pq", index=False)
+    return [
+        "dataset.validation_strategy=custom",
+        f"dataset.train_dataframe={folder / 'train.pq'}",
+        f"dataset.validation_dataframe={folder / 'validation.pq'}",
+        f"dataset.data_folder={images}",
+    ]
+
+
 def _merge(parts: list[Path], out: Path) -> None:
     """One negatives folder from several (image ids made unique by their part's name)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -220,18 +286,29 @@ def _merge(parts: list[Path], out: Path) -> None:
 @dataclass(frozen=True)
 class Judges:
     """What every row is scored on, loaded once: smoke-free camera crops (with their frames' sizes)
-    and smoke-ht's test frames."""
+    and smoke-ht's test frames.
+
+    Only the crops cut from frames of the test scenes count: a crop of a training scene's frame shows a
+    camera that fine-tuning trains on (and rows with ``extra_frames`` train on that very frame)."""
 
     crops: list[Sample]
     frame_sizes: dict[str, tuple[int, int]]
     test_frames: list[Sample]
 
     @classmethod
-    def load(cls, crops: Path) -> Judges:
+    def load(cls, crops: Path, workdir: Path) -> Judges:
+        training_scenes = {
+            Path(image_id).stem
+            for image_id in pd.read_parquet(smoke5k_table(workdir, "training-scenes"))["image_id"]
+        }
         listed = pd.read_csv(crops / TABLE_NAME)
+        listed = listed[[name.rsplit("_", 1)[0] not in training_scenes for name in listed["image_id"]]]
         sizes = zip(listed["frame_height"], listed["frame_width"], strict=True)
+        samples = load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True)
+        kept = set(listed["image_id"])
+        print(f"{len(kept)} of {len(samples)} smoke-free crops are of test scenes' frames", flush=True)
         return cls(
-            load_samples(crops / TABLE_NAME, crops / "images", DatasetConfig(), require_masks=True),
+            [sample for sample in samples if sample.image_id in kept],
             dict(zip(listed["image_id"], sizes, strict=True)),
             load_samples(SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True),
         )
@@ -240,6 +317,8 @@ class Judges:
 def run_row(row: Row, workdir: Path, judges: Judges, placeholders: dict[str, object]) -> dict[str, object]:
     out = workdir / _folder_name(row.name)
     overrides = [o.format(**placeholders) for o in (*GROUPED, *row.overrides)]
+    if row.extra_frames:
+        overrides += extra_frames_overrides(workdir, row.extra_frames)
     if placeholders.get("init"):
         overrides.append(f"architecture.init_from={placeholders['init']}")
     sets = [part for override in overrides for part in ("--set", override)]
@@ -323,7 +402,7 @@ def main() -> None:
         "init": args.init_from.resolve() if args.init_from else None,
         "seed": args.seed,
     }
-    judges = Judges.load(args.crops.resolve())
+    judges = Judges.load(args.crops.resolve(), workdir)
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue

@@ -52,7 +52,7 @@ IMAGE_THRESHOLDS = (None, 0.3, 0.5, 0.7, 0.9)
 
 def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int) -> Path:
     """Cut the smoke-free crops into ``folder/images`` and list them in ``folder/smoke_free.csv``."""
-    _, frames = split_real_frames(samples_from_folders(SMOKE5K))
+    frames = split_real_frames(samples_from_folders(SMOKE5K)).unseen_by_pretraining
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     def crops_of(item: tuple[int, Sample]) -> list[dict[str, object]]:

@@ -70,7 +70,13 @@ def main() -> None:
         table = experiment.parent / "smoke5k-real.pq"
         if not table.is_file():
             _timed(
-                [sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(table), "--all-real"],
+                [
+                    sys.executable,
+                    str(ROOT / "benchmarks/smoke_pretrain_table.py"),
+                    str(table),
+                    "--real",
+                    "all",
+                ],
                 ROOT,
             )
         overrides = [

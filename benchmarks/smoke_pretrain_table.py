@@ -4,16 +4,20 @@ Pretraining must not see the images it is judged on, nor their neighbours: a fra
 (or the same camera view) is nearly the same picture. Groups come from ``dataset.group_rule:
 fire_sequence``; any group holding a smoke-ht image is left out whole.
 
-With ``--all-real`` it writes every real frame instead (no exclusion): the table for grouped
-cross-validation on SMOKE5K's real frames.
+With ``--real all`` it writes every real frame instead (no exclusion): the table for grouped
+cross-validation on SMOKE5K's real frames. With ``--real training-scenes``, the frames of the fires and
+scenes of smoke-ht's training images that hold no smoke-ht test image: more frames of the cameras a
+fine-tuning run already trains on, never of a test camera.
 
-usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0] [--all-real]
+usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0]
+       [--real outside|training-scenes|all]
 The table's image ids are relative to ``../shared/datasets/smoke5k/images``.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -35,36 +39,60 @@ def _is_synthetic(image_id: str) -> bool:
     return PurePosixPath(image_id).stem.replace("_", "").isdigit()
 
 
-def split_real_frames(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-    """SMOKE5K's real frames among ``samples``: (outside every fire and scene holding a smoke-ht image,
-    the rest minus smoke-ht's own images). The first feed pretraining; the second were never trained
-    on by it."""
-    held_out = {
-        PurePosixPath(name).name
-        for table in ("train.pq", "test.pq")
-        for name in read_table(SMOKE_HT / table)["image_id"]
+@dataclass(frozen=True)
+class RealFrames:
+    """SMOKE5K's real frames other than smoke-ht's own images, by the fire or camera scene they belong to."""
+
+    outside: list[Sample]  # no smoke-ht image in their group: what pretraining may see
+    training_scenes: list[Sample]  # groups holding smoke-ht training images only: fine-tuning's scenes
+    test_scenes: list[Sample]  # groups holding a smoke-ht test image: never trained on
+
+    @property
+    def unseen_by_pretraining(self) -> list[Sample]:
+        """In image-id order, as the frames were listed (crops are seeded by their frame's position)."""
+        return sorted(self.training_scenes + self.test_scenes, key=lambda sample: sample.image_id)
+
+
+def split_real_frames(samples: list[Sample]) -> RealFrames:
+    """SMOKE5K's real frames among ``samples``, split by whether their group (``fire_sequence``) holds a
+    smoke-ht training or test image."""
+    names = {
+        table: {PurePosixPath(name).name for name in read_table(SMOKE_HT / f"{table}.pq")["image_id"]}
+        for table in ("train", "test")
     }
     real = [s for s in samples if not _is_synthetic(s.image_id)]
     groups = assign_groups(real, "fire_sequence")
-    excluded_groups = {
-        g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held_out
+    groups_of = {
+        table: {g for s, g in zip(real, groups, strict=True) if PurePosixPath(s.image_id).name in held}
+        for table, held in names.items()
     }
-    kept = [s for s, g in zip(real, groups, strict=True) if g not in excluded_groups]
-    unseen = [
-        s
-        for s, g in zip(real, groups, strict=True)
-        if g in excluded_groups and PurePosixPath(s.image_id).name not in held_out
-    ]
-    return kept, unseen
+    parts: dict[str, list[Sample]] = {"outside": [], "training_scenes": [], "test_scenes": []}
+    for sample, group in zip(real, groups, strict=True):
+        if PurePosixPath(sample.image_id).name in names["train"] | names["test"]:
+            continue
+        part = (
+            "test_scenes"
+            if group in groups_of["test"]
+            else "training_scenes"
+            if group in groups_of["train"]
+            else "outside"
+        )
+        parts[part].append(sample)
+    return RealFrames(**parts)
 
 
-def pretraining_table(synthetic: int, seed: int, all_real: bool = False) -> pd.DataFrame:
+# --real: which real frames the table holds.
+REAL_FRAMES = ("outside", "training-scenes", "all")
+
+
+def pretraining_table(synthetic: int, seed: int, real: str = "outside") -> pd.DataFrame:
     samples = samples_from_folders(SMOKE5K)
-    if all_real:
+    if real == "all":
         kept = [s for s in samples if not _is_synthetic(s.image_id)]
     else:
-        kept, _ = split_real_frames(samples)
-        print(f"real frames kept outside smoke-ht's fires and scenes: {len(kept)}")
+        frames = split_real_frames(samples)
+        kept = frames.outside if real == "outside" else frames.training_scenes
+        print(f"real frames kept ({real}): {len(kept)}")
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
     kept += [synthetic_samples[i] for i in sorted(chosen)]
@@ -87,9 +115,16 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic SMOKE5K images to add")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--all-real", action="store_true", help="every real frame, none left out")
+    parser.add_argument(
+        "--real",
+        choices=REAL_FRAMES,
+        default="outside",
+        help="outside: frames of no smoke-ht fire or scene (pretraining); training-scenes: frames of the "
+        "scenes of smoke-ht's training images only (more fine-tuning frames from the site's cameras); "
+        "all: every real frame (grouped cross-validation)",
+    )
     args = parser.parse_args()
-    table = pretraining_table(args.synthetic, args.seed, args.all_real)
+    table = pretraining_table(args.synthetic, args.seed, args.real)
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
     print(f"{len(table)} rows -> {args.out}")
