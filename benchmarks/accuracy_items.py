@@ -149,10 +149,10 @@ ROWS = [
         extra_frames=("training-scenes", "outside"),
     ),
     Row(
-        "more frames of the training scenes (SMOKE5K), twice the steps",
-        ("training.epochs=10", "training.evaluation_epochs=10"),
+        "more frames of the training scenes and of other fires (SMOKE5K), twice the steps",
+        ("training.epochs=6", "training.evaluation_epochs=6"),
         "cameras",
-        extra_frames=("training-scenes",),
+        extra_frames=("training-scenes", "outside"),
     ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
