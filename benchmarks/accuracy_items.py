@@ -137,19 +137,19 @@ ROWS = [
         SEED_CONFIG,
     ),
     Row(
-        "more frames of the training scenes (SMOKE5K), same steps",
+        "+ SMOKE5K frames of the training scenes, same steps",
         ("training.epochs=5", "training.evaluation_epochs=5"),
         "cameras",
         extra_frames=("training-scenes",),
     ),
     Row(
-        "more frames of the training scenes and of other fires (SMOKE5K), same steps",
+        "+ SMOKE5K frames of the training scenes and other fires, same steps",
         ("training.epochs=3", "training.evaluation_epochs=3"),
         "cameras",
         extra_frames=("training-scenes", "outside"),
     ),
     Row(
-        "more frames of the training scenes and of other fires (SMOKE5K), twice the steps",
+        "+ SMOKE5K frames of the training scenes and other fires, 2x steps",
         ("training.epochs=6", "training.evaluation_epochs=6"),
         "cameras",
         extra_frames=("training-scenes", "outside"),
@@ -179,6 +179,7 @@ SCORES = (
 
 
 def _folder_name(name: str) -> str:
+    """A row's folder; the first 60 characters of its name, so row names must differ within them."""
     return "".join(c if c.isalnum() else "_" for c in name)[:60]
 
 
@@ -389,6 +390,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results-items.json")
     args = parser.parse_args()
+    if len({_folder_name(row.name) for row in ROWS}) < len(ROWS):
+        sys.exit("two rows share a folder: make their names differ in the first 60 characters")
     if not (args.crops / TABLE_NAME).is_file():
         sys.exit(
             f"{args.crops / TABLE_NAME} is missing: run benchmarks/false_alarms.py {args.crops} MODEL first"
