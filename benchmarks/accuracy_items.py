@@ -18,6 +18,11 @@ Each row's model is then put at two operating points chosen on the same grouped 
 the highest threshold with region recall >= 0.9), and scored there on the test frames and
 the smoke-free crops; rows measured before this step get it on the next run.
 
+Rows with ``extra_frames`` also train on SMOKE5K real frames (``dataset.extra_train_dataframe``): of
+other fires (the smoke-pretraining frames), or of the fires and scenes of smoke-ht's training images that
+hold no test image; each fold leaves out those of its validation frames' scenes. Smoke-free crops count
+only when cut from frames of the test scenes (``Judges``).
+
 Hard and random negatives are mined once, after the first row, from that row's model
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames.
@@ -64,8 +69,7 @@ class Row:
     overrides: tuple[str, ...] = ()
     item: str = ""  # the issue item the row measures
     config: Path = FAST
-    # SMOKE5K real frames added to fold 0's training frames (``smoke_pretrain_table.py --real``); the
-    # row then validates on the first row's fold 0 validation frames (custom validation).
+    # SMOKE5K real frames that only train (``smoke_pretrain_table.py --real`` choices).
     extra_frames: tuple[str, ...] = ()
 
 
@@ -135,6 +139,12 @@ ROWS = [
         ("architecture.backbone=efficientnet_lite0", "training.build_scoring_pipelines=false"),
         "large plumes",
         SEED_CONFIG,
+    ),
+    Row(
+        "+ SMOKE5K frames of other fires (the pretraining frames), same steps",
+        ("training.epochs=5", "training.evaluation_epochs=5"),
+        "cameras",
+        extra_frames=("outside",),
     ),
     Row(
         "+ SMOKE5K frames of the training scenes, same steps",
@@ -239,37 +249,14 @@ def smoke5k_table(workdir: Path, real: str) -> Path:
 
 
 def extra_frames_overrides(workdir: Path, parts: tuple[str, ...]) -> list[str]:
-    """Train on fold 0's smoke-ht training frames plus the SMOKE5K frames ``parts``, validate on fold 0's
-    validation frames (the first row's); images are linked into one folder, so one table names them.
-    Training frames sharing a group with a validation frame are left out by the trainer."""
-    validation_ids = set(
-        pd.read_parquet(workdir / _folder_name(ROWS[0].name) / "fold0" / VALIDATION_PREDICTIONS_NAME)[
-            "image_id"
-        ]
-    )
-    folder = workdir / ("frames-" + "-".join(parts))
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    sources = [(pd.read_parquet(SMOKE_HT / "train.pq"), SMOKE_HT / "gt_training")] + [
-        (pd.read_parquet(smoke5k_table(workdir, part)), SMOKE5K / "images") for part in parts
-    ]
-    tables = []
-    for table, source in sources:
-        for image_id in table["image_id"]:
-            link = images / Path(image_id).name
-            if not link.exists():
-                link.symlink_to(source / image_id)
-        tables.append(table.assign(image_id=[Path(i).name for i in table["image_id"]]))
-    frames = pd.concat(tables, ignore_index=True)
-    is_validation = frames["image_id"].isin(validation_ids)
-    frames[~is_validation].to_parquet(folder / "train.pq", index=False)
-    frames[is_validation].to_parquet(folder / "validation.pq", index=False)
-    return [
-        "dataset.validation_strategy=custom",
-        f"dataset.train_dataframe={folder / 'train.pq'}",
-        f"dataset.validation_dataframe={folder / 'validation.pq'}",
-        f"dataset.data_folder={images}",
-    ]
+    """Train on the SMOKE5K frames ``parts`` too (``dataset.extra_train_dataframe``): every fold's
+    training gets them, minus those in a fire or scene of its validation frames; smoke-ht's folds stay
+    as the first row has them."""
+    table = workdir / ("smoke5k-" + "-".join(parts) + ".pq")
+    if not table.is_file():
+        frames = [pd.read_parquet(smoke5k_table(workdir, part)) for part in parts]
+        pd.concat(frames, ignore_index=True).to_parquet(table, index=False)
+    return [f"dataset.extra_train_dataframe={table}", f"dataset.extra_data_folder={SMOKE5K / 'images'}"]
 
 
 def _merge(parts: list[Path], out: Path) -> None:

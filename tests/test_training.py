@@ -511,3 +511,32 @@ def test_an_unreadable_test_image_is_reported_not_fatal(tmp_path: Path):
     assert len(test) == 3
     failed = test[test["error"].notna()]
     assert list(failed["image_id"]) == [broken.name] and "not an image" in failed["error"].iloc[0]
+
+
+def test_extra_frames_only_train_and_leave_out_the_validation_groups(tiny_dataset: Path, tmp_path: Path):
+    folder = tiny_dataset.parent
+    train = pd.read_parquet(folder / "train.pq").assign(scene=[f"site-{i // 2}" for i in range(12)])
+    train.to_parquet(tmp_path / "train.pq", index=False)
+    # Four more labelled frames: one from a scene of the site, three from scenes the site does not have.
+    extra = pd.read_parquet(folder / "test.pq").assign(scene=["site-0", "other-1", "other-2", "other-3"])
+    extra.to_parquet(tmp_path / "extra.pq", index=False)
+    site = [f"dataset.train_dataframe={tmp_path / 'train.pq'}", "dataset.group_fold_column=scene"]
+    with_extra = [*site, f"dataset.extra_train_dataframe={tmp_path / 'extra.pq'}"]
+    left_out = []
+    for fold_number in range(5):  # validation_size 0.2: five folds
+        plain_config, config = (
+            _config(tiny_dataset, *s, f"dataset.folds=[{fold_number}]") for s in (site, with_extra)
+        )
+        plain = run.ExperimentData.load(plain_config).fold(plain_config, fold_number)
+        fold = run.ExperimentData.load(config).fold(config, fold_number)
+        validation_scenes = {s.group for s in fold.validation}
+        trained_extra = [s.image_id for s in fold.train if s.image_id.startswith("test_")]
+        assert trained_extra == list(extra.loc[~extra["scene"].isin(validation_scenes), "image_id"])
+        assert [s.image_id for s in fold.validation] == [s.image_id for s in plain.validation]
+        site_frames = [s.image_id for s in fold.train if not s.image_id.startswith("test_")]
+        assert site_frames == [s.image_id for s in plain.train], "the site's own split is unchanged"
+        left_out += [name for name in extra["image_id"] if name not in trained_extra]
+    assert left_out == ["test_000.jpg"], "the site-0 frame, once: in the fold that validates site-0"
+    config = _config(tiny_dataset, *with_extra[:-1], "dataset.extra_train_dataframe=missing.pq")
+    with pytest.raises(ConfigError, match="extra_train_dataframe"):
+        run.validate_before_training(config)

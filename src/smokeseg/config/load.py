@@ -20,6 +20,8 @@ from smokeseg.storage import write_text_atomic
 PATH_KEYS = (
     "data_folder",
     "data_folder_test",
+    "extra_data_folder",
+    "extra_train_dataframe",
     "negative_data_folder",
     "negative_dataframe",
     "test_dataframe",

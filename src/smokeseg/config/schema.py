@@ -128,6 +128,15 @@ class DatasetConfig(Section):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="error: stop at a bad image or mask; skip: leave it out with a warning"
     )
+    extra_train_dataframe: OptionalPath = Field(
+        None,
+        description="more labelled frames that only ever train (other cameras, a public set, the "
+        "pretraining frames): added to every fold's training, never validated; frames that share a fold "
+        "group with the fold's validation frames are left out",
+    )
+    extra_data_folder: OptionalPath = Field(
+        None, description="folder (or .zip) holding extra_train_dataframe's images (default: data_folder)"
+    )
     negative_dataframe: OptionalPath = Field(
         None,
         description="a table of smoke-free crops (empty masks) at the model's scale, such as "

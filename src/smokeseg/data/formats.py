@@ -35,7 +35,7 @@ import yaml
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.images import encode_png, image_size, read_image, read_mask
 from smokeseg.data.rle import Order, cell_strings, rle_decode, rle_encode, validate_rle
-from smokeseg.errors import DataError
+from smokeseg.errors import ConfigError, DataError
 from smokeseg.storage import atomic_path, write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -229,6 +229,13 @@ class ZipStore(ImageStore):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def check_table_exists(table: Path | None, key: str, fix: str) -> None:
+    """A ConfigError, before any data is read, where the table ``dataset.<key>`` names is not there (a
+    table inside a .zip counts as there); ``fix`` says what to do."""
+    if table is not None and not table.exists() and split_zip_path(table) is None:
+        raise ConfigError(f"dataset.{key} {table} does not exist. {fix}")
 
 
 def split_zip_path(path: str | Path) -> tuple[Path, str] | None:

@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import Sample, load_samples, split_zip_path
+from smokeseg.data.formats import Sample, check_table_exists, load_samples
 from smokeseg.errors import ConfigError
 
 # Windows start every STRIDE pixels: finer steps give near-duplicate crops for many times the work.
@@ -152,12 +152,12 @@ def check_negative_table(dataset_cfg: DatasetConfig) -> Path | None:
     """The negatives table training draws from (None where ``negative_share`` is 0); a ConfigError,
     before any data is read, if it is not set or not there."""
     table = dataset_cfg.negative_table()
-    if table is not None and not table.exists() and split_zip_path(table) is None:
-        raise ConfigError(
-            f"dataset.negative_dataframe {table} does not exist. Point it at a table of smoke-free crops "
-            "(`smokeseg mine-negatives` writes negatives.csv; relative paths are taken from the config "
-            "file's folder), or set dataset.negative_share: 0."
-        )
+    check_table_exists(
+        table,
+        "negative_dataframe",
+        "Point it at a table of smoke-free crops (`smokeseg mine-negatives` writes negatives.csv; relative "
+        "paths are taken from the config file's folder), or set dataset.negative_share: 0.",
+    )
     return table
 
 

@@ -29,7 +29,7 @@ from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentC
 from smokeseg.data.augment import build_context_transform, build_inference_transform, build_train_transform
 from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
-from smokeseg.data.formats import Sample, load_samples
+from smokeseg.data.formats import Sample, check_table_exists, load_samples
 from smokeseg.data.groups import assign_groups
 from smokeseg.data.negatives import NegativeMix, check_negative_table, load_negatives, negative_draws
 from smokeseg.data.splits import resolve_seed, split_train_validation
@@ -126,6 +126,12 @@ def validate_before_training(config: ExperimentConfig, *, starting_weights: bool
     build_inference_transform(config.augmentation, config.image)
     config.dataset.training_tables()
     check_negative_table(config.dataset)
+    check_table_exists(
+        config.dataset.extra_train_dataframe,
+        "extra_train_dataframe",
+        "Point it at a table of labelled frames (relative paths are taken from the config file's folder), "
+        "or leave it unset.",
+    )
 
 
 def train(
@@ -179,12 +185,14 @@ def _build_scoring_pipeline(config: ExperimentConfig, experiment_dir: Path) -> N
 
 @dataclass
 class ExperimentData:
-    """The experiment's samples: train table, custom validation table, test table and negatives."""
+    """The experiment's samples: train table, custom validation table, test table, negatives, and the
+    extra frames that only train (``dataset.extra_train_dataframe``)."""
 
     train: list[Sample]
     validation: list[Sample]
     test: list[Sample]
     negatives: list[Sample] = field(default_factory=list)
+    extra: list[Sample] = field(default_factory=list)
     _groups: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -211,14 +219,41 @@ class ExperimentData:
             check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
         if dataset_cfg.negative_dataframe is not None and dataset_cfg.negative_share == 0:
             logger.warning("dataset.negative_dataframe is set but dataset.negative_share is 0: not used.")
-        return cls(train, validation, test, load_negatives(dataset_cfg))
+        extra = []
+        if dataset_cfg.extra_train_dataframe is not None:
+            extra = load_samples(
+                dataset_cfg.extra_train_dataframe,
+                dataset_cfg.extra_data_folder or dataset_cfg.data_folder,
+                dataset_cfg,
+                require_masks=True,
+            )
+            check_rle_order(extra, dataset_cfg.extra_train_dataframe, RLE_ORDER_SETTINGS["train"])
+        return cls(train, validation, test, load_negatives(dataset_cfg), extra)
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
         validation table shares its training twin's group; cached, as similarity groups read every image."""
-        if rule not in self._groups:
-            self._groups[rule] = assign_groups(self.train + self.validation, rule)
-        return self._groups[rule]
+        return self._cached_groups(rule, with_extra=False)
+
+    def _cached_groups(self, rule: str, with_extra: bool) -> list[str]:
+        key = f"{rule} with extra" if with_extra else rule
+        if key not in self._groups:
+            samples = self.train + self.validation + (self.extra if with_extra else [])
+            self._groups[key] = assign_groups(samples, rule)
+        return self._groups[key]
+
+    def _extra_outside(self, rule: str, validation: set[int]) -> list[Sample]:
+        """The extra frames that share no group with the train-then-validation samples at ``validation``.
+
+        Grouped together with every other sample, so an extra frame that looks like a validation frame
+        (or chains to one) is left out; the site's own folds come from ``groups`` alone, so adding extra
+        frames never moves the site's frames between folds."""
+        if not self.extra:
+            return []
+        joint = self._cached_groups(rule, with_extra=True)
+        site = len(self.train) + len(self.validation)
+        held_out = {joint[i] for i in validation}
+        return [s for s, g in zip(self.extra, joint[site:], strict=True) if g not in held_out]
 
     def fold(self, config: ExperimentConfig, fold: int) -> FoldData:
         groups = self.groups(config.dataset.group_rule)
@@ -230,7 +265,18 @@ class ExperimentData:
             validation_groups=groups[len(self.train) :] if self.validation else None,
         )
         seed = config.environment.seed
-        train = _subsample([self.train[i] for i in train_idx], config.dataset, "Train", seed)
+        site = len(self.train)
+        validation_rows = range(site, site + len(self.validation)) if self.validation else validation_idx
+        extra = self._extra_outside(config.dataset.group_rule, set(validation_rows))
+        if len(extra) < len(self.extra):
+            logger.info(
+                "dataset.extra_train_dataframe: %d of %d frames share a fold group with fold %d's validation "
+                "frames and are left out of its training.",
+                len(self.extra) - len(extra),
+                len(self.extra),
+                fold,
+            )
+        train = _subsample([self.train[i] for i in train_idx] + extra, config.dataset, "Train", seed)
         validation = _subsample(
             self.validation or [self.train[i] for i in validation_idx], config.dataset, "Validation", seed
         )

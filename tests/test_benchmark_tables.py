@@ -1,0 +1,52 @@
+"""The benchmarks' SMOKE5K tables keep the frames they are judged on out of training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+import pytest
+
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import load_samples, samples_from_folders
+from smokeseg.data.groups import assign_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SMOKE5K = SHARED / "datasets/smoke5k"
+SMOKE_HT = (
+    SHARED / "datasets/smoke-ht/data/anon/Smoke_segmentation/content/drive/MyDrive/BushFire/Image_segment"
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared datasets not found at {SHARED}"),
+]
+
+
+def _table(tmp_path: Path, real: str) -> pd.DataFrame:
+    out = tmp_path / f"{real}.pq"
+    command = [sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(out), "--real", real]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    return pd.read_parquet(out)
+
+
+def test_extra_fine_tuning_frames_share_no_scene_with_a_test_frame(tmp_path: Path):
+    training_scenes = _table(tmp_path, "training-scenes")
+    outside = _table(tmp_path, "outside")
+    smoke_ht = {name: set(pd.read_parquet(SMOKE_HT / f"{name}.pq")["image_id"]) for name in ("train", "test")}
+    names = [PurePosixPath(i).name for i in (*training_scenes["image_id"], *outside["image_id"])]
+    assert len(training_scenes) and len(outside)
+    assert len(set(names)) == len(names), "a frame is in both tables"
+    assert not set(names) & (smoke_ht["train"] | smoke_ht["test"]), "a smoke-ht image is in a table"
+
+    # Grouped again, from scratch, together with smoke-ht's test frames from smoke-ht's own folder:
+    # no extra frame may land in a test frame's fire or camera scene.
+    wanted = set(training_scenes["image_id"]) | set(outside["image_id"])
+    extra = [s for s in samples_from_folders(SMOKE5K) if s.image_id in wanted]
+    test = load_samples(SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=False)
+    assert len(extra) == len(wanted)
+    groups = assign_groups(extra + test, "fire_sequence")
+    assert not set(groups[: len(extra)]) & set(groups[len(extra) :])
