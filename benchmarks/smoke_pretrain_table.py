@@ -10,7 +10,7 @@ scenes of smoke-ht's training images that hold no smoke-ht test image: more fram
 fine-tuning run already trains on, never of a test camera.
 
 usage: python benchmarks/smoke_pretrain_table.py OUT.pq [--synthetic N] [--seed 0]
-       [--real outside|training-scenes|all]
+       [--real outside|training-scenes|all ...]
 The table's image ids are relative to ``../shared/datasets/smoke5k/images``.
 """
 
@@ -81,18 +81,19 @@ def split_real_frames(samples: list[Sample]) -> RealFrames:
     return RealFrames(**parts)
 
 
-# --real: which real frames the table holds.
+# --real: which real frames the table holds (one or more).
 REAL_FRAMES = ("outside", "training-scenes", "all")
 
 
-def pretraining_table(synthetic: int, seed: int, real: str = "outside") -> pd.DataFrame:
+def pretraining_table(synthetic: int, seed: int, real: tuple[str, ...] = ("outside",)) -> pd.DataFrame:
     samples = samples_from_folders(SMOKE5K)
-    if real == "all":
+    if "all" in real:
         kept = [s for s in samples if not _is_synthetic(s.image_id)]
     else:
         frames = split_real_frames(samples)
-        kept = frames.outside if real == "outside" else frames.training_scenes
-        print(f"real frames kept ({real}): {len(kept)}")
+        parts = {"outside": frames.outside, "training-scenes": frames.training_scenes}
+        kept = [sample for part in real for sample in parts[part]]
+        print(f"real frames kept ({' + '.join(real)}): {len(kept)}")
     synthetic_samples = [s for s in samples if _is_synthetic(s.image_id)]
     chosen = np.random.default_rng(seed).permutation(len(synthetic_samples))[:synthetic]
     kept += [synthetic_samples[i] for i in sorted(chosen)]
@@ -118,13 +119,14 @@ def main() -> None:
     parser.add_argument(
         "--real",
         choices=REAL_FRAMES,
-        default="outside",
+        nargs="+",
+        default=["outside"],
         help="outside: frames of no smoke-ht fire or scene (pretraining); training-scenes: frames of the "
         "scenes of smoke-ht's training images only (more fine-tuning frames from the site's cameras); "
         "all: every real frame (grouped cross-validation)",
     )
     args = parser.parse_args()
-    table = pretraining_table(args.synthetic, args.seed, args.real)
+    table = pretraining_table(args.synthetic, args.seed, tuple(args.real))
     with atomic_path(args.out) as tmp:
         table.to_parquet(tmp, index=False)
     print(f"{len(table)} rows -> {args.out}")
