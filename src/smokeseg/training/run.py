@@ -199,15 +199,18 @@ class ExperimentData:
     def load(cls, config: ExperimentConfig) -> ExperimentData:
         """Each table's samples; a table whose masks decode as stripes in its RLE order is refused."""
         dataset_cfg = config.dataset
+
+        def labelled(table: Path | None, folder: Path | None) -> list[Sample]:
+            """A table of training frames (none where unset), checked as the train table is."""
+            if table is None:
+                return []
+            samples = load_samples(table, folder or dataset_cfg.data_folder, dataset_cfg, require_masks=True)
+            check_rle_order(samples, table, RLE_ORDER_SETTINGS["train"])
+            return samples
+
         train_table, validation_table = dataset_cfg.training_tables()
-        train = load_samples(train_table, dataset_cfg.data_folder, dataset_cfg, require_masks=True)
-        check_rle_order(train, train_table, RLE_ORDER_SETTINGS["train"])
-        validation = []
-        if validation_table is not None:
-            validation = load_samples(
-                validation_table, dataset_cfg.data_folder, dataset_cfg, require_masks=True
-            )
-            check_rle_order(validation, validation_table, RLE_ORDER_SETTINGS["train"])
+        train = labelled(train_table, None)
+        validation = labelled(validation_table, None)
         test = []
         if dataset_cfg.test_dataframe is not None:
             test = load_samples(
@@ -219,15 +222,7 @@ class ExperimentData:
             check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
         if dataset_cfg.negative_dataframe is not None and dataset_cfg.negative_share == 0:
             logger.warning("dataset.negative_dataframe is set but dataset.negative_share is 0: not used.")
-        extra = []
-        if dataset_cfg.extra_train_dataframe is not None:
-            extra = load_samples(
-                dataset_cfg.extra_train_dataframe,
-                dataset_cfg.extra_data_folder or dataset_cfg.data_folder,
-                dataset_cfg,
-                require_masks=True,
-            )
-            check_rle_order(extra, dataset_cfg.extra_train_dataframe, RLE_ORDER_SETTINGS["train"])
+        extra = labelled(dataset_cfg.extra_train_dataframe, dataset_cfg.extra_data_folder)
         return cls(train, validation, test, load_negatives(dataset_cfg), extra)
 
     def groups(self, rule: str) -> list[str]:
