@@ -57,8 +57,11 @@ from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
 
 GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed={seed}")
-# smoke_pretrain_table.py --real choices -> the file each is written to in WORKDIR.
-SMOKE5K_TABLES = {"outside": "smoke5k_outside_test_fires.pq", "training-scenes": "smoke5k_training_scenes.pq"}
+# smoke_pretrain_table.py --real choices -> the file each is written to in WORKDIR (several: smoke5k-A-B.pq).
+SMOKE5K_TABLES = {
+    ("outside",): "smoke5k_outside_test_fires.pq",
+    ("training-scenes",): "smoke5k_training_scenes.pq",
+}
 SHARE = 0.2
 CONTEXT = ("image.context_probability=0.3", "image.context_pass=mean")
 
@@ -237,14 +240,12 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
     return tables
 
 
-def smoke5k_table(workdir: Path, real: str) -> Path:
-    """``smoke_pretrain_table.py --real REAL``'s table, written once into ``workdir``."""
-    table = workdir / SMOKE5K_TABLES[real]
+def smoke5k_table(workdir: Path, *parts: str) -> Path:
+    """``smoke_pretrain_table.py --real PART ...``'s table, written once into ``workdir``."""
+    table = workdir / SMOKE5K_TABLES.get(parts, "smoke5k-" + "-".join(parts) + ".pq")
     if not table.is_file():
-        _timed(
-            [sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(table), "--real", real],
-            workdir,
-        )
+        script = str(ROOT / "benchmarks/smoke_pretrain_table.py")
+        _timed([sys.executable, script, str(table), "--real", *parts], workdir)
     return table
 
 
@@ -252,10 +253,7 @@ def extra_frames_overrides(workdir: Path, parts: tuple[str, ...]) -> list[str]:
     """Train on the SMOKE5K frames ``parts`` too (``dataset.extra_train_dataframe``): every fold's
     training gets them, minus those in a fire or scene of its validation frames; smoke-ht's folds stay
     as the first row has them."""
-    table = workdir / ("smoke5k-" + "-".join(parts) + ".pq")
-    if not table.is_file():
-        frames = [pd.read_parquet(smoke5k_table(workdir, part)) for part in parts]
-        pd.concat(frames, ignore_index=True).to_parquet(table, index=False)
+    table = smoke5k_table(workdir, *parts)
     return [f"dataset.extra_train_dataframe={table}", f"dataset.extra_data_folder={SMOKE5K / 'images'}"]
 
 
