@@ -167,6 +167,17 @@ ROWS = [
         "cameras",
         extra_frames=("training-scenes", "outside"),
     ),
+    Row(
+        "+ SMOKE5K training scenes and other fires, 2x steps, hard negatives 0.2",
+        (
+            "training.epochs=6",
+            "training.evaluation_epochs=6",
+            "dataset.negative_dataframe={hard}",
+            f"dataset.negative_share={SHARE}",
+        ),
+        "cameras+3",
+        extra_frames=("training-scenes", "outside"),
+    ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
     Row("EfficientNet-Lite2, context pass", ("architecture.backbone=efficientnet_lite2",), "4"),
