@@ -363,6 +363,32 @@ def test_gradient_clip_bounds_each_step(tiny_dataset: Path, tmp_path: Path, monk
     assert 0 < moved <= 2 * 10 * learning_rate * clip * 1.01
 
 
+def test_ema_decay_keeps_the_moving_average_of_every_step(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    decay = 0.5
+    config = _config(
+        tiny_dataset, "training.epochs=2", "dataset.test_dataframe=None", f"training.ema_decay={decay}"
+    )
+    steps: list[dict[str, torch.Tensor]] = []
+
+    def after_step(module: SmokeSegmentationModule, *_: object) -> None:
+        steps.append({name: p.detach().clone() for name, p in module.model.named_parameters()})
+
+    monkeypatch.setattr(SmokeSegmentationModule, "on_train_batch_end", after_step)
+    run.train(config, tmp_path / "exp", progress=False)
+    kept = torch.load(tmp_path / "exp/fold0/checkpoint.ckpt", weights_only=True)["state_dict"]
+    assert len(steps) == 4, "2 epochs of 2 steps"
+    average = dict(steps[0])  # torch's EMA starts from the first step's weights
+    for weights in steps[1:]:
+        average = {name: decay * average[name] + (1 - decay) * weights[name] for name in average}
+    moved = [name for name in average if not torch.equal(steps[-1][name], steps[-2][name])]
+    assert moved, "the last step changed the weights"
+    for name in moved:
+        torch.testing.assert_close(kept[f"model.{name}"], average[name])
+        assert not torch.allclose(kept[f"model.{name}"], steps[-1][name]), (
+            f"{name}: the last weights were kept"
+        )
+
+
 @pytest.mark.parametrize(
     ("mixed", "cuda", "amx", "avx512_bf16", "expected"),
     [

@@ -322,6 +322,13 @@ class TrainingConfig(Section):
     differential_learning_rate: float = Field(0.001, ge=0)
     differential_learning_rate_layers: StrList = []
     drop_last_batch: bool = True
+    ema_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="keep an exponential moving average of the weights, updated every step with this "
+        "decay, and validate, score and save it instead of the last weights (0: off)",
+    )
     epochs: int = Field(5, ge=1)
     evaluation_epochs: float = Field(1.0, gt=0)
     evaluate_before_training: bool = False

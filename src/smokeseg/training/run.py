@@ -21,7 +21,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
 from torch.utils.data import ConcatDataset, DataLoader
 
 from smokeseg.config.load import load_config, save_config
@@ -600,6 +600,9 @@ def _trainer(config: ExperimentConfig, fold_dir: Path, progress: bool, devices: 
         ChartsRecorder(fold_dir / CHARTS_NAME, metric),
         ExperimentLog(metric),
     ]
+    if training.ema_decay:
+        # Lightning swaps the average in for validation and the checkpoints, and keeps it at the end.
+        callbacks.append(EMAWeightAveraging(decay=training.ema_decay))
     if progress:
         callbacks.append(RichProgressBar())
     use_cuda = devices["accelerator"] == "gpu"
