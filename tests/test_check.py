@@ -94,6 +94,38 @@ def test_each_tables_rle_order_is_checked_on_its_own(toy_datasets, toy_pairs) ->
     assert check_dataset(config).notes == []
 
 
+def test_validation_and_extra_tables_are_checked_too(toy_datasets) -> None:
+    """Every table a run reads: a broken image in the extra frames stops training as surely as one in
+    the train table."""
+    table, images = toy_datasets.table()
+    frame = pd.read_parquet(table)
+    validation, extra = table.with_name("validation.pq"), table.with_name("extra.pq")
+    frame.iloc[:1].to_parquet(validation, index=False)
+    frame.iloc[1:].to_parquet(extra, index=False)
+    extra_images = images.parent / "extra_images"
+    extra_images.mkdir()
+    for name in frame["image_id"].iloc[1:]:
+        (extra_images / name).write_bytes((images / name).read_bytes())
+    (extra_images / frame["image_id"].iloc[1]).write_bytes(b"\x89PNG broken")
+    config = _config(
+        train_dataframe=table,
+        data_folder=images,
+        validation_strategy="custom",
+        validation_dataframe=validation,
+        extra_train_dataframe=extra,
+        extra_data_folder=extra_images,
+    )
+    report = check_dataset(config)
+    assert [(split.name, split.images) for split in report.splits] == [
+        ("train", 4),
+        ("validation", 1),
+        ("extra", 2),
+    ]
+    [problem] = report.problems
+    assert problem.startswith(f"extra: Image {extra_images / frame['image_id'].iloc[1]} is not an image")
+    assert "extra: Image" in _rendered(report)
+
+
 @pytest.mark.shared
 def test_smoke_ht_checks_clean(smoke_ht_config_path: Path) -> None:
     report = check_dataset(load_config(smoke_ht_config_path))

@@ -66,24 +66,39 @@ class _Decoded:
 
 
 def check_dataset(config: ExperimentConfig) -> DatasetReport:
-    """Decode every train (and test) image and mask; count, measure, and list each problem by file."""
+    """Decode every image and mask of each table a run reads (train, custom validation, extra frames,
+    test); count, measure, and list each problem by file."""
     dataset = config.dataset
     if dataset.train_dataframe is None:
         raise DataError(
             "dataset.train_dataframe is not set: point it at a table or an images/ + masks/ folder."
         )
-    report = DatasetReport(
-        [_check_split("train", dataset.train_dataframe, dataset.data_folder, dataset, True)]
-    )
-    orders = [(dataset.rle_order, RLE_ORDER_SETTINGS["train"])]
-    if dataset.test_dataframe is not None:
-        test_folder = dataset.data_folder_test or dataset.data_folder
-        test_cfg = dataset.for_test_table()
-        report.splits.append(_check_split("test", dataset.test_dataframe, test_folder, test_cfg, False))
-        orders.append((test_cfg.rle_order, RLE_ORDER_SETTINGS["test"]))
-    for split, (order, setting) in zip(report.splits, orders, strict=True):
+    _, validation_table = dataset.training_tables()
+    test_cfg = dataset.for_test_table()
+    # name, table or folder, its images' folder, the settings it is read with, whether masks are needed
+    tables = [
+        ("train", dataset.train_dataframe, dataset.data_folder, dataset, True),
+        ("validation", validation_table, dataset.data_folder, dataset, True),
+        (
+            "extra",
+            dataset.extra_train_dataframe,
+            dataset.extra_data_folder or dataset.data_folder,
+            dataset,
+            True,
+        ),
+        ("test", dataset.test_dataframe, dataset.data_folder_test or dataset.data_folder, test_cfg, False),
+    ]
+    report = DatasetReport([])
+    for name, table, folder, settings, require_masks in tables:
+        if table is None:
+            continue
+        split = _check_split(name, table, folder, settings, require_masks)
+        report.splits.append(split)
         # Each table on its own: a row-major table must not hide behind a column-major one.
-        note = order_mismatch(split.source, order, split.order_probes, split.other_order_votes, setting)
+        setting = RLE_ORDER_SETTINGS["test" if name == "test" else "train"]
+        note = order_mismatch(
+            split.source, settings.rle_order, split.order_probes, split.other_order_votes, setting
+        )
         if note:
             report.notes.append(note)
     return report
