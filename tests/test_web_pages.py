@@ -8,7 +8,9 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folder
@@ -81,6 +83,26 @@ def test_dataset_page_shows_counts_histograms_and_mask_tiles(client: TestClient,
     missing = client.get("/datasets/nope")
     assert missing.status_code == 404 and "No dataset with id nope." in missing.text
     assert missing.headers["content-type"].startswith("text/html")
+
+
+def test_a_dataset_with_extra_frames_lists_each_table_by_name(client: TestClient, tmp_path: Path):
+    """The dataset's YAML names frames that only train: the import checks them as their own split, and the
+    list still reads the test count from the test table, not from whichever table comes second."""
+    folder = tiny_demo(tmp_path / "demo")
+    train = pd.read_parquet(folder / "train.pq")
+    train.iloc[:5].to_parquet(folder / "train.pq", index=False)
+    train.iloc[5:].to_parquet(folder / "extra.pq", index=False)
+    config = yaml.safe_load((folder / "smoke_demo.yaml").read_text())
+    config["dataset"]["extra_train_dataframe"] = "extra.pq"
+    (folder / "smoke_demo.yaml").write_text(yaml.safe_dump(config))
+    archive = zip_folder(folder, tmp_path / "demo.zip")
+    dataset = _dataset(client, archive)
+    splits = {split["name"]: split["images"] for split in dataset["summary"]["splits"]}
+    assert splits == {"train": 5, "extra": 3, "test": 2}
+    listed = re.search(r"<tbody>(.*?)</tbody>", client.get("/datasets").text, re.S).group(1)
+    assert re.findall(r'<td class="num">(\d+)</td>', listed)[:2] == ["5", "2"], "train, then test images"
+    page = client.get(f"/datasets/{dataset['id']}").text
+    assert '<th scope="row">extra</th><td class="num">3</td>' in page
 
 
 def _histogram(page: str) -> list[int]:
