@@ -191,6 +191,12 @@ ROWS = [
         extra_frames=("training-scenes", "outside"),
     ),
     Row(
+        "+ SMOKE5K training scenes and other fires, 2x steps, lr 5e-4",
+        ("training.epochs=6", "training.evaluation_epochs=6", "training.learning_rate=0.0005"),
+        "cameras",
+        extra_frames=("training-scenes", "outside"),
+    ),
+    Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, fp32",
         (
             "training.epochs=6",
