@@ -13,6 +13,10 @@ records:
   model's operating point, with the recall on the test frames there;
 - wall time of the training command.
 
+Every row is also scored on SMOKE5K's frames of smoke-ht's test scenes, whole, at its threshold and its
+operating points (``test_scenes.py``: 600-odd frames of the test cameras, and the smoke-free crops as
+windows of them); rows measured before this step get it on the next run.
+
 Each row's model is then put at two operating points chosen on the same grouped validation frames
 (``smokeseg tune-threshold``: the threshold with the best mean per-image IoU, and the operator's point,
 the highest threshold with region recall >= 0.9), and scored there on the test frames and
@@ -48,6 +52,7 @@ from false_alarms import TABLE_NAME, score_model
 from machine import cpu_description
 from run import FAST, ROOT, SEED_CONFIG, SHARED, SMOKESEG, _timed
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT
+from test_scenes import TestScenes, score_test_scenes
 
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
@@ -317,6 +322,7 @@ class Judges:
     crops: list[Sample]
     frame_sizes: dict[str, tuple[int, int]]
     test_frames: list[Sample]
+    test_scenes: TestScenes
 
     @classmethod
     def load(cls, crops: Path, workdir: Path) -> Judges:
@@ -334,6 +340,7 @@ class Judges:
             [sample for sample in samples if sample.image_id in kept],
             dict(zip(listed["image_id"], sizes, strict=True)),
             load_samples(SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=True),
+            TestScenes.load(crops),
         )
 
 
@@ -440,8 +447,13 @@ def main() -> None:
     for row in done:
         if args.rows and row["row"] not in args.rows:
             continue
-        if "operating_points" not in row and (workdir / _folder_name(str(row["row"])) / "fold0").is_dir():
+        fold = workdir / _folder_name(str(row["row"])) / "fold0"
+        if "operating_points" not in row and fold.is_dir():
             row["operating_points"] = operating_points(row, workdir, judges)
+            write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
+        if "test_scenes" not in row and "operating_points" in row and fold.is_dir():
+            tuned = {name: point["threshold"] for name, point in row["operating_points"].items()}
+            row["test_scenes"] = score_test_scenes(fold, tuned, judges.test_scenes)
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     print(_table(done))
     print(_operating_table(done))

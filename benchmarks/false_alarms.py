@@ -8,8 +8,9 @@ test frames, which all hold smoke. Each image gets the alarm rule ``predict`` ap
 and, for a model with a classification head and ``prediction.classification_threshold``, the head's
 probability at least that.
 
-The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks and
-the size of the frame each came from. A model trained at native resolution scores a crop at the scale
+The crops are written once, as PNG (no recompression) plus a Hydrogen Torch table with empty masks,
+the frame each came from, its size, and the window's top-left corner there (``test_scenes.py`` finds
+each crop's window inside its scored frame). A model trained at native resolution scores a crop at the scale
 it gives that whole frame (``image.long_side`` enlarges a 640x480 frame 2x, so its crops too), not as
 if the crop were a frame of its own.
 
@@ -65,7 +66,17 @@ def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int)
             name = f"{Path(sample.image_id).stem}_{k}.png"
             crop = cv2.cvtColor(image[y : y + size, x : x + size], cv2.COLOR_RGB2BGR)
             write_bytes_atomic(folder / "images" / name, cv2.imencode(".png", crop)[1].tobytes())
-            rows.append({"image_id": name, "frame_height": image.shape[0], "frame_width": image.shape[1]})
+            rows.append(
+                {
+                    "image_id": name,
+                    "frame_height": image.shape[0],
+                    "frame_width": image.shape[1],
+                    "frame_id": sample.image_id,
+                    "y": y,
+                    "x": x,
+                    "size": size,
+                }
+            )
         return rows
 
     table = pd.DataFrame([row for rows in parallel_map(crops_of, list(enumerate(frames))) for row in rows])

@@ -29,6 +29,7 @@ from smokeseg.metrics import (
     REGION_TOLERANCE,
     auroc,
     detection_scores,
+    false_region_pixels,
     iou_from_counts,
     mean_absolute_error,
     region_outcome,
@@ -149,6 +150,17 @@ def test_a_cloud_on_a_smoke_frame_is_a_false_region_not_a_hit():
     assert region_outcome(both.regions, FRAME_TRUTH, tolerance=1) == (2, False)
     assert region_outcome(both.regions, np.zeros_like(FRAME_TRUTH)) == (2, False), "no smoke: all false"
     assert region_outcome(smoke_verdict(_frame(), 0.5).regions, FRAME_TRUTH) == (0, False)
+
+
+def test_false_region_pixels_are_the_cloud_not_the_region_on_the_smoke():
+    both = smoke_verdict(_frame(CLOUD, NEAR_SMOKE), 0.5)
+    expected = np.zeros_like(FRAME_TRUTH)
+    expected[CLOUD] = True
+    assert np.array_equal(false_region_pixels(both.regions, FRAME_TRUTH), expected)
+    assert np.array_equal(false_region_pixels(both.regions, FRAME_TRUTH, tolerance=1), both.regions > 0), (
+        "1 px tolerance: the region 2 px off the smoke is false too"
+    )
+    assert not false_region_pixels(smoke_verdict(_frame(), 0.5).regions, FRAME_TRUTH).any()
 
 
 def test_verdict_regions_are_the_boxed_regions_only():

@@ -176,6 +176,17 @@ def detection_scores(true_smoke: ArrayLike, predicted_smoke: ArrayLike) -> dict[
     }
 
 
+def _region_labels(regions: np.ndarray, truth: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per region label 1..max: whether it is present, and whether it touches true smoke."""
+    near: np.ndarray = truth.astype(np.uint8)
+    if tolerance > 0:
+        near = cv2.dilate(near, np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8))
+    size = int(regions.max()) + 1
+    present = np.bincount(regions.ravel(), minlength=size)[1:] > 0
+    touched = np.bincount(regions[near.astype(bool)], minlength=size)[1:] > 0
+    return present, touched
+
+
 def region_outcome(
     regions: np.ndarray, truth: np.ndarray, tolerance: int = REGION_TOLERANCE
 ) -> tuple[int, bool]:
@@ -184,13 +195,18 @@ def region_outcome(
     ``regions`` labels the verdict regions (0: no region, any positive label per region), ``truth`` is
     the true mask of the same shape.
     """
-    near: np.ndarray = truth.astype(np.uint8)
-    if tolerance > 0:
-        near = cv2.dilate(near, np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8))
-    size = int(regions.max()) + 1
-    present = np.bincount(regions.ravel(), minlength=size)[1:] > 0
-    touched = np.bincount(regions[near.astype(bool)], minlength=size)[1:] > 0
+    present, touched = _region_labels(regions, truth, tolerance)
     return int((present & ~touched).sum()), bool(touched.any())
+
+
+def false_region_pixels(
+    regions: np.ndarray, truth: np.ndarray, tolerance: int = REGION_TOLERANCE
+) -> np.ndarray:
+    """The pixels of the false regions (verdict regions touching no true smoke), as a boolean mask: where
+    in a frame its false alarms lie, as ``region_outcome`` counts them."""
+    _, touched = _region_labels(regions, truth, tolerance)
+    false_label = np.concatenate([[False], ~touched])  # label 0 is no region
+    return false_label[regions]
 
 
 def auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:

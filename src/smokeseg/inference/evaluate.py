@@ -177,7 +177,7 @@ def evaluate(
     threshold = predictor.threshold if threshold is None else threshold
     rows = []
     for done, prediction in enumerate(predictor.predict_samples(samples), start=1):
-        rows.append(_image_scores(prediction, threshold, min_region_pixels, region_tolerance))
+        rows.append(image_scores(prediction, threshold, min_region_pixels, region_tolerance))
         if progress is not None:
             progress(done, len(samples))
     frame = pd.DataFrame(rows)
@@ -191,9 +191,10 @@ def evaluate(
     )
 
 
-def _image_scores(
+def image_scores(
     prediction: Prediction, threshold: float, min_region_pixels: int | None, region_tolerance: int
 ) -> dict[str, Any]:
+    """One row of ``EvaluationResult.images``: a scored image judged at ``threshold``."""
     probabilities = prediction.probabilities
     truth = prediction.sample.load_true_mask(*probabilities.shape)
     predicted = probabilities > threshold
