@@ -41,6 +41,16 @@ POINT_COLUMNS: dict[str, Pick] = {
     "smoke-free crops alarm": lambda p: p["smoke_free_crops"]["false_positive_rate"],
 }
 
+SCENE_COLUMNS: dict[str, Pick] = {
+    "IoU": lambda p: p["IoU"],
+    "IoU/img": lambda p: p["mean_image_IoU"],
+    "IoU small": lambda p: p["by_size"].get("small", {}).get("IoU"),
+    "IoU large": lambda p: p["by_size"].get("large", {}).get("IoU"),
+    "false-region frames": lambda p: p["false_region_frames"],
+    "region recall": lambda p: p["region_recall"],
+    "crop windows alarm (whole-frame scoring)": lambda p: p["crop_window_alarm"],
+}
+
 
 def spread(values: list[float | None]) -> str:
     """``mean ± std`` of the values that exist (sample standard deviation), one value as it is."""
@@ -57,7 +67,8 @@ def _line(cells: list[str]) -> str:
 
 
 def tables(seeds: list[dict[str, dict]], names: list[str]) -> str:
-    """The rows at the recipe's threshold, then each row at its operating points."""
+    """The rows at the recipe's threshold, then each row at its operating points, then on the test
+    scenes' frames."""
     header = ["row", "seeds", *ROW_COLUMNS, "wall"]
     lines = [_line(header), "|" + "---|" * len(header)]
     for name in names:
@@ -74,6 +85,26 @@ def tables(seeds: list[dict[str, dict]], names: list[str]) -> str:
             thresholds = " / ".join(f"{p['threshold']:.2f}" for p in points)
             cells = [spread([pick(p) for p in points]) for pick in POINT_COLUMNS.values()]
             lines.append(_line([name, point, str(len(points)), thresholds, *cells]))
+    return "\n".join(lines) + _scenes_table(seeds, names)
+
+
+def _scenes_table(seeds: list[dict[str, dict]], names: list[str]) -> str:
+    """Each row on SMOKE5K's frames of the test scenes (``test_scenes.py``), where measured."""
+    rows_of = {
+        name: [seed[name]["test_scenes"] for seed in seeds if "test_scenes" in seed.get(name, {})]
+        for name in names
+    }
+    if not any(rows_of.values()):
+        return ""
+    header = ["row", "threshold", "seeds", "frames / crop windows", *SCENE_COLUMNS]
+    lines = ["", "", _line(header), "|" + "---|" * len(header)]
+    for name, rows in rows_of.items():
+        for point in rows[0]["points"] if rows else []:
+            points = [r["points"][point] for r in rows]
+            thresholds = " / ".join(f"{p['threshold']:.2f}" for p in points)
+            cells = [spread([pick(p) for p in points]) for pick in SCENE_COLUMNS.values()]
+            size = f"{rows[0]['frames']} / {rows[0]['crop_windows']}"
+            lines.append(_line([name, f"{point} ({thresholds})", str(len(points)), size, *cells]))
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from smokeseg.config.load import PATH_KEYS, config_to_yaml, load_config
-from smokeseg.config.schema import ExperimentConfig
+from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.errors import ConfigError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -178,3 +178,38 @@ def test_effective_config_round_trips(tmp_path: Path):
     saved.write_text(config_to_yaml(config))
     assert load_config(saved) == config
     assert "validation_dataframe: None" in saved.read_text()
+
+
+def test_run_tables_name_each_table_with_its_folder_and_settings():
+    dataset = DatasetConfig(
+        train_dataframe=Path("train.pq"),
+        data_folder=Path("site"),
+        validation_strategy="custom",
+        validation_dataframe=Path("validation.pq"),
+        extra_train_dataframe=Path("extra.pq"),
+        extra_data_folder=Path("smoke5k"),
+        test_dataframe=Path("test.pq"),
+        data_folder_test=Path("site_test"),
+        rle_order="F",
+        test_rle_order="C",
+    )
+    tables = {table.name: table for table in dataset.run_tables()}
+    assert list(tables) == ["train", "validation", "extra", "test"]
+    assert {name: (t.table.stem, t.data_folder.name) for name, t in tables.items()} == {
+        "train": ("train", "site"),
+        "validation": ("validation", "site"),
+        "extra": ("extra", "smoke5k"),
+        "test": ("test", "site_test"),
+    }
+    assert [t.labelled for t in tables.values()] == [True, True, True, False], (
+        "a test table may be unlabelled"
+    )
+    assert tables["test"].settings.rle_order == "C" and tables["train"].settings.rle_order == "F"
+    assert tables["test"].rle_order_setting == "dataset.test_rle_order"
+    assert tables["extra"].rle_order_setting == "dataset.rle_order"
+    # kfold reads no validation table; unset tables are left out; folders fall back to data_folder
+    plain = DatasetConfig(train_dataframe=Path("train.pq"), test_dataframe=Path("test.pq"))
+    assert [(t.name, t.data_folder) for t in plain.run_tables()] == [
+        ("train", Path(".")),
+        ("test", Path(".")),
+    ]

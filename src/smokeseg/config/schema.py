@@ -7,6 +7,7 @@ Hydrogen Torch writes null as the string ``None``; optional keys accept it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,6 +98,23 @@ class AugmentationConfig(Section):
         return "None" if value is None else value
 
 
+@dataclass(frozen=True)
+class RunTable:
+    """One table a run reads (``DatasetConfig.run_tables``): where it and its images are, the settings it
+    is read with, and whether every row needs a mask (a test table may be unlabelled)."""
+
+    name: Literal["train", "validation", "extra", "test"]
+    table: Path
+    data_folder: Path
+    settings: DatasetConfig
+    labelled: bool
+
+    @property
+    def rle_order_setting(self) -> str:
+        """The key that holds this table's RLE order, for an error that says what to change."""
+        return "dataset.test_rle_order" if self.name == "test" else "dataset.rle_order"
+
+
 class DatasetConfig(Section):
     class_name_column: str = "class_id"
     data_folder: Path = Field(Path("."), description="folder (or .zip) holding the training images")
@@ -182,6 +200,29 @@ class DatasetConfig(Section):
     def for_test_table(self) -> DatasetConfig:
         """These settings as the test table is read: with its own RLE order, if it has one."""
         return self.model_copy(update={"rle_order": self.test_rle_order or self.rle_order})
+
+    def run_tables(self) -> list[RunTable]:
+        """Every table a run reads, in the order train, validation (custom), extra frames, test; unset
+        ones left out. Training and `smokeseg data check` both read from this list, so they agree on
+        each table's folder and settings."""
+        train, validation = self.training_tables()
+        tables: list[tuple[Any, Path | None, Path, DatasetConfig, bool]] = [
+            ("train", train, self.data_folder, self, True),
+            ("validation", validation, self.data_folder, self, True),
+            ("extra", self.extra_train_dataframe, self.extra_data_folder or self.data_folder, self, True),
+            (
+                "test",
+                self.test_dataframe,
+                self.data_folder_test or self.data_folder,
+                self.for_test_table(),
+                False,
+            ),
+        ]
+        return [
+            RunTable(name, table, folder, settings, labelled)
+            for name, table, folder, settings, labelled in tables
+            if table is not None
+        ]
 
 
 class EnvironmentConfig(Section):

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from smokeseg.config.schema import DatasetConfig, ExperimentConfig
+from smokeseg.config.schema import ExperimentConfig, RunTable
 from smokeseg.data.formats import Sample, collect_samples, parallel_map
 from smokeseg.data.images import image_size
 from smokeseg.data.rle import decodes_more_plausibly_in
@@ -66,46 +66,27 @@ class _Decoded:
 
 
 def check_dataset(config: ExperimentConfig) -> DatasetReport:
-    """Decode every image and mask of each table a run reads (train, custom validation, extra frames,
-    test); count, measure, and list each problem by file."""
-    dataset = config.dataset
-    if dataset.train_dataframe is None:
+    """Decode every image and mask of each table a run reads (``DatasetConfig.run_tables``: train, custom
+    validation, extra frames, test); count, measure, and list each problem by file."""
+    if config.dataset.train_dataframe is None:
         raise DataError(
             "dataset.train_dataframe is not set: point it at a table or an images/ + masks/ folder."
         )
-    _, validation_table = dataset.training_tables()
-    test_cfg = dataset.for_test_table()
-    # name, table or folder, its images' folder, the settings it is read with, whether masks are needed
-    tables = [
-        ("train", dataset.train_dataframe, dataset.data_folder, dataset, True),
-        ("validation", validation_table, dataset.data_folder, dataset, True),
-        (
-            "extra",
-            dataset.extra_train_dataframe,
-            dataset.extra_data_folder or dataset.data_folder,
-            dataset,
-            True,
-        ),
-        ("test", dataset.test_dataframe, dataset.data_folder_test or dataset.data_folder, test_cfg, False),
-    ]
     report = DatasetReport([])
-    for name, table, folder, settings, require_masks in tables:
-        if table is None:
-            continue
-        split = _check_split(name, table, folder, settings, require_masks)
+    for table in config.dataset.run_tables():
+        split = _check_split(table)
         report.splits.append(split)
         # Each table on its own: a row-major table must not hide behind a column-major one.
-        setting = RLE_ORDER_SETTINGS["test" if name == "test" else "train"]
         note = order_mismatch(
-            split.source, settings.rle_order, split.order_probes, split.other_order_votes, setting
+            split.source,
+            table.settings.rle_order,
+            split.order_probes,
+            split.other_order_votes,
+            table.rle_order_setting,
         )
         if note:
             report.notes.append(note)
     return report
-
-
-# The setting that holds each table's RLE order.
-RLE_ORDER_SETTINGS = {"train": "dataset.rle_order", "test": "dataset.test_rle_order"}
 
 
 def order_mismatch(table: str, order: str, probes: int, votes: int, setting: str) -> str | None:
@@ -139,12 +120,12 @@ def _other_order_vote(sample: Sample) -> bool | None:
         return None
 
 
-def _check_split(
-    name: str, table_or_folder: Path, data_folder: Path | None, dataset: DatasetConfig, require_masks: bool
-) -> SplitReport:
-    split = SplitReport(name=name, source=str(table_or_folder))
+def _check_split(table: RunTable) -> SplitReport:
+    split = SplitReport(name=table.name, source=str(table.table))
     try:
-        samples, split.problems = collect_samples(table_or_folder, data_folder, dataset, require_masks)
+        samples, split.problems = collect_samples(
+            table.table, table.data_folder, table.settings, table.labelled
+        )
     except DataError as error:
         split.problems.append(str(error))
         return split

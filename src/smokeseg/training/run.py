@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
 from smokeseg.data.augment import build_context_transform, build_inference_transform, build_train_transform
-from smokeseg.data.check import RLE_ORDER_SETTINGS, check_rle_order
+from smokeseg.data.check import check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, check_table_exists, load_samples
 from smokeseg.data.groups import assign_groups
@@ -199,31 +199,27 @@ class ExperimentData:
     def load(cls, config: ExperimentConfig) -> ExperimentData:
         """Each table's samples; a table whose masks decode as stripes in its RLE order is refused."""
         dataset_cfg = config.dataset
+        tables = {table.name: table for table in dataset_cfg.run_tables()}
 
-        def labelled(table: Path | None, folder: Path | None) -> list[Sample]:
-            """A table of training frames (none where unset), checked as the train table is."""
-            if table is None:
+        def samples(name: str) -> list[Sample]:
+            if name not in tables:
                 return []
-            samples = load_samples(table, folder or dataset_cfg.data_folder, dataset_cfg, require_masks=True)
-            check_rle_order(samples, table, RLE_ORDER_SETTINGS["train"])
-            return samples
-
-        train_table, validation_table = dataset_cfg.training_tables()
-        train = labelled(train_table, None)
-        validation = labelled(validation_table, None)
-        test = []
-        if dataset_cfg.test_dataframe is not None:
-            test = load_samples(
-                dataset_cfg.test_dataframe,
-                dataset_cfg.data_folder_test or dataset_cfg.data_folder,
-                dataset_cfg.for_test_table(),
-                require_masks=False,
+            table = tables[name]
+            loaded = load_samples(
+                table.table, table.data_folder, table.settings, require_masks=table.labelled
             )
-            check_rle_order(test, dataset_cfg.test_dataframe, RLE_ORDER_SETTINGS["test"])
+            check_rle_order(loaded, table.table, table.rle_order_setting)
+            return loaded
+
         if dataset_cfg.negative_dataframe is not None and dataset_cfg.negative_share == 0:
             logger.warning("dataset.negative_dataframe is set but dataset.negative_share is 0: not used.")
-        extra = labelled(dataset_cfg.extra_train_dataframe, dataset_cfg.extra_data_folder)
-        return cls(train, validation, test, load_negatives(dataset_cfg), extra)
+        return cls(
+            samples("train"),
+            samples("validation"),
+            samples("test"),
+            load_negatives(dataset_cfg),
+            samples("extra"),
+        )
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
