@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from conftest import png_claiming
@@ -271,6 +271,22 @@ def test_huge_image_is_refused_untiled_before_decoding(tmp_path: Path, monkeypat
     with pytest.raises(SmokesegError, match="--tile"):
         _predictor(max_untiled_pixels=1000).predict_images([image])
     assert _predictor(max_untiled_pixels=1000, tile=TileSpec()).predict_images([image])[0].shape == (40, 40)
+
+
+def test_a_png_is_decoded_once_to_be_scored(tmp_path: Path, monkeypatch):
+    """The untiled size check reads the header only: Pillow's EXIF lookup on a PNG would decode it first."""
+    images = _write_images(tmp_path / "images", {"frame.png": (24, 32)})
+    decodes = []
+    real_prepare = PngImagePlugin.PngImageFile.load_prepare
+
+    def counted_prepare(image):  # Pillow calls it once each time it decodes a PNG's pixels
+        decodes.append(image.size)
+        return real_prepare(image)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load_prepare", counted_prepare)
+    [prediction] = _predictor().predict_samples(collect_inputs([images]))
+    assert prediction.probabilities.shape == (24, 32)
+    assert decodes == [(32, 24)]
 
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")

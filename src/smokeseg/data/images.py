@@ -53,12 +53,15 @@ def read_mask(data: bytes | Path, name: str) -> np.ndarray:
     return np.asarray(image.convert("L")) > 127
 
 
-def image_size(data: bytes | Path, name: str) -> tuple[int, int]:
+def image_size(data: bytes | Path, name: str, upright: bool = True) -> tuple[int, int]:
     """(height, width) as ``read_image`` will return it; an image above the pixel limit is refused from
-    its header (Pillow decodes a whole PNG to look for EXIF after its pixels)."""
+    its header (Pillow decodes a whole PNG to look for EXIF after its pixels). ``upright=False`` gives the
+    size as stored, from the header alone: enough for a pixel count, without that decoding."""
     with _opened(data, name) as image:
         width, height = image.size
         _refuse_above_limit(width, height, name)  # before getexif, which decodes a whole PNG to find EXIF
+        if not upright:
+            return height, width
         try:
             orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
         except (OSError, ValueError, SyntaxError) as error:

@@ -256,7 +256,8 @@ class Predictor:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""
         data = sample.store.read(sample.image_id)
         if self.tile is None:
-            height, width = image_size(data, sample.image_location)
+            # The pixel count needs no EXIF orientation, whose lookup would decode a PNG a first time.
+            height, width = image_size(data, sample.image_location, upright=False)
             self._refuse_if_too_large(height, width, sample.image_location)
         return read_image(data, sample.image_location)
 
