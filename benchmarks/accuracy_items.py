@@ -199,6 +199,12 @@ ROWS = [
         "cameras",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # run with --init-from a smoke-pretrained Lite2 (the two pretraining stages with this backbone)
+        "+ SMOKE5K training scenes and other fires, 2x steps, EfficientNet-Lite2",
+        (*TWICE_THE_STEPS, "architecture.backbone=efficientnet_lite2"),
+        "4",
+        extra_frames=BOTH_SETS,
+    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, fp32",
         (
