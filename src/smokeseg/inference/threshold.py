@@ -184,10 +184,11 @@ def tune_threshold(
     for fold in folds:
         for prediction in Predictor.from_path(fold.checkpoint, device).predict_samples(fold.samples):
             truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
-            counts = threshold_counts(prediction.probabilities, truth, thresholds)
-            totals += counts
-            per_image.append(counts)
-            if regions is not None:
+            if regions is None:  # a score to maximise: pixel counts at every threshold
+                counts = threshold_counts(prediction.probabilities, truth, thresholds)
+                totals += counts
+                per_image.append(counts)
+            else:  # the operating point: region outcomes only
                 outcomes = [region_outcome(prediction.verdict(t).regions, truth) for t in regions]
                 false_frames += [false > 0 for false, _ in outcomes]
                 if truth.any():
