@@ -33,7 +33,7 @@ def _table(tmp_path: Path, real: str) -> pd.DataFrame:
     return pd.read_parquet(out)
 
 
-def test_extra_fine_tuning_frames_share_no_scene_with_a_test_frame(tmp_path: Path):
+def test_extra_fine_tuning_frames_share_no_scene_with_a_test_frame(tmp_path: Path, monkeypatch):
     training_scenes = _table(tmp_path, "training-scenes")
     outside = _table(tmp_path, "outside")
     smoke_ht = {name: set(pd.read_parquet(SMOKE_HT / f"{name}.pq")["image_id"]) for name in ("train", "test")}
@@ -42,11 +42,18 @@ def test_extra_fine_tuning_frames_share_no_scene_with_a_test_frame(tmp_path: Pat
     assert len(set(names)) == len(names), "a frame is in both tables"
     assert not set(names) & (smoke_ht["train"] | smoke_ht["test"]), "a smoke-ht image is in a table"
 
-    # Grouped again, from scratch, together with smoke-ht's test frames from smoke-ht's own folder:
-    # no extra frame may land in a test frame's fire or camera scene.
+    # Grouped again, from scratch, together with smoke-ht's test frames from smoke-ht's own folder and
+    # the SMOKE5K frames of their scenes that test_scenes.py judges on: no extra frame may land in a
+    # test frame's fire or camera scene.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from smoke_pretrain_table import split_real_frames
+
     wanted = set(training_scenes["image_id"]) | set(outside["image_id"])
-    extra = [s for s in samples_from_folders(SMOKE5K) if s.image_id in wanted]
+    frames = samples_from_folders(SMOKE5K)
+    extra = [s for s in frames if s.image_id in wanted]
     test = load_samples(SMOKE_HT / "test.pq", SMOKE_HT / "gt_testing", DatasetConfig(), require_masks=False)
+    test += split_real_frames(frames).test_scenes
     assert len(extra) == len(wanted)
+    assert not wanted & {s.image_id for s in test}, "a judged frame is in a training table"
     groups = assign_groups(extra + test, "fire_sequence")
     assert not set(groups[: len(extra)]) & set(groups[len(extra) :])
