@@ -31,6 +31,7 @@ READ_INDIRECTLY = {
     "focal_weight": "as bce_weight",
     "lovasz_weight": "as bce_weight",
     "image_channels": "Literal[3]: accepting only 3 is all it does",
+    "test_rle_order": "DatasetConfig.for_test_table and run_tables read it, for evaluate, training and check",
 }
 
 
