@@ -77,8 +77,9 @@ def score_test_scenes(
     for prediction in predictor.predict_samples(scenes.frames):
         truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
         for name, threshold in thresholds.items():
-            rows[name].append(image_scores(prediction, threshold, None, REGION_TOLERANCE))
-            false = false_region_pixels(prediction.verdict(threshold).regions, truth)
+            verdict = prediction.verdict(threshold)
+            rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
+            false = false_region_pixels(verdict.regions, truth)
             window_alarms[name] += [
                 bool(false[y : y + side, x : x + side].any())
                 for y, x, side in scenes.windows.get(prediction.sample.image_id, [])

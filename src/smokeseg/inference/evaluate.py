@@ -22,7 +22,7 @@ from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.errors import ConfigError, DataError
 from smokeseg.inference.predictor import Predictor, TileSpec
-from smokeseg.inference.scoring import Prediction
+from smokeseg.inference.scoring import Prediction, Verdict
 from smokeseg.metrics import (
     COUNT_METRICS,
     FBETA_SQUARED,
@@ -177,7 +177,9 @@ def evaluate(
     threshold = predictor.threshold if threshold is None else threshold
     rows = []
     for done, prediction in enumerate(predictor.predict_samples(samples), start=1):
-        rows.append(image_scores(prediction, threshold, min_region_pixels, region_tolerance))
+        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
+        verdict = prediction.verdict(threshold, min_region_pixels)
+        rows.append(image_scores(prediction, truth, verdict, threshold, region_tolerance))
         if progress is not None:
             progress(done, len(samples))
     frame = pd.DataFrame(rows)
@@ -192,14 +194,13 @@ def evaluate(
 
 
 def image_scores(
-    prediction: Prediction, threshold: float, min_region_pixels: int | None, region_tolerance: int
+    prediction: Prediction, truth: np.ndarray, verdict: Verdict, threshold: float, region_tolerance: int
 ) -> dict[str, Any]:
-    """One row of ``EvaluationResult.images``: a scored image judged at ``threshold``."""
+    """One row of ``EvaluationResult.images``: a scored image, its true mask and its verdict at
+    ``threshold``; the caller decodes the mask and finds the regions once, for every use it has of them."""
     probabilities = prediction.probabilities
-    truth = prediction.sample.load_true_mask(*probabilities.shape)
     predicted = probabilities > threshold
     tp, fp, fn = (int(count) for count in threshold_counts(probabilities, truth, [threshold])[0])
-    verdict = prediction.verdict(threshold, min_region_pixels)
     false_regions, region_hit = region_outcome(verdict.regions, truth, region_tolerance)
     return {
         "image_id": prediction.sample.image_id,
