@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +20,10 @@ import torch
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import EnvironmentConfig, ExperimentConfig
 from smokeseg.data.synthetic import generate_demo_dataset
-from smokeseg.errors import ConfigError, TrainingInterrupted
+from smokeseg.errors import ConfigError, DataError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
+from smokeseg.inference.threshold import tune_threshold
+from smokeseg.report.html import write_report
 from smokeseg.training import outputs, run
 from smokeseg.training.module import SmokeSegmentationModule, learning_rate_factor
 
@@ -566,3 +569,65 @@ def test_extra_frames_only_train_and_leave_out_the_validation_groups(tiny_datase
     config = _config(tiny_dataset, *with_extra[:-1], "dataset.extra_train_dataframe=missing.pq")
     with pytest.raises(ConfigError, match="extra_train_dataframe"):
         run.validate_before_training(config)
+
+
+def test_validated_extra_frames_join_their_fold_and_tuning_and_the_report_find_them(
+    tiny_dataset: Path, tmp_path: Path
+):
+    folder = tiny_dataset.parent
+    train = pd.read_parquet(folder / "train.pq").assign(scene=[f"site-{i // 2}" for i in range(12)])
+    train.to_parquet(tmp_path / "train.pq", index=False)
+    # The extra frames sit in a folder of their own, under names the data folder lacks: the lookups must
+    # use extra_data_folder.
+    extra = pd.read_parquet(folder / "test.pq").assign(scene=["site-0", "site-0", "other-1", "other-2"])
+    (tmp_path / "extra_images").mkdir()
+    for name in extra["image_id"]:
+        shutil.copyfile(folder / "images" / name, tmp_path / "extra_images" / f"extra_{name}")
+    extra["image_id"] = "extra_" + extra["image_id"]
+    extra.to_parquet(tmp_path / "extra.pq", index=False)
+    overrides = [
+        f"dataset.train_dataframe={tmp_path / 'train.pq'}",
+        "dataset.group_fold_column=scene",
+        f"dataset.extra_train_dataframe={tmp_path / 'extra.pq'}",
+        f"dataset.extra_data_folder={tmp_path / 'extra_images'}",
+    ]
+    configs = {
+        rule: _config(tiny_dataset, *overrides, f"dataset.extra_in_validation_groups={rule}")
+        for rule in ("leave_out", "validate")
+    }
+    data = run.ExperimentData.load(configs["validate"])
+    # The fold that validates site-0 also validates its two extra frames; training is the same.
+    fold_number = next(
+        f for f in range(5) if "site-0" in {s.group for s in data.fold(configs["validate"], f).validation}
+    )
+    left_out, validated = (data.fold(configs[rule], fold_number) for rule in ("leave_out", "validate"))
+    site_validation = [s.image_id for s in left_out.validation]
+    extra_validation = ["extra_test_000.jpg", "extra_test_001.jpg"]
+    assert [s.image_id for s in validated.validation] == [*site_validation, *extra_validation]
+    assert [s.image_id for s in validated.train] == [s.image_id for s in left_out.train]
+    config = _config(
+        tiny_dataset,
+        *overrides,
+        "dataset.extra_in_validation_groups=validate",
+        f"dataset.folds=[{fold_number}]",
+        "training.epochs=1",
+    )
+    run.train(config, tmp_path / "exp", progress=False)
+    fold_dir = tmp_path / f"exp/fold{fold_number}"
+    table = pd.read_parquet(fold_dir / "validation_predictions.parquet")
+    assert list(table["image_id"]) == [*site_validation, *extra_validation]
+    assert tune_threshold(tmp_path / "exp", "mean_image_IoU").images == len(site_validation) + 2
+    page = write_report(tmp_path / "exp").read_text(encoding="utf-8")
+    shown = re.findall(r'<figure class="tile" data-image-id="([^"]+)"', page)
+    assert set(extra_validation) <= set(shown)
+    assert "is not in" not in page and "image not available" not in page
+
+
+def test_validated_extra_frames_may_not_share_an_image_id_with_the_site(tiny_dataset: Path, tmp_path: Path):
+    folder = tiny_dataset.parent
+    pd.read_parquet(folder / "train.pq").head(2).to_parquet(tmp_path / "extra.pq", index=False)
+    overrides = [f"dataset.extra_train_dataframe={tmp_path / 'extra.pq'}"]
+    run.ExperimentData.load(_config(tiny_dataset, *overrides))  # left out, never validated: no clash
+    config = _config(tiny_dataset, *overrides, "dataset.extra_in_validation_groups=validate")
+    with pytest.raises(DataError, match=r"2 image ids of .*extra.pq are also in .*train.pq.*leave_out"):
+        run.ExperimentData.load(config)

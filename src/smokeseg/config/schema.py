@@ -148,12 +148,18 @@ class DatasetConfig(Section):
     )
     extra_train_dataframe: OptionalPath = Field(
         None,
-        description="more labelled frames that only ever train (other cameras, a public set, the "
-        "pretraining frames): added to every fold's training, never validated; frames that share a fold "
-        "group with the fold's validation frames are left out",
+        description="more labelled frames that only train (other cameras, a public set, the pretraining "
+        "frames): added to every fold's training; frames that share a fold group with the fold's "
+        "validation frames are left out of it (see extra_in_validation_groups)",
     )
     extra_data_folder: OptionalPath = Field(
         None, description="folder (or .zip) holding extra_train_dataframe's images (default: data_folder)"
+    )
+    extra_in_validation_groups: Literal["leave_out", "validate"] = Field(
+        "leave_out",
+        description="the extra frames that share a fold group with the fold's validation frames: leave_out "
+        "(neither trained nor validated on) or validate (they join the fold's validation: more frames of "
+        "the validation scenes to choose a recipe and a threshold on)",
     )
     negative_dataframe: OptionalPath = Field(
         None,
@@ -184,6 +190,15 @@ class DatasetConfig(Section):
         if self.validation_dataframe is None:
             raise ConfigError("dataset.validation_strategy=custom needs dataset.validation_dataframe.")
         return self.train_dataframe, self.validation_dataframe
+
+    def validation_tables(self) -> list[RunTable]:
+        """The tables a fold's validation frames come from: the custom validation table or the train
+        table, and the extra frames where ``extra_in_validation_groups`` is validate."""
+        tables: dict[str, RunTable] = {table.name: table for table in self.run_tables()}
+        names = ["validation" if "validation" in tables else "train"]
+        if self.extra_in_validation_groups == "validate" and "extra" in tables:
+            names.append("extra")
+        return [tables[name] for name in names]
 
     def negative_table(self) -> Path | None:
         """The negatives table where ``negative_share`` is above 0 (else None); a ConfigError if unset."""

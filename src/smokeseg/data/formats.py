@@ -552,6 +552,23 @@ def load_samples(
     return samples
 
 
+def validation_samples_by_id(
+    dataset_cfg: DatasetConfig, require_masks: bool
+) -> tuple[dict[str, Sample], list[str]]:
+    """Every sample a fold of ``dataset_cfg`` may have validated on, by image id (as a fold's validation
+    predictions name them; ``DatasetConfig.validation_tables``), and one message per bad one left out:
+    the caller says which of its ids are missing."""
+    by_id: dict[str, Sample] = {}
+    problems: list[str] = []
+    for table in dataset_cfg.validation_tables():
+        samples, table_problems = collect_samples(
+            table.table, table.data_folder, table.settings, require_masks
+        )
+        by_id.update((sample.image_id, sample) for sample in samples)
+        problems += table_problems
+    return by_id, problems
+
+
 def _screen(samples: list[Sample]) -> tuple[list[Sample], list[str]]:
     """Keep the samples whose image exists and whose RLE is well-formed; a message for each other one."""
     kept, problems = [], []

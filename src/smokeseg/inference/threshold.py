@@ -25,7 +25,7 @@ from rich.table import Table
 
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
-from smokeseg.data.formats import Sample, load_samples
+from smokeseg.data.formats import Sample, validation_samples_by_id
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
 from smokeseg.inference.predictor import Predictor
@@ -314,20 +314,16 @@ class _FoldValidation:
                 "written by `smokeseg train`, whose validation images it re-scores."
             )
         config = load_config(folder / CONFIG_NAME)
-        dataset = config.dataset
-        train_table, validation_table = dataset.training_tables()  # set: the fold was trained
-        table = train_table if validation_table is None else validation_table
-        by_id = {
-            sample.image_id: sample
-            for sample in load_samples(table, dataset.data_folder, dataset, require_masks=True)
-        }
+        by_id, problems = validation_samples_by_id(config.dataset, require_masks=True)
         ids = pd.read_parquet(predictions, columns=["image_id"])["image_id"].astype(str).tolist()
         missing = [image_id for image_id in ids if image_id not in by_id]
         if missing:
+            tables = " or ".join(str(table.table) for table in config.dataset.validation_tables())
+            unreadable = f" ({problems[0]})" if problems else ""
             raise DataError(
                 f"{len(missing)} validation images of {predictions} (first: {missing[0]}) are not in "
-                f"{table} any more. Tuning re-scores them: restore the data, or fix the paths in "
-                f"{folder / CONFIG_NAME}."
+                f"{tables} any more, or cannot be read{unreadable}. Tuning re-scores them: restore the "
+                f"data, or fix the paths in {folder / CONFIG_NAME}."
             )
         return cls(checkpoint, config, [by_id[image_id] for image_id in ids])
 

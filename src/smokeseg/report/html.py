@@ -27,9 +27,9 @@ from PIL import Image
 from smokeseg import __version__
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
-from smokeseg.data.formats import Sample, collect_samples
+from smokeseg.data.formats import Sample, validation_samples_by_id
 from smokeseg.data.rle import rle_decode
-from smokeseg.errors import SmokesegError
+from smokeseg.errors import ConfigError, SmokesegError
 from smokeseg.layout import CHARTS_NAME, CONFIG_NAME, METRICS_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.storage import write_bytes_atomic, write_text_atomic
@@ -391,23 +391,23 @@ def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
     """The fold's validation samples by image id, found the way training found them; None if they can't be.
 
     Going through the dataset loader rather than ``data_folder`` alone keeps images/ + masks/ folders,
-    tables inside archives and custom validation tables working.
+    tables inside archives, custom validation tables and validated extra frames working.
     """
     if fold.config is None:
         return None
     dataset = fold.config.dataset
-    custom = dataset.validation_strategy == "custom"
-    source = dataset.validation_dataframe if custom else dataset.train_dataframe
-    if source is None:
+    try:
+        sources = " and ".join(str(table.table) for table in dataset.validation_tables())
+    except ConfigError:
         fold.image_problem = f"{fold.folder / 'config.yaml'} names no dataset table or folder"
         return None
     try:
-        samples, _ = collect_samples(source, dataset.data_folder, dataset, require_masks=False)
+        samples, _ = validation_samples_by_id(dataset, require_masks=False)
     except SmokesegError as error:
-        fold.image_problem = f"the dataset {source} cannot be read: {error}"
+        fold.image_problem = f"the dataset {sources} cannot be read: {error}"
         return None
-    fold.dataset_source = str(source)
-    return {sample.image_id: sample for sample in samples}
+    fold.dataset_source = sources
+    return samples
 
 
 def _tile(fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None) -> Tile:

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, Ric
 from torch.utils.data import ConcatDataset, DataLoader
 
 from smokeseg.config.load import load_config, save_config
-from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig
+from smokeseg.config.schema import DatasetConfig, EnvironmentConfig, ExperimentConfig, RunTable
 from smokeseg.data.augment import build_context_transform, build_inference_transform, build_train_transform
 from smokeseg.data.check import check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
@@ -33,7 +33,7 @@ from smokeseg.data.formats import Sample, check_table_exists, load_samples
 from smokeseg.data.groups import assign_groups
 from smokeseg.data.negatives import NegativeMix, check_negative_table, load_negatives, negative_draws
 from smokeseg.data.splits import resolve_seed, split_train_validation
-from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
+from smokeseg.errors import ConfigError, DataError, SmokesegError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.scoring import dataset_scores, failed_row, prediction_row, write_table
 from smokeseg.layout import (
@@ -199,7 +199,7 @@ class ExperimentData:
     def load(cls, config: ExperimentConfig) -> ExperimentData:
         """Each table's samples; a table whose masks decode as stripes in its RLE order is refused."""
         dataset_cfg = config.dataset
-        tables = {table.name: table for table in dataset_cfg.run_tables()}
+        tables: dict[str, RunTable] = {table.name: table for table in dataset_cfg.run_tables()}
 
         def samples(name: str) -> list[Sample]:
             if name not in tables:
@@ -213,13 +213,10 @@ class ExperimentData:
 
         if dataset_cfg.negative_dataframe is not None and dataset_cfg.negative_share == 0:
             logger.warning("dataset.negative_dataframe is set but dataset.negative_share is 0: not used.")
-        return cls(
-            samples("train"),
-            samples("validation"),
-            samples("test"),
-            load_negatives(dataset_cfg),
-            samples("extra"),
-        )
+        train, validation, extra = samples("train"), samples("validation"), samples("extra")
+        if dataset_cfg.extra_in_validation_groups == "validate":
+            _refuse_shared_ids(train + validation, extra, tables)
+        return cls(train, validation, samples("test"), load_negatives(dataset_cfg), extra)
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
@@ -233,18 +230,23 @@ class ExperimentData:
             self._groups[key] = assign_groups(samples, rule)
         return self._groups[key]
 
-    def _extra_outside(self, rule: str, validation: set[int]) -> list[Sample]:
-        """The extra frames that share no group with the train-then-validation samples at ``validation``.
+    def _split_extra(self, rule: str, validation: set[int]) -> tuple[list[Sample], list[Sample]]:
+        """The extra frames that share no group with the train-then-validation samples at ``validation``,
+        and those that do.
 
         Grouped together with every other sample, so an extra frame that looks like a validation frame
-        (or chains to one) is left out; the site's own folds come from ``groups`` alone, so adding extra
+        (or chains to one) is held out; the site's own folds come from ``groups`` alone, so adding extra
         frames never moves the site's frames between folds."""
         if not self.extra:
-            return []
+            return [], []
         joint = self._cached_groups(rule, with_extra=True)
         site = len(self.train) + len(self.validation)
-        held_out = {joint[i] for i in validation}
-        return [s for s, g in zip(self.extra, joint[site:], strict=True) if g not in held_out]
+        held_out_groups = {joint[i] for i in validation}
+        outside: list[Sample] = []
+        held_out: list[Sample] = []
+        for sample, group in zip(self.extra, joint[site:], strict=True):
+            (held_out if group in held_out_groups else outside).append(sample)
+        return outside, held_out
 
     def fold(self, config: ExperimentConfig, fold: int) -> FoldData:
         groups = self.groups(config.dataset.group_rule)
@@ -258,22 +260,42 @@ class ExperimentData:
         seed = config.environment.seed
         site = len(self.train)
         validation_rows = range(site, site + len(self.validation)) if self.validation else validation_idx
-        extra = self._extra_outside(config.dataset.group_rule, set(validation_rows))
-        if len(extra) < len(self.extra):
+        extra, held_out = self._split_extra(config.dataset.group_rule, set(validation_rows))
+        validation = self.validation or [self.train[i] for i in validation_idx]
+        if held_out:
+            validates = config.dataset.extra_in_validation_groups == "validate"
             logger.info(
                 "dataset.extra_train_dataframe: %d of %d frames share a fold group with fold %d's validation "
-                "frames and are left out of its training.",
-                len(self.extra) - len(extra),
+                "frames: left out of its training, %s.",
+                len(held_out),
                 len(self.extra),
                 fold,
+                "validated on" if validates else "not validated on (dataset.extra_in_validation_groups)",
             )
+            if validates:
+                validation = validation + held_out
         train = _subsample([self.train[i] for i in train_idx] + extra, config.dataset, "Train", seed)
-        validation = _subsample(
-            self.validation or [self.train[i] for i in validation_idx], config.dataset, "Validation", seed
-        )
+        validation = _subsample(validation, config.dataset, "Validation", seed)
         if config.training.train_validation_data:
             train = train + validation
         return FoldData(train, validation, self.negatives)
+
+
+def _refuse_shared_ids(site: list[Sample], extra: list[Sample], tables: dict[str, RunTable]) -> None:
+    """Validation tables name frames by image id, so a validated extra frame must not share one with the
+    site's frames."""
+    site_ids = {sample.image_id for sample in site}
+    shared = [sample.image_id for sample in extra if sample.image_id in site_ids]
+    if shared:
+        names = ("train", "validation")
+        site_tables = " and ".join(str(tables[name].table) for name in names if name in tables)
+        raise DataError(
+            f"dataset.extra_in_validation_groups=validate: {len(shared)} image ids of "
+            f"{tables['extra'].table} are also in {site_tables} (first: {shared[0]}), and a fold's "
+            "validation predictions name frames by id. Give the extra frames other ids (a subfolder in "
+            "their image_id), or set "
+            "dataset.extra_in_validation_groups=leave_out."
+        )
 
 
 def _train_folds(
