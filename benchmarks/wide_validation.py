@@ -14,6 +14,7 @@ Every row of a seed validates on the same frames: those of ``--reference-row``'s
 ``dataset.extra_train_dataframe``); each row's own training frames are checked to hold none of them.
 
 usage: python benchmarks/wide_validation.py WORKDIR --reference-row NAME --rows NAME [NAME ...] --out FILE
+       python benchmarks/wide_validation.py --table FILE [FILE ...]   (one FILE a seed: mean ± spread)
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 from accuracy_items import _folder_name
 from machine import cpu_description
+from seeds_table import spread
 from smoke_pretrain_table import SMOKE_HT
 
 from smokeseg.config.load import load_config, save_config
@@ -116,7 +119,38 @@ def judge_row(fold: Path, reference: Path, frames: list[Sample], site: int) -> d
     }
 
 
+COLUMNS = {
+    "val IoU": lambda r: r["validation"]["recipe"]["all"]["IoU"],
+    "val IoU/img": lambda r: r["validation"]["recipe"]["all"]["mean_image_IoU"],
+    "val false-region frames": lambda r: r["validation"]["recipe"]["all"]["false_region_frames"],
+    "val region recall": lambda r: r["validation"]["recipe"]["all"]["region_recall"],
+    "val IoU/img at tuned": lambda r: r["validation"]["tuned"]["all"]["mean_image_IoU"],
+    "val false-region frames at tuned": lambda r: r["validation"]["tuned"]["all"]["false_region_frames"],
+    "val region recall at tuned": lambda r: r["validation"]["tuned"]["all"]["region_recall"],
+    "test IoU at tuned": lambda r: r["test_at_tuned"]["IoU"],
+    "test IoU/img at tuned": lambda r: r["test_at_tuned"]["mean_image_IoU"],
+    "test false-region frames at tuned": lambda r: r["test_at_tuned"]["false_region_frames"],
+    "test region recall at tuned": lambda r: r["test_at_tuned"]["region_recall"],
+}
+
+
+def table(seeds: list[dict[str, dict]]) -> str:
+    """Each row's mean ± spread over the seed files that hold it, as a Markdown table."""
+    header = ["row", "seeds", "validation frames", "tuned threshold", *COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in dict.fromkeys(name for seed in seeds for name in seed):
+        rows = [seed[name] for seed in seeds if name in seed]
+        frames = " / ".join(str(r["validation_frames"]) for r in rows)
+        thresholds = " / ".join(f"{r['validation']['tuned']['threshold']:.2f}" for r in rows)
+        cells = [spread([pick(r) for r in rows]) for pick in COLUMNS.values()]
+        lines.append("| " + " | ".join([name, str(len(rows)), frames, thresholds, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--table"]:
+        print(table([json.loads(Path(path).read_text())["rows"] for path in sys.argv[2:]]))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

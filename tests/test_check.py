@@ -14,6 +14,7 @@ from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig, ExperimentConfig
 from smokeseg.data.check import DatasetReport, check_dataset, render_report
 from smokeseg.data.rle import rle_encode
+from smokeseg.errors import ConfigError
 
 
 def _config(**dataset: object) -> ExperimentConfig:
@@ -124,6 +125,18 @@ def test_validation_and_extra_tables_are_checked_too(toy_datasets) -> None:
     [problem] = report.problems
     assert problem.startswith(f"extra: Image {extra_images / frame['image_id'].iloc[1]} is not an image")
     assert "extra: Image" in _rendered(report)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "named"),
+    [
+        ({}, "dataset.train_dataframe"),
+        ({"train_dataframe": Path("t.pq"), "validation_strategy": "custom"}, "dataset.validation_dataframe"),
+    ],
+)
+def test_a_table_the_config_needs_but_does_not_name_is_the_training_error(dataset, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        check_dataset(_config(**dataset))
 
 
 @pytest.mark.shared

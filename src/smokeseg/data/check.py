@@ -67,11 +67,8 @@ class _Decoded:
 
 def check_dataset(config: ExperimentConfig) -> DatasetReport:
     """Decode every image and mask of each table a run reads (``DatasetConfig.run_tables``: train, custom
-    validation, extra frames, test); count, measure, and list each problem by file."""
-    if config.dataset.train_dataframe is None:
-        raise DataError(
-            "dataset.train_dataframe is not set: point it at a table or an images/ + masks/ folder."
-        )
+    validation, extra frames, test); count, measure, and list each problem by file. A table the config
+    needs but does not name is the ConfigError training would raise."""
     report = DatasetReport([])
     for table in config.dataset.run_tables():
         split = _check_split(table)
