@@ -62,7 +62,7 @@ def spread(values: list[float | None]) -> str:
     return f"{np.mean(kept):.3f} ± {np.std(kept, ddof=1):.3f}"
 
 
-def _line(cells: list[str]) -> str:
+def markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
@@ -70,21 +70,21 @@ def tables(seeds: list[dict[str, dict]], names: list[str]) -> str:
     """The rows at the recipe's threshold, then each row at its operating points, then on the test
     scenes' frames."""
     header = ["row", "seeds", *ROW_COLUMNS, "wall"]
-    lines = [_line(header), "|" + "---|" * len(header)]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
     for name in names:
         rows = [seed[name] for seed in seeds if name in seed]
         cells = [spread([pick(r) for r in rows]) for pick in ROW_COLUMNS.values()]
         wall = " / ".join(f"{r['wall_s']:.0f}" for r in rows) + " s"
-        lines.append(_line([name, str(len(rows)), *cells, wall]))
+        lines.append(markdown_row([name, str(len(rows)), *cells, wall]))
     header = ["row", "operating point (chosen on grouped validation)", "seeds", "threshold", *POINT_COLUMNS]
-    lines += ["", _line(header), "|" + "---|" * len(header)]
+    lines += ["", markdown_row(header), "|" + "---|" * len(header)]
     for name in names:
         rows = [seed[name] for seed in seeds if "operating_points" in seed.get(name, {})]
         for point in rows[0]["operating_points"] if rows else []:
             points = [r["operating_points"][point] for r in rows]
             thresholds = " / ".join(f"{p['threshold']:.2f}" for p in points)
             cells = [spread([pick(p) for p in points]) for pick in POINT_COLUMNS.values()]
-            lines.append(_line([name, point, str(len(points)), thresholds, *cells]))
+            lines.append(markdown_row([name, point, str(len(points)), thresholds, *cells]))
     return "\n".join(lines) + _scenes_table(seeds, names)
 
 
@@ -97,14 +97,14 @@ def _scenes_table(seeds: list[dict[str, dict]], names: list[str]) -> str:
     if not any(rows_of.values()):
         return ""
     header = ["row", "threshold", "seeds", "frames / crop windows", *SCENE_COLUMNS]
-    lines = ["", "", _line(header), "|" + "---|" * len(header)]
+    lines = ["", "", markdown_row(header), "|" + "---|" * len(header)]
     for name, rows in rows_of.items():
         for point in rows[0]["points"] if rows else []:
             points = [r["points"][point] for r in rows]
             thresholds = " / ".join(f"{p['threshold']:.2f}" for p in points)
             cells = [spread([pick(p) for p in points]) for pick in SCENE_COLUMNS.values()]
             size = f"{rows[0]['frames']} / {rows[0]['crop_windows']}"
-            lines.append(_line([name, f"{point} ({thresholds})", str(len(points)), size, *cells]))
+            lines.append(markdown_row([name, f"{point} ({thresholds})", str(len(points)), size, *cells]))
     return "\n".join(lines)
 
 

@@ -1,15 +1,16 @@
 """Rows of ``accuracy_items.py`` judged again on a wider grouped validation: fold 0's 13 smoke-ht frames plus
 the SMOKE5K frames of the same fires and scenes (``dataset.extra_in_validation_groups=validate``).
 
-A rows with SMOKE5K frames that only train leaves out of its training the frames that share a fire or
+A row with SMOKE5K frames that only train leaves out of its training the frames that share a fire or
 scene with its validation frames (14-44 by seed): frames of the validation scenes that no row trained on.
 13 frames a seed rank recipes and place thresholds only roughly; with those frames beside them a fold
 validates on 27-57. For each trained row (``WORKDIR/<row>/fold0``, trained already), in a copy of the fold
 whose config validates the extra frames and whose validation table lists them:
-- ``smokeseg tune-threshold --metric mean_image_IoU`` on the wider validation;
-- the wider validation's scores at the recipe's threshold and at the tuned one (IoU, mean per-image IoU,
-  false-region frames, region recall; the 13 site frames also alone);
-- smoke-ht's 49 test frames at the tuned threshold (reported, never chosen on).
+- the wider validation's scores at the recipe's threshold (IoU, mean per-image IoU, false-region frames,
+  region recall; the 13 site frames also alone);
+- the operating points of ``accuracy_items.py`` tuned on the wider validation (``smokeseg tune-threshold``:
+  best mean per-image IoU; the highest threshold with region recall >= 0.9), with the same scores there
+  and smoke-ht's 49 test frames at each (reported, never chosen on).
 Every row of a seed validates on the same frames: those of ``--reference-row``'s config (a row trained with
 ``dataset.extra_train_dataframe``); each row's own training frames are checked to hold none of them.
 
@@ -25,11 +26,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from accuracy_items import _folder_name
 from machine import cpu_description
-from seeds_table import spread
+from seeds_table import markdown_row, spread
 from smoke_pretrain_table import SMOKE_HT
 
 from smokeseg.config.load import load_config, save_config
@@ -74,8 +76,16 @@ def scores(result: EvaluationResult) -> dict[str, float | None]:
     }
 
 
-def judge_row(fold: Path, reference: Path, frames: list[Sample], site: int) -> dict[str, object]:
-    """The row's model tuned and scored on ``frames`` (the first ``site`` of them smoke-ht's), then tested."""
+# Operating points chosen on the wider validation: name -> ``tune_threshold`` options.
+POINTS: dict[str, dict[str, Any]] = {
+    "best mean per-image IoU": {"metric": "mean_image_IoU"},
+    "region recall >= 0.9": {"min_region_recall": 0.9},
+}
+
+
+def wide_fold(fold: Path, reference: Path, frames: list[Sample], site: int) -> Path:
+    """A copy of the row's fold whose config validates the held-out extra frames and whose validation
+    table lists ``frames``; refused if the row validated on other site frames or trained on any of them."""
     own = pd.read_parquet(fold / VALIDATION_PREDICTIONS_NAME)["image_id"].astype(str).tolist()
     if own != [sample.image_id for sample in frames[:site]]:
         raise SystemExit(f"{fold} validated on other site frames than {reference}: not the same fold")
@@ -91,59 +101,97 @@ def judge_row(fold: Path, reference: Path, frames: list[Sample], site: int) -> d
     pd.DataFrame({"image_id": [sample.image_id for sample in frames]}).to_parquet(
         wide / VALIDATION_PREDICTIONS_NAME, index=False
     )
-    started = time.perf_counter()
-    tuned = tune_threshold(wide, "mean_image_IoU")
-    predictor = Predictor.from_path(wide, "auto")
-    thresholds = {"recipe": tuned.previous_threshold, "tuned": tuned.threshold}
+    return wide
+
+
+def validation_scores(
+    model: Path, frames: list[Sample], site: int, thresholds: dict[str, float]
+) -> dict[str, dict[str, object]]:
+    """The wider validation's scores at each threshold (all frames, and the ``site`` first alone)."""
     rows: dict[str, list[dict[str, object]]] = {name: [] for name in thresholds}
-    for prediction in predictor.predict_samples(frames):
+    for prediction in Predictor.from_path(model, "auto").predict_samples(frames):
         truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
         for name, threshold in thresholds.items():
             verdict = prediction.verdict(threshold)
             rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
-    validation = {}
+    scored = {}
     for name, threshold in thresholds.items():
         table = pd.DataFrame(rows[name])
-        validation[name] = {
+        scored[name] = {
             "threshold": threshold,
-            "all": scores(EvaluationResult(str(wide), "", threshold, None, REGION_TOLERANCE, table)),
-            "site": scores(EvaluationResult(str(wide), "", threshold, None, REGION_TOLERANCE, table[:site])),
+            "all": scores(EvaluationResult(str(model), "", threshold, None, REGION_TOLERANCE, table)),
+            "site": scores(EvaluationResult(str(model), "", threshold, None, REGION_TOLERANCE, table[:site])),
         }
-    test = evaluate(wide, SMOKE_HT / "test.pq", data_folder=SMOKE_HT / "gt_testing")
+    return scored
+
+
+def judge_row(
+    fold: Path, reference: Path, frames: list[Sample], site: int, done: dict[str, Any]
+) -> dict[str, Any]:
+    """The row's model on ``frames`` (the first ``site`` of them smoke-ht's) at its recipe's threshold and
+    at each of ``POINTS`` tuned on them, and on the test frames there; what ``done`` holds is kept."""
+    wide = wide_fold(fold, reference, frames, site)
+    started = time.perf_counter()
+    recipe = load_config(wide / CONFIG_NAME).prediction.probability_threshold
+    tuned = {}
+    for name, options in POINTS.items():
+        if name not in done.get("points", {}):
+            (wide / THRESHOLD_NAME).unlink(missing_ok=True)  # each point tuned from the recipe's threshold
+            tuned[name] = tune_threshold(wide, **options).threshold
+    needed = {name: tuned[name] for name in tuned} | ({} if "recipe" in done else {"recipe": recipe})
+    validation = validation_scores(wide, frames, site, needed)
+    points = dict(done.get("points", {}))
+    for name, threshold in tuned.items():
+        test = evaluate(wide, SMOKE_HT / "test.pq", threshold=threshold, data_folder=SMOKE_HT / "gt_testing")
+        points[name] = {**validation[name], "test": {**scores(test), "by_size": test.by_size()}}
     return {
         "validation_frames": len(frames),
         "site_frames": site,
-        "validation": validation,
-        "test_at_tuned": {**scores(test), "by_size": test.by_size()},
-        "seconds": round(time.perf_counter() - started, 1),
+        "recipe": done.get("recipe") or validation["recipe"],
+        "points": points,
+        "seconds": round(time.perf_counter() - started + done.get("seconds", 0), 1),
     }
 
 
 COLUMNS = {
-    "val IoU": lambda r: r["validation"]["recipe"]["all"]["IoU"],
-    "val IoU/img": lambda r: r["validation"]["recipe"]["all"]["mean_image_IoU"],
-    "val false-region frames": lambda r: r["validation"]["recipe"]["all"]["false_region_frames"],
-    "val region recall": lambda r: r["validation"]["recipe"]["all"]["region_recall"],
-    "val IoU/img at tuned": lambda r: r["validation"]["tuned"]["all"]["mean_image_IoU"],
-    "val false-region frames at tuned": lambda r: r["validation"]["tuned"]["all"]["false_region_frames"],
-    "val region recall at tuned": lambda r: r["validation"]["tuned"]["all"]["region_recall"],
-    "test IoU at tuned": lambda r: r["test_at_tuned"]["IoU"],
-    "test IoU/img at tuned": lambda r: r["test_at_tuned"]["mean_image_IoU"],
-    "test false-region frames at tuned": lambda r: r["test_at_tuned"]["false_region_frames"],
-    "test region recall at tuned": lambda r: r["test_at_tuned"]["region_recall"],
+    "val IoU": lambda r: r["recipe"]["all"]["IoU"],
+    "val IoU/img": lambda r: r["recipe"]["all"]["mean_image_IoU"],
+    "val false-region frames": lambda r: r["recipe"]["all"]["false_region_frames"],
+    "val region recall": lambda r: r["recipe"]["all"]["region_recall"],
+}
+POINT_COLUMNS = {
+    "val IoU/img": lambda p: p["all"]["mean_image_IoU"],
+    "val false-region frames": lambda p: p["all"]["false_region_frames"],
+    "val region recall": lambda p: p["all"]["region_recall"],
+    "test IoU": lambda p: p["test"]["IoU"],
+    "test IoU/img": lambda p: p["test"]["mean_image_IoU"],
+    "test IoU large": lambda p: p["test"]["by_size"].get("large", {}).get("IoU"),
+    "test false-region frames": lambda p: p["test"]["false_region_frames"],
+    "test region recall": lambda p: p["test"]["region_recall"],
 }
 
 
 def table(seeds: list[dict[str, dict]]) -> str:
-    """Each row's mean ± spread over the seed files that hold it, as a Markdown table."""
-    header = ["row", "seeds", "validation frames", "tuned threshold", *COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in dict.fromkeys(name for seed in seeds for name in seed):
+    """Each row at its recipe's threshold, then at each operating point: mean ± spread over the seed files
+    that hold it, as Markdown tables."""
+    names = list(dict.fromkeys(name for seed in seeds for name in seed))
+    header = ["row", "seeds", "validation frames", *COLUMNS]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    for name in names:
         rows = [seed[name] for seed in seeds if name in seed]
         frames = " / ".join(str(r["validation_frames"]) for r in rows)
-        thresholds = " / ".join(f"{r['validation']['tuned']['threshold']:.2f}" for r in rows)
         cells = [spread([pick(r) for r in rows]) for pick in COLUMNS.values()]
-        lines.append("| " + " | ".join([name, str(len(rows)), frames, thresholds, *cells]) + " |")
+        lines.append(markdown_row([name, str(len(rows)), frames, *cells]))
+    header = ["row", "operating point (chosen on the wider validation)", "seeds", "threshold", *POINT_COLUMNS]
+    lines += ["", markdown_row(header), "|" + "---|" * len(header)]
+    for name in names:
+        rows = [seed[name] for seed in seeds if name in seed]
+        for point in POINTS:
+            found = [r["points"][point] for r in rows if point in r["points"]]
+            if found:
+                thresholds = " / ".join(f"{p['threshold']:.2f}" for p in found)
+                cells = [spread([pick(p) for p in found]) for pick in POINT_COLUMNS.values()]
+                lines.append(markdown_row([name, point, str(len(found)), thresholds, *cells]))
     return "\n".join(lines)
 
 
@@ -166,9 +214,10 @@ def main() -> None:
     print(f"{len(frames)} validation frames, {site} of them smoke-ht's", flush=True)
     done = json.loads(args.out.read_text())["rows"] if args.out.is_file() else {}
     for row in args.rows:
-        if row in done:
+        if row in done and all(point in done[row]["points"] for point in POINTS):
             continue
-        done[row] = judge_row(args.workdir.resolve() / _folder_name(row) / "fold0", reference, frames, site)
+        fold = args.workdir.resolve() / _folder_name(row) / "fold0"
+        done[row] = judge_row(fold, reference, frames, site, done.get(row, {}))
         print(row, json.dumps(done[row], indent=1), flush=True)
         write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
 
