@@ -175,6 +175,12 @@ ROWS = [
         "cameras",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # the same model as the row above; its validation (and tuning) adds the held-out SMOKE5K frames
+        "+ SMOKE5K training scenes and other fires, 2x steps, wider validation",
+        (*TWICE_THE_STEPS, "dataset.extra_in_validation_groups=validate"),
+        "cameras",
+        extra_frames=BOTH_SETS,
+    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, hard negatives 0.2",
         (*TWICE_THE_STEPS, "dataset.negative_dataframe={hard}", f"dataset.negative_share={SHARE}"),
