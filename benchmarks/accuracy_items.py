@@ -193,6 +193,12 @@ ROWS = [
         "cameras",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # as many epochs as fit 10 minutes in fp32 here (64 s each), between 2x and 3x steps
+        "+ SMOKE5K training scenes and other fires, 7 epochs",
+        ("training.epochs=7", "training.evaluation_epochs=7"),
+        "cameras",
+        extra_frames=BOTH_SETS,
+    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, EMA 0.97",
         (*TWICE_THE_STEPS, "training.ema_decay=0.97"),
