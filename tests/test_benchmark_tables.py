@@ -57,3 +57,35 @@ def test_extra_fine_tuning_frames_share_no_scene_with_a_test_frame(tmp_path: Pat
     assert not wanted & {s.image_id for s in test}, "a judged frame is in a training table"
     groups = assign_groups(extra + test, "fire_sequence")
     assert not set(groups[: len(extra)]) & set(groups[len(extra) :])
+
+
+def test_the_wider_validation_shares_no_scene_with_the_fold_training_frames(tmp_path: Path):
+    """``extra_in_validation_groups=validate`` on the real tables: fold 0 validates on more frames than
+    smoke-ht's own, and none of its validation frames shares a fire or scene with a frame it trains on."""
+    from smokeseg.config.load import load_config
+    from smokeseg.training.run import ExperimentData
+
+    extra = tmp_path / "extra.pq"
+    command = [sys.executable, str(ROOT / "benchmarks/smoke_pretrain_table.py"), str(extra)]
+    subprocess.run(
+        [*command, "--real", "training-scenes", "outside"], check=True, capture_output=True, timeout=600
+    )
+    overrides = [
+        "dataset.group_rule=fire_sequence",
+        "environment.seed=0",
+        f"dataset.extra_train_dataframe={extra}",
+        f"dataset.extra_data_folder={SMOKE5K / 'images'}",
+    ]
+    folds = {}
+    for rule in ("leave_out", "validate"):
+        config = load_config(
+            ROOT / "recipes/fast.yaml", [*overrides, f"dataset.extra_in_validation_groups={rule}"]
+        )
+        folds[rule] = ExperimentData.load(config).fold(config, 0)
+    site, wider = folds["leave_out"].validation, folds["validate"].validation
+    assert [s.image_id for s in wider[: len(site)]] == [s.image_id for s in site]
+    assert len(wider) > len(site)
+    train = folds["validate"].train
+    assert [s.image_id for s in train] == [s.image_id for s in folds["leave_out"].train]
+    groups = assign_groups(train + wider, "fire_sequence")
+    assert not set(groups[: len(train)]) & set(groups[len(train) :])
