@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from smokeseg.cli import app
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import Sample, convert_dataset, convert_table_to_folders
+from smokeseg.data.formats import Sample, convert_dataset, convert_table_to_folders, load_samples
+from smokeseg.data.negatives import WindowSpec
 from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
@@ -22,7 +23,14 @@ from smokeseg.inference import threshold as tuning
 from smokeseg.inference.evaluate import evaluate
 from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.scoring import Prediction, dataset_scores, prediction_row, smoke_verdict
-from smokeseg.inference.threshold import DEFAULT_GRID, choose_operating_point, region_grid, tune_threshold
+from smokeseg.inference.threshold import (
+    DEFAULT_GRID,
+    alarm_windows,
+    choose_operating_point,
+    choose_within_alarm_budget,
+    region_grid,
+    tune_threshold,
+)
 from smokeseg.layout import THRESHOLD_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
@@ -376,6 +384,74 @@ def test_an_unreachable_target_takes_the_highest_recall_and_says_so():
         choose_operating_point(thresholds, [0.8, 0.8, 0.7], 0.9)
 
 
+def test_the_alarm_budget_takes_the_most_recall_whose_windows_keep_to_it():
+    thresholds = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    recall = np.array([1.0, 0.9, 0.9, 0.7, 0.5])
+    alarms = np.array([0.5, 0.1, 0.05, 0.05, 0.0])
+    assert choose_within_alarm_budget(thresholds, recall, alarms, 0.05) == (2, True), "tie: highest"
+    assert choose_within_alarm_budget(thresholds, recall, alarms, 0.1) == (2, True)
+    assert choose_within_alarm_budget(thresholds, recall, alarms, 0.5) == (0, True)
+    assert choose_within_alarm_budget(thresholds, recall, alarms, 0.0) == (4, True)
+    # A share k/n equal to the budget keeps to it, whatever the rounding of the budget.
+    assert choose_within_alarm_budget([0.2, 0.4], [1.0, 0.5], np.array([3, 0]) / 10, 0.1 + 0.2) == (0, True)
+    # Alarms need not fall steadily; where none keeps to the budget, the fewest alarms, highest threshold.
+    assert choose_within_alarm_budget(thresholds, recall, [0.5, 0.2, 0.3, 0.2, 0.4], 0.1) == (3, False)
+    with pytest.raises(ValueError, match="one value per threshold"):
+        choose_within_alarm_budget(thresholds, recall, alarms[:4], 0.1)
+
+
+def test_alarm_windows_lie_clear_of_the_smoke_and_repeat_for_an_image():
+    truth = np.zeros((64, 96), bool)
+    truth[10:20, 70:80] = True
+    spec = WindowSpec(size=16, margin=4, count=6)
+    corners = alarm_windows("frame-1.jpg", truth, spec)
+    assert len(corners) == 6 and corners == alarm_windows("frame-1.jpg", truth, spec)
+    near = np.zeros_like(truth)
+    near[10 - 4 : 20 + 4, 70 - 4 : 80 + 4] = True
+    for y, x in corners:
+        assert not near[y : y + 16, x : x + 16].any(), (y, x)
+    assert alarm_windows("frame-1.jpg", np.ones_like(truth), spec) == [], "no clean window in a smoke frame"
+
+
+def test_tuning_within_an_alarm_budget_counts_the_frames_windows(trained, tmp_path: Path):
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    spec = WindowSpec(size=16, margin=2, count=4)
+    budget = 0.25
+    result = tune_threshold(experiment, alarm_budget=budget, windows=spec)
+    assert result.metric == "region_recall" and result.alarm_budget and result.target == budget
+    assert result.window_alarms is not None and result.false_region_frames is not None
+
+    # Re-counted here from the fold's own predictions: each window alarms when a verdict region of the
+    # whole frame lies inside it.
+    fold = experiment / "fold0"
+    ids = set(pd.read_parquet(fold / "validation_predictions.parquet")["image_id"].astype(str))
+    table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
+    samples = load_samples(table, config_path.parent / "images", DatasetConfig(), require_masks=True)
+    assert {s.image_id for s in samples} == ids
+    alarms = np.zeros(len(result.grid))
+    windows = 0
+    for prediction in Predictor.from_path(fold).predict_samples(samples):
+        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
+        corners = alarm_windows(prediction.sample.image_id, truth, spec)
+        windows += len(corners)
+        for index, threshold in enumerate(result.grid):
+            regions = prediction.verdict(threshold).regions
+            alarms[index] += sum(bool(regions[y : y + 16, x : x + 16].any()) for y, x in corners)
+    assert windows == result.windows > 0
+    assert np.allclose(alarms / windows, result.window_alarms)
+    assert alarms[0] > alarms[-1], "a low threshold alarms in more smoke-free windows than a high one"
+
+    chosen = int(np.searchsorted(result.grid, result.threshold))
+    within = result.window_alarms <= budget
+    assert within[chosen] and result.target_met is True
+    assert result.after == result.scores[within].max(), "the most recall the budget allows"
+    assert not (within[chosen + 1 :] & (result.scores[chosen + 1 :] == result.after)).any(), "ties: highest"
+    stored = json.loads((fold / THRESHOLD_NAME).read_text())
+    assert stored["alarm_budget"] == budget and "target_region_recall" not in stored
+    assert stored["window_alarm"] == result.window_alarms[chosen] and stored["smoke_free_windows"] == windows
+
+
 def test_region_outcomes_are_counted_on_the_coarse_grid_and_the_current_threshold():
     coarse = region_grid(np.unique(np.append(DEFAULT_GRID, 0.37)), 0.37)
     assert len(coarse) == 21 and 0.37 in coarse and 1.0 in coarse
@@ -422,8 +498,20 @@ def test_region_recall_without_smoke_in_validation_names_the_folds(trained, tmp_
     assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "nothing is stored"
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):
         tune_threshold(experiment, min_region_recall=0.0)
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="Give one rule, not a metric and min_region_recall"):
         tune_threshold(experiment, "IoU", min_region_recall=0.9)
+    with pytest.raises(ConfigError, match="not min_region_recall and alarm_budget"):
+        tune_threshold(experiment, min_region_recall=0.9, alarm_budget=0.05)
+    with pytest.raises(ConfigError, match=r"alarm_budget must lie in \[0, 1\); got 1.0"):
+        tune_threshold(experiment, alarm_budget=1.0)
+
+
+def test_an_alarm_budget_without_a_window_that_fits_says_what_to_change(trained, tmp_path: Path):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    with pytest.raises(DataError, match=r"No smoke-free window fits the 3 validation .*smaller window"):
+        tune_threshold(experiment, alarm_budget=0.05)  # 256-pixel windows in 64x96 frames
+    assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "nothing is stored"
 
 
 def test_cli_tune_threshold_warns_when_the_region_recall_target_is_out_of_reach(
@@ -449,14 +537,34 @@ def test_cli_tune_threshold_warns_when_the_region_recall_target_is_out_of_reach(
     assert f"threshold {stored['probability_threshold']:.2f}, is stored" in output
 
 
-def test_cli_tune_threshold_takes_a_metric_or_a_region_recall_not_both(trained, tmp_path: Path):
+def test_cli_tune_threshold_takes_one_rule(trained, tmp_path: Path):
     _, original = trained
     experiment = shutil.copytree(original, tmp_path / "exp")
-    for options in (["--metric", "IoU", "--min-region-recall", "0.9"], ["--min-region-recall", "0"]):
+    for options, message in (
+        (["--metric", "IoU", "--min-region-recall", "0.9"], "not a metric and min_region_recall"),
+        (["--min-region-recall", "0.9", "--alarm-budget", "0.1"], "not min_region_recall and alarm_budget"),
+        (["--min-region-recall", "0"], "min_region_recall must lie in (0, 1]"),
+        (["--alarm-budget", "1"], "alarm_budget must lie in [0, 1)"),
+        (["--window-size", "32"], "a window size is for --alarm-budget only"),
+    ):
         refused = CliRunner().invoke(app, ["tune-threshold", str(experiment), *options])
         assert refused.exit_code == 2, refused.output
-        assert "min-region-recall" in refused.output
+        assert message in " ".join(refused.output.replace("│", " ").split()), refused.output
     assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "refused before any tuning"
+
+
+def test_cli_tune_threshold_within_an_alarm_budget_reports_and_stores_it(trained, tmp_path: Path):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    arguments = ["tune-threshold", str(experiment), "--alarm-budget", "0.2", "--window-size", "16"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    output = " ".join(result.output.split())
+    windows = stored["smoke_free_windows"]
+    assert f"Alarm budget: the most smoke found with at most 0.20 of {windows} smoke-free windows" in output
+    assert stored["alarm_budget"] == 0.2 and stored["window_alarm"] <= 0.2 and windows > 0
+    assert f"{stored['probability_threshold']:.2f}" in output and f"{stored['window_alarm']:.4f}" in output
 
 
 def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):

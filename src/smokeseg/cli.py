@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
@@ -15,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smokeseg import __version__
-from smokeseg.errors import SmokesegError, TrainingInterrupted
+from smokeseg.errors import ConfigError, SmokesegError, TrainingInterrupted
 
 if TYPE_CHECKING:
     from smokeseg.inference.predictor import TileSpec
@@ -457,25 +458,43 @@ def tune_threshold(
             "share (0-1] of the validation smoke images."
         ),
     ] = None,
+    alarm_budget: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Instead of --metric: the threshold that finds smoke on the most validation smoke images "
+            "while at most this share [0-1) of smoke-free windows of the validation frames raise an alarm."
+        ),
+    ] = None,
+    window_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            min=16,
+            help="With --alarm-budget: the side of the smoke-free windows in frame pixels (default 256).",
+        ),
+    ] = None,
 ) -> None:
-    """Pick the probability threshold that maximises a metric on the out-of-fold validation images, or
-    the operator's operating point: the highest threshold that reaches a region recall."""
-    from smokeseg.inference.threshold import render_tuning, shortfall
+    """Pick the probability threshold that maximises a metric on the out-of-fold validation images, the
+    operator's operating point (the highest threshold that reaches a region recall), or the most smoke
+    found within an alarm budget."""
+    from smokeseg.inference.threshold import ALARM_WINDOWS, check_rule, render_tuning, shortfall
     from smokeseg.inference.threshold import tune_threshold as run_tuning
     from smokeseg.layout import THRESHOLD_NAME
 
-    if min_region_recall is not None and metric is not None:
-        raise typer.BadParameter(
-            "give either --metric (a score to maximise) or --min-region-recall (an operating point), "
-            "not both.",
-            param_hint="'--min-region-recall'",
-        )
-    if min_region_recall is not None and not 0 < min_region_recall <= 1:
-        raise typer.BadParameter(
-            f"{min_region_recall} is not a share in (0, 1].", param_hint="'--min-region-recall'"
-        )
+    if window_size is not None and alarm_budget is None:
+        raise typer.BadParameter("a window size is for --alarm-budget only.", param_hint="'--window-size'")
+    try:
+        check_rule(metric, min_region_recall, alarm_budget)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from error
     with _ImageProgress("Re-scoring validation images") as progress:
-        result = run_tuning(experiment, metric, min_region_recall=min_region_recall, progress=progress)
+        result = run_tuning(
+            experiment,
+            metric,
+            min_region_recall=min_region_recall,
+            alarm_budget=alarm_budget,
+            windows=ALARM_WINDOWS if window_size is None else replace(ALARM_WINDOWS, size=window_size),
+            progress=progress,
+        )
     console.print(render_tuning(result))
     warning = shortfall(result)
     if warning is not None:

@@ -6,7 +6,11 @@ search costs one histogram per image. Two ways to choose:
 - maximise a score (``TUNING_METRICS``): a dataset-level one, or ``mean_image_IoU`` (every image weighs
   the same). The current threshold is always in the grid, so tuning never lowers the validation score;
 - the operator's operating point (``min_region_recall``): the highest threshold that still finds smoke
-  on at least that share of smoke frames (``choose_operating_point``).
+  on at least that share of smoke frames (``choose_operating_point``);
+- an alarm budget (``alarm_budget``): the most smoke found while at most that share of smoke-free windows
+  of the validation frames raise an alarm (``choose_within_alarm_budget``). Validation frames of a
+  smoke dataset nearly all hold smoke, so a rule that only looks for smoke never sees what an alarm
+  costs: each frame's windows far from its smoke stand in for the smoke-free views a camera sends.
 The choice is written as ``threshold.json`` beside each checkpoint, where ``Predictor.from_path`` reads
 it: predict, evaluate and export then use it with no config edit.
 """
@@ -14,6 +18,7 @@ it: predict, evaluate and export then use it with no config edit.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ from rich.table import Table
 from smokeseg.config.load import load_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, validation_samples_by_id
+from smokeseg.data.negatives import WindowSpec, smoke_free_windows
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
 from smokeseg.inference.predictor import Predictor
@@ -46,6 +52,9 @@ REGION_RECALL = "region_recall"
 DEFAULT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 101), 2))
 # Region outcomes need connected regions per threshold and image, so they are found on this coarser step.
 REGION_GRID_STEP = 0.05
+# The smoke-free windows of each validation frame that the alarm budget counts: the size and distance from
+# smoke of ``benchmarks/false_alarms.py``'s smoke-free crops, a few per frame for a finer rate.
+ALARM_WINDOWS = WindowSpec(size=256, margin=32, count=4)
 
 
 @dataclass
@@ -61,13 +70,18 @@ class ThresholdResult:
     folds: list[Path]
     grid: np.ndarray
     scores: np.ndarray
-    # The operating point (metric "region_recall", where ``scores`` is the region recall curve): the target,
-    # whether a grid threshold reached it, the share of frames with a false region at each grid threshold,
-    # and how many validation images hold smoke (region recall's denominator).
+    # The region rules (metric "region_recall", where ``scores`` is the region recall curve): the target
+    # (a region recall, or with ``alarm_budget`` the largest share of alarming smoke-free windows),
+    # whether a grid threshold met it, at each grid threshold the share of frames with a false region and
+    # of smoke-free windows holding a verdict region, how many validation images hold smoke (region
+    # recall's denominator) and how many smoke-free windows were counted.
     target: float | None = None
     target_met: bool | None = None
     false_region_frames: np.ndarray | None = None
     smoke_images: int | None = None
+    window_alarms: np.ndarray | None = None
+    windows: int | None = None
+    alarm_budget: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         stored: dict[str, Any] = {
@@ -79,17 +93,31 @@ class ThresholdResult:
             "validation_images": self.images,
             "folds": [str(fold) for fold in self.folds],
         }
-        if self.false_region_frames is not None:
+        if self.alarm_budget:
+            stored.update(
+                rule=(
+                    "the highest validation region recall while at most the budget's share of smoke-free "
+                    "windows holds a verdict region (ties: the highest threshold); where no threshold "
+                    "keeps to it, the fewest alarming windows"
+                ),
+                alarm_budget=self.target,
+            )
+        elif self.false_region_frames is not None:
             stored.update(
                 rule=(
                     "the highest threshold whose validation region recall reaches the target; where none "
                     "does, the highest region recall"
                 ),
                 target_region_recall=self.target,
+            )
+        if self.false_region_frames is not None:
+            stored.update(
                 target_met=self.target_met,
                 region_recall=self.after,
                 false_region_frames=self.false_region_share(self.threshold),
+                window_alarm=self.window_alarm_share(self.threshold),
                 validation_smoke_images=self.smoke_images,
+                smoke_free_windows=self.windows,
                 region_tolerance=REGION_TOLERANCE,
             )
         return stored
@@ -122,10 +150,17 @@ class ThresholdResult:
 
     def false_region_share(self, threshold: float) -> float | None:
         """The share of validation frames with a false region at ``threshold`` (a grid value); None
-        outside the operating-point mode."""
+        outside the region rules."""
         if self.false_region_frames is None:
             return None
         return float(self.false_region_frames[np.searchsorted(self.grid, threshold)])
+
+    def window_alarm_share(self, threshold: float) -> float | None:
+        """The share of smoke-free validation windows holding a verdict region at ``threshold`` (a grid
+        value); None outside the region rules or where no window fitted."""
+        if self.window_alarms is None or not self.windows:
+            return None
+        return float(self.window_alarms[np.searchsorted(self.grid, threshold)])
 
 
 def tune_threshold(
@@ -134,6 +169,8 @@ def tune_threshold(
     grid: Sequence[float] = DEFAULT_GRID,
     *,
     min_region_recall: float | None = None,
+    alarm_budget: float | None = None,
+    windows: WindowSpec = ALARM_WINDOWS,
     device: str = "auto",
     progress: Progress | None = None,
 ) -> ThresholdResult:
@@ -147,25 +184,22 @@ def tune_threshold(
     ``choose_operating_point`` on the validation region recall (the share of images with true smoke that
     have a verdict region touching it, within ``REGION_TOLERANCE`` pixels); the share of images holding a
     false region there is reported beside it, both counted as ``evaluate`` counts them
-    (``Prediction.verdict`` and ``region_outcome``, default ``min_region_pixels``). Each threshold needs
-    its own connected regions per image, so this rule looks only at the grid values on
-    ``REGION_GRID_STEP`` (0.05) steps, plus the current threshold, above zero: at most 21 verdicts per
-    image on the default grid (about 0.3 s for a 1280x720 frame on one CPU core), which keeps a fold of a
-    few hundred such frames within minutes. A DataError when no validation image holds smoke.
+    (``Prediction.verdict`` and ``region_outcome``, default ``min_region_pixels``).
+
+    ``alarm_budget`` B (0 <= B < 1, instead of the two above): ``choose_within_alarm_budget`` on the same
+    region recall, where an alarm is a verdict region of the whole frame inside one of its ``windows``:
+    up to ``windows.count`` random windows (fixed per image id) clear of true smoke by ``windows.margin``
+    pixels, at the scale of the frame's mask. Any verdict pixel there counts, so a low threshold that
+    merges a cloud into a plume's region pays for it (as a false region it would not: it touches smoke).
+
+    The region rules need each threshold's own connected regions per image, so they look only at the grid
+    values on ``REGION_GRID_STEP`` (0.05) steps, plus the current threshold, above zero: at most 21
+    verdicts per image on the default grid (about 0.3 s for a 1280x720 frame on one CPU core), which
+    keeps a fold of a few hundred such frames within minutes. A DataError when no validation image holds
+    smoke, or, for the budget, when no window fits any validation frame.
     """
-    if min_region_recall is not None:
-        if metric is not None:
-            raise ConfigError(
-                f"Give either a metric ({metric!r}) or min_region_recall, not both: the operating point "
-                "replaces the metric."
-            )
-        if not 0 < min_region_recall <= 1:
-            raise ConfigError(f"min_region_recall must lie in (0, 1]; got {min_region_recall}.")
+    check_rule(metric, min_region_recall, alarm_budget)
     metric = metric or "IoU"
-    if metric not in TUNING_METRICS:
-        raise ConfigError(
-            f"Cannot tune the threshold for {metric!r}; choose one of {', '.join(TUNING_METRICS)}."
-        )
     folds = [_FoldValidation.load(checkpoint) for checkpoint in find_checkpoints(experiment_dir)]
     current = with_stored_threshold(folds[0].config, folds[0].folder).prediction.probability_threshold
     thresholds = np.unique(np.append(np.asarray(grid, dtype=np.float64), current))
@@ -173,12 +207,11 @@ def tune_threshold(
         raise ConfigError(
             f"Threshold grid values must lie between 0 and 1; got {thresholds[0]} to {thresholds[-1]}."
         )
-    regions = None if min_region_recall is None else region_grid(thresholds, current)
+    by_regions = min_region_recall is not None or alarm_budget is not None
+    regions = region_grid(thresholds, current) if by_regions else None
     totals = np.zeros((len(thresholds), 3), dtype=np.int64)
     per_image: list[np.ndarray] = []  # (thresholds, 3) counts of each image, for mean_image_IoU
-    hits = np.zeros(0 if regions is None else len(regions), dtype=np.int64)
-    false_frames = np.zeros_like(hits)
-    smoke_images = 0
+    outcomes = _RegionOutcomes.empty(0 if regions is None else len(regions))
     total_images = sum(len(fold.samples) for fold in folds)
     done = 0
     for fold in folds:
@@ -188,25 +221,122 @@ def tune_threshold(
                 counts = threshold_counts(prediction.probabilities, truth, thresholds)
                 totals += counts
                 per_image.append(counts)
-            else:  # the operating point: region outcomes only
-                outcomes = [region_outcome(prediction.verdict(t).regions, truth) for t in regions]
-                false_frames += [false > 0 for false, _ in outcomes]
-                if truth.any():
-                    smoke_images += 1
-                    hits += [hit for _, hit in outcomes]
+            else:  # the region rules: region outcomes and window alarms only
+                corners = alarm_windows(prediction.sample.image_id, truth, windows)
+                outcomes.add([prediction.verdict(t).regions for t in regions], truth, corners, windows.size)
             done += 1
             if progress is not None:
                 progress(done, total_images)
     result_folds = [fold.folder.resolve() for fold in folds]
-    if regions is not None and min_region_recall is not None:
-        result = _operating_point(
-            min_region_recall, current, regions, hits, false_frames, smoke_images, total_images, result_folds
-        )
-    else:
+    if regions is None:
         result = _best_score(metric, current, thresholds, totals, per_image, result_folds)
+    else:
+        result = outcomes.choose(
+            min_region_recall, alarm_budget, current, regions, total_images, result_folds
+        )
     for fold in folds:
         write_text_atomic(fold.folder / THRESHOLD_NAME, json.dumps(result.to_dict(), indent=1))
     return result
+
+
+def alarm_windows(image_id: str, truth: np.ndarray, spec: WindowSpec) -> list[tuple[int, int]]:
+    """Top-left corners of up to ``spec.count`` random ``spec.size`` windows of a frame clear of its smoke
+    by ``spec.margin`` pixels; the same for an image id on every run, so a tuning can be repeated."""
+    rng = np.random.default_rng(zlib.crc32(image_id.encode()))
+    return smoke_free_windows(truth, spec.size, spec.margin, spec.count, rng)
+
+
+def check_rule(metric: str | None, min_region_recall: float | None, alarm_budget: float | None) -> None:
+    """One rule at a time, each with a value it can meet."""
+    rules = {"a metric": metric, "min_region_recall": min_region_recall, "alarm_budget": alarm_budget}
+    given = [name for name, value in rules.items() if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"Give one rule, not {' and '.join(given)}: each picks the threshold its own way.")
+    if min_region_recall is not None and not 0 < min_region_recall <= 1:
+        raise ConfigError(f"min_region_recall must lie in (0, 1]; got {min_region_recall}.")
+    if alarm_budget is not None and not 0 <= alarm_budget < 1:
+        raise ConfigError(f"alarm_budget must lie in [0, 1); got {alarm_budget}.")
+    if metric is not None and metric not in TUNING_METRICS:
+        raise ConfigError(
+            f"Cannot tune the threshold for {metric!r}; choose one of {', '.join(TUNING_METRICS)}."
+        )
+
+
+@dataclass
+class _RegionOutcomes:
+    """What the region rules count at each region threshold, summed over the validation images."""
+
+    hits: np.ndarray  # images whose smoke a verdict region touches
+    false_frames: np.ndarray  # images holding a false region
+    window_alarms: np.ndarray  # smoke-free windows holding a verdict region
+    smoke_images: int = 0
+    windows: int = 0
+
+    @classmethod
+    def empty(cls, thresholds: int) -> _RegionOutcomes:
+        hits, false_frames, window_alarms = np.zeros((3, thresholds), dtype=np.int64)
+        return cls(hits, false_frames, window_alarms)
+
+    def add(
+        self, verdicts: list[np.ndarray], truth: np.ndarray, corners: list[tuple[int, int]], size: int
+    ) -> None:
+        """One image: its verdict regions (labels) at each threshold, its mask, its smoke-free windows."""
+        outcomes = [region_outcome(regions, truth) for regions in verdicts]
+        self.false_frames += [false > 0 for false, _ in outcomes]
+        if truth.any():
+            self.smoke_images += 1
+            self.hits += [hit for _, hit in outcomes]
+        self.windows += len(corners)
+        self.window_alarms += [
+            sum(bool(regions[y : y + size, x : x + size].any()) for y, x in corners) for regions in verdicts
+        ]
+
+    def choose(
+        self,
+        min_region_recall: float | None,
+        alarm_budget: float | None,
+        current: float,
+        thresholds: np.ndarray,
+        images: int,
+        folds: list[Path],
+    ) -> ThresholdResult:
+        if self.smoke_images == 0:
+            raise DataError(
+                f"None of the {images} validation images of {', '.join(map(str, folds))} holds smoke: "
+                "region recall needs validation images with smoke. Tune for a metric (--metric) instead, or "
+                "train with validation images that hold smoke."
+            )
+        recall = self.hits / self.smoke_images
+        window_alarms = self.window_alarms / max(self.windows, 1)
+        if alarm_budget is not None:
+            if self.windows == 0:
+                raise DataError(
+                    f"No smoke-free window fits the {images} validation images of "
+                    f"{', '.join(map(str, folds))}: the alarm budget counts alarms in windows clear of "
+                    "smoke. Give a smaller window size, or tune for a region recall instead."
+                )
+            chosen, met = choose_within_alarm_budget(thresholds, recall, window_alarms, alarm_budget)
+            target = alarm_budget
+        else:
+            assert min_region_recall is not None, "a region rule has a recall target or an alarm budget"
+            chosen, met = choose_operating_point(thresholds, recall, min_region_recall)
+            target = min_region_recall
+        return ThresholdResult.from_curve(
+            REGION_RECALL,
+            current,
+            thresholds,
+            recall,
+            chosen,
+            images,
+            folds,
+            target=target,
+            target_met=met,
+            false_region_frames=self.false_frames / images,
+            smoke_images=self.smoke_images,
+            window_alarms=window_alarms,
+            windows=self.windows,
+            alarm_budget=alarm_budget is not None,
+        )
 
 
 def region_grid(thresholds: np.ndarray, current: float) -> np.ndarray:
@@ -239,38 +369,26 @@ def choose_operating_point(
     return int(candidates[np.argmax(thresholds[candidates])]), bool(reached.any())
 
 
-def _operating_point(
-    target: float,
-    current: float,
-    thresholds: np.ndarray,
-    hits: np.ndarray,
-    false_frames: np.ndarray,
-    smoke_images: int,
-    images: int,
-    folds: list[Path],
-) -> ThresholdResult:
-    if smoke_images == 0:
-        raise DataError(
-            f"None of the {images} validation images of {', '.join(map(str, folds))} holds smoke: region "
-            "recall needs validation images with smoke. Tune for a metric (--metric) instead, or train "
-            "with validation images that hold smoke."
-        )
-    recall = hits / smoke_images
-    false_share = false_frames / images
-    chosen, met = choose_operating_point(thresholds, recall, target)
-    return ThresholdResult.from_curve(
-        REGION_RECALL,
-        current,
-        thresholds,
-        recall,
-        chosen,
-        images,
-        folds,
-        target=target,
-        target_met=met,
-        false_region_frames=false_share,
-        smoke_images=smoke_images,
-    )
+def choose_within_alarm_budget(
+    thresholds: np.ndarray, region_recall: np.ndarray, window_alarms: np.ndarray, budget: float
+) -> tuple[int, bool]:
+    """(index of the chosen threshold, whether it keeps to ``budget``), from the per-threshold curves.
+
+    Among the thresholds whose share of alarming smoke-free windows is at most ``budget``, the highest
+    region recall, ties to the highest threshold (the fewest alarms for that recall). Where none keeps to
+    it: the fewest alarming windows, ties to the highest threshold; the caller warns.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    recall = np.asarray(region_recall, dtype=np.float64)
+    alarms = np.asarray(window_alarms, dtype=np.float64)
+    if not len(thresholds) == len(recall) == len(alarms) > 0:
+        raise ValueError("thresholds, region_recall and window_alarms need one value per threshold")
+    within = alarms <= budget + 1e-12  # a share k/n equal to the budget keeps to it, whatever the rounding
+    if within.any():
+        candidates = np.flatnonzero(within & (recall == recall[within].max()))
+    else:
+        candidates = np.flatnonzero(alarms == alarms.min())
+    return int(candidates[np.argmax(thresholds[candidates])]), bool(within.any())
 
 
 def _best_score(
@@ -338,34 +456,46 @@ def render_tuning(result: ThresholdResult) -> Table:
         table.add_row("before", f"{result.previous_threshold:.2f}", f"{result.before:.4f}")
         table.add_row("after", f"{result.threshold:.2f}", f"{result.after:.4f}")
         return table
+    rule = (
+        f"Alarm budget: the most smoke found with at most {result.target:.2f} of {result.windows} smoke-free "
+        "windows alarming"
+        if result.alarm_budget
+        else f"Operating point: the highest threshold with region recall >= {result.target:.2f}"
+    )
     table = Table(
         title=(
-            f"Operating point: the highest threshold with region recall >= {result.target:.2f} "
-            f"(±{REGION_TOLERANCE} px), on {result.images} out-of-fold validation images "
+            f"{rule} (±{REGION_TOLERANCE} px), on {result.images} out-of-fold validation images "
             f"({result.smoke_images} with smoke)"
         )
     )
-    for column in ("", "threshold", "region recall", "share of frames with a false region"):
+    columns = ("", "threshold", "region recall", "share of frames with a false region", "alarming windows")
+    for column in columns:
         table.add_column(column, justify="left" if not column else "right")
-    table.add_row(
-        "before",
-        f"{result.previous_threshold:.2f}",
-        f"{result.before:.4f}",
-        f"{result.false_region_share(result.previous_threshold):.4f}",
-    )
-    table.add_row(
-        "after",
-        f"{result.threshold:.2f}",
-        f"{result.after:.4f}",
-        f"{result.false_region_share(result.threshold):.4f}",
-    )
+    for name, threshold, recall in (
+        ("before", result.previous_threshold, result.before),
+        ("after", result.threshold, result.after),
+    ):
+        alarms = result.window_alarm_share(threshold)
+        table.add_row(
+            name,
+            f"{threshold:.2f}",
+            f"{recall:.4f}",
+            f"{result.false_region_share(threshold):.4f}",
+            "no window fits" if alarms is None else f"{alarms:.4f}",
+        )
     return table
 
 
 def shortfall(result: ThresholdResult) -> str | None:
-    """The warning when no grid threshold reached the region recall target; None otherwise."""
+    """The warning when no grid threshold met the rule's target; None otherwise."""
     if result.target_met is not False or result.target is None:
         return None
+    if result.alarm_budget:
+        return (
+            f"No threshold keeps to the alarm budget {result.target:.2f}: at the fewest alarms, "
+            f"{result.window_alarm_share(result.threshold):.4f} of the {result.windows} smoke-free windows "
+            f"alarm at threshold {result.threshold:.2f} (region recall {result.after:.4f}), which is stored."
+        )
     return (
         f"Region recall target {result.target:.2f} not reached on the {result.smoke_images} validation "
         f"images with smoke: the best, {result.after:.4f} "
