@@ -11,7 +11,10 @@ region area of the whole frame), and at each threshold this reports:
   region and false regions per frame (``evaluate``'s scores);
 - ``crop_window_alarm``: the share of the smoke-free crops cut from these frames (``false_alarms.py``: at
   least 32 px from any smoke) whose window holds a false region of the whole frame's verdict: the crop
-  alarm rate as deployment meets it.
+  alarm rate as deployment meets it;
+- ``crop_window_any_region``: the share whose window holds any verdict region (a plume's region grown
+  more than 32 px past the smoke, or merged with a cloud, counts too): how ``tune-threshold
+  --alarm-budget`` counts windows of the validation frames.
 These are test cameras: reported, never chosen on.
 """
 
@@ -74,15 +77,17 @@ def score_test_scenes(
     started = time.perf_counter()
     rows: dict[str, list[dict[str, object]]] = {name: [] for name in thresholds}
     window_alarms: dict[str, list[bool]] = {name: [] for name in thresholds}
+    window_regions: dict[str, list[bool]] = {name: [] for name in thresholds}
     for prediction in predictor.predict_samples(scenes.frames):
         truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
         for name, threshold in thresholds.items():
             verdict = prediction.verdict(threshold)
             rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
             false = false_region_pixels(verdict.regions, truth)
-            window_alarms[name] += [
-                bool(false[y : y + side, x : x + side].any())
-                for y, x, side in scenes.windows.get(prediction.sample.image_id, [])
+            windows = scenes.windows.get(prediction.sample.image_id, [])
+            window_alarms[name] += [bool(false[y : y + side, x : x + side].any()) for y, x, side in windows]
+            window_regions[name] += [
+                bool(verdict.regions[y : y + side, x : x + side].any()) for y, x, side in windows
             ]
     points = {}
     for name, threshold in thresholds.items():
@@ -99,6 +104,7 @@ def score_test_scenes(
             "false_regions_per_frame": detection["false_regions_per_frame"],
             "region_recall": detection["region_recall"],
             "crop_window_alarm": sum(window_alarms[name]) / max(len(window_alarms[name]), 1),
+            "crop_window_any_region": sum(window_regions[name]) / max(len(window_regions[name]), 1),
         }
     return {
         "frames": len(scenes.frames),
