@@ -450,6 +450,10 @@ def test_tuning_within_an_alarm_budget_counts_the_frames_windows(trained, tmp_pa
     stored = json.loads((fold / THRESHOLD_NAME).read_text())
     assert stored["alarm_budget"] == budget and "target_region_recall" not in stored
     assert stored["window_alarm"] == result.window_alarms[chosen] and stored["smoke_free_windows"] == windows
+    curve = stored["curve"]
+    assert curve["threshold"] == result.grid.tolist()
+    assert curve["window_alarm"] == pytest.approx(alarms / windows)
+    assert curve["region_recall"][chosen] == result.after
 
 
 def test_region_outcomes_are_counted_on_the_coarse_grid_and_the_current_threshold():

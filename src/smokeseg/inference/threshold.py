@@ -119,6 +119,13 @@ class ThresholdResult:
                 validation_smoke_images=self.smoke_images,
                 smoke_free_windows=self.windows,
                 region_tolerance=REGION_TOLERANCE,
+                # The whole trade-off, so an operator can see what another target or budget would give.
+                curve={
+                    "threshold": self.grid.tolist(),
+                    "region_recall": self.scores.tolist(),
+                    "false_region_frames": self.false_region_frames.tolist(),
+                    "window_alarm": None if self.window_alarms is None else self.window_alarms.tolist(),
+                },
             )
         return stored
 
