@@ -32,6 +32,7 @@ ROW_COLUMNS: dict[str, Pick] = {
 POINT_COLUMNS: dict[str, Pick] = {
     "val region recall": lambda p: p["validation"].get("region_recall"),
     "val false-region frames": lambda p: p["validation"].get("false_region_frames"),
+    "val alarming windows": lambda p: p["validation"].get("window_alarm"),
     "test IoU": lambda p: p["test"]["IoU"],
     "test IoU/img": lambda p: p["test"]["mean_image_IoU"],
     "test IoU small": lambda p: p["test_by_size"].get("small", {}).get("IoU"),
@@ -49,6 +50,7 @@ SCENE_COLUMNS: dict[str, Pick] = {
     "false-region frames": lambda p: p["false_region_frames"],
     "region recall": lambda p: p["region_recall"],
     "crop windows alarm (whole-frame scoring)": lambda p: p["crop_window_alarm"],
+    "crop windows with any region": lambda p: p.get("crop_window_any_region"),
 }
 
 
