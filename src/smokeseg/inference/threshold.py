@@ -97,8 +97,8 @@ class ThresholdResult:
             stored.update(
                 rule=(
                     "the highest validation region recall while at most the budget's share of smoke-free "
-                    "windows holds a verdict region (ties: the highest threshold); where no threshold "
-                    "keeps to it, the fewest alarming windows"
+                    "windows holds a verdict region (ties: the highest threshold); where no threshold that "
+                    "finds smoke keeps to it, the fewest alarming windows among those that do"
                 ),
                 alarm_budget=self.target,
             )
@@ -381,21 +381,24 @@ def choose_within_alarm_budget(
 ) -> tuple[int, bool]:
     """(index of the chosen threshold, whether it keeps to ``budget``), from the per-threshold curves.
 
-    Among the thresholds whose share of alarming smoke-free windows is at most ``budget``, the highest
-    region recall, ties to the highest threshold (the fewest alarms for that recall). Where none keeps to
-    it: the fewest alarming windows, ties to the highest threshold; the caller warns.
+    Among the thresholds that find some smoke and whose share of alarming smoke-free windows is at most
+    ``budget``, the highest region recall, ties to the highest threshold (the fewest alarms for that
+    recall). A threshold that finds no smoke keeps any budget by never alarming, which is no answer: where
+    only such thresholds keep to it, the fewest alarming windows among those that find smoke, ties to the
+    highest threshold, and the budget counts as not kept (the caller warns).
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     recall = np.asarray(region_recall, dtype=np.float64)
     alarms = np.asarray(window_alarms, dtype=np.float64)
     if not len(thresholds) == len(recall) == len(alarms) > 0:
         raise ValueError("thresholds, region_recall and window_alarms need one value per threshold")
-    within = alarms <= budget + 1e-12  # a share k/n equal to the budget keeps to it, whatever the rounding
+    finds = recall > 0 if (recall > 0).any() else np.ones_like(recall, dtype=bool)
+    within = finds & (alarms <= budget + 1e-12)  # a share k/n equal to the budget keeps to it
     if within.any():
         candidates = np.flatnonzero(within & (recall == recall[within].max()))
     else:
-        candidates = np.flatnonzero(alarms == alarms.min())
-    return int(candidates[np.argmax(thresholds[candidates])]), bool(within.any())
+        candidates = np.flatnonzero(finds & (alarms == alarms[finds].min()))
+    return int(candidates[np.argmax(thresholds[candidates])]), bool(within.any() and recall.max() > 0)
 
 
 def _best_score(
@@ -499,9 +502,11 @@ def shortfall(result: ThresholdResult) -> str | None:
         return None
     if result.alarm_budget:
         return (
-            f"No threshold keeps to the alarm budget {result.target:.2f}: at the fewest alarms, "
-            f"{result.window_alarm_share(result.threshold):.4f} of the {result.windows} smoke-free windows "
-            f"alarm at threshold {result.threshold:.2f} (region recall {result.after:.4f}), which is stored."
+            f"No threshold that finds smoke keeps to the alarm budget {result.target:.2f}: at the fewest "
+            f"alarms, {result.window_alarm_share(result.threshold):.4f} of the {result.windows} smoke-free "
+            f"windows alarm at threshold {result.threshold:.2f} (region recall {result.after:.4f}), which "
+            "is stored. Allow a larger budget (threshold.json's curve shows what each threshold costs), "
+            "or look at the alarming windows: a confident one may be smoke the masks leave out."
         )
     return (
         f"Region recall target {result.target:.2f} not reached on the {result.smoke_images} validation "
