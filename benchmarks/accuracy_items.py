@@ -15,7 +15,8 @@ records:
 
 Every row is also scored on SMOKE5K's frames of smoke-ht's test scenes, whole, at its threshold and its
 operating points (``test_scenes.py``: 600-odd frames of the test cameras, and the smoke-free crops as
-windows of them); rows measured before this step get it on the next run.
+windows of them); points not scored there yet are on the next run (delete a point from --out to
+measure it again).
 
 Each row's model is then put at operating points chosen on the same grouped validation frames
 (``smokeseg tune-threshold``: the threshold with the best mean per-image IoU; the operator's point,
@@ -477,9 +478,11 @@ def main() -> None:
         if set(OPERATING_POINTS) - set(row.get("operating_points", {})):
             row["operating_points"] = operating_points(row, workdir, judges)
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
-        if set(row["operating_points"]) - set(row.get("test_scenes", {}).get("points", {})):
-            tuned = {name: point["threshold"] for name, point in row["operating_points"].items()}
-            row["test_scenes"] = score_test_scenes(fold, tuned, judges.test_scenes)
+        scored = row.get("test_scenes", {}).get("points", {})
+        missing = {n: p["threshold"] for n, p in row["operating_points"].items() if n not in scored}
+        if missing:
+            scenes = score_test_scenes(fold, missing, judges.test_scenes)
+            row["test_scenes"] = {**scenes, "points": {**scored, **scenes["points"]}}
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     print(_table(done))
     print(_operating_table(done))
