@@ -102,7 +102,7 @@ def _scenes_table(seeds: list[dict[str, dict]], names: list[str]) -> str:
     lines = ["", "", markdown_row(header), "|" + "---|" * len(header)]
     for name, rows in rows_of.items():
         for point in rows[0]["points"] if rows else []:
-            points = [r["points"][point] for r in rows]
+            points = [r["points"][point] for r in rows if point in r["points"]]
             thresholds = " / ".join(f"{p['threshold']:.2f}" for p in points)
             cells = [spread([pick(p) for p in points]) for pick in SCENE_COLUMNS.values()]
             size = f"{rows[0]['frames']} / {rows[0]['crop_windows']}"
