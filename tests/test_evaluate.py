@@ -536,6 +536,10 @@ def test_tuning_for_region_recall_takes_the_highest_threshold_that_reaches_it(tr
     assert stored["metric"] == "region_recall" and stored["probability_threshold"] == result.threshold
     assert stored["target_region_recall"] == target and stored["target_met"] is True
     assert stored["region_recall"] == result.after and stored["false_region_frames"] == false[chosen]
+    # 256-pixel windows do not fit 64x96 frames: no alarm share, rather than a share of zero windows.
+    assert stored["smoke_free_windows"] == 0 and stored["window_alarm"] is None
+    assert stored["curve"]["window_alarm"] is None
+    assert stored["curve"]["false_region_frames"] == false.tolist()
     assert Predictor.from_path(experiment).threshold == result.threshold
 
 

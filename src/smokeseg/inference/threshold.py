@@ -314,7 +314,7 @@ class _RegionOutcomes:
                 "train with validation images that hold smoke."
             )
         recall = self.hits / self.smoke_images
-        window_alarms = self.window_alarms / max(self.windows, 1)
+        window_alarms = self.window_alarms / self.windows if self.windows else None
         if alarm_budget is not None:
             if self.windows == 0:
                 raise DataError(
@@ -322,6 +322,7 @@ class _RegionOutcomes:
                     f"{', '.join(map(str, folds))}: the alarm budget counts alarms in windows clear of "
                     "smoke. Give a smaller window size, or tune for a region recall instead."
                 )
+            assert window_alarms is not None, "windows were counted"
             chosen, met = choose_within_alarm_budget(thresholds, recall, window_alarms, alarm_budget)
             target = alarm_budget
         else:
