@@ -31,7 +31,7 @@ from smoke_pretrain_table import SMOKE5K, split_real_frames
 from smokeseg.data.formats import Sample, samples_from_folders
 from smokeseg.inference.evaluate import EvaluationResult, image_scores
 from smokeseg.inference.predictor import Predictor
-from smokeseg.metrics import REGION_TOLERANCE, false_region_pixels
+from smokeseg.metrics import REGION_TOLERANCE, false_region_pixels, windows_holding
 
 Window = tuple[int, int, int]  # top, left, side, in the frame's own pixels
 
@@ -85,10 +85,8 @@ def score_test_scenes(
             rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
             false = false_region_pixels(verdict.regions, truth)
             windows = scenes.windows.get(prediction.sample.image_id, [])
-            window_alarms[name] += [bool(false[y : y + side, x : x + side].any()) for y, x, side in windows]
-            window_regions[name] += [
-                bool(verdict.regions[y : y + side, x : x + side].any()) for y, x, side in windows
-            ]
+            window_alarms[name] += windows_holding(false, windows)
+            window_regions[name] += windows_holding(verdict.regions, windows)
     points = {}
     for name, threshold in thresholds.items():
         result = EvaluationResult(

@@ -46,6 +46,7 @@ from smokeseg.metrics import (
     size_bins,
     summarize_counts,
     threshold_counts,
+    windows_holding,
 )
 from smokeseg.training import run
 from test_training import TINY
@@ -169,6 +170,14 @@ def test_false_region_pixels_are_the_cloud_not_the_region_on_the_smoke():
         "1 px tolerance: the region 2 px off the smoke is false too"
     )
     assert not false_region_pixels(smoke_verdict(_frame(), 0.5).regions, FRAME_TRUTH).any()
+
+
+def test_a_window_alarms_when_the_cloud_reaches_into_it_by_one_pixel():
+    cloud = false_region_pixels(smoke_verdict(_frame(CLOUD, NEAR_SMOKE), 0.5).regions, FRAME_TRUTH)
+    windows = [(0, 25, 15), (20, 30, 11), (20, 30, 10), (0, 0, 60)]
+    # (20, 30, 11) ends at column 40, the cloud's first; (20, 30, 10) stops one short of it.
+    assert windows_holding(cloud, windows) == [False, True, False, True]
+    assert windows_holding(cloud, []) == []
 
 
 def test_verdict_regions_are_the_boxed_regions_only():

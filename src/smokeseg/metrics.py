@@ -22,7 +22,7 @@ frame is not a hit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,12 @@ def false_region_pixels(
     _, touched = _region_labels(regions, truth, tolerance)
     false_label = np.concatenate([[False], ~touched])  # label 0 is no region
     return false_label[regions]
+
+
+def windows_holding(pixels: np.ndarray, windows: Iterable[tuple[int, int, int]]) -> list[bool]:
+    """Whether each window (top, left, side) holds any set pixel of ``pixels`` (verdict regions, or false
+    region pixels): a smoke-free view of a frame alarms when the frame's verdict reaches into it."""
+    return [bool(pixels[y : y + side, x : x + side].any()) for y, x, side in windows]
 
 
 def auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:

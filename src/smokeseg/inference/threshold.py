@@ -43,6 +43,7 @@ from smokeseg.metrics import (
     iou_from_counts,
     region_outcome,
     threshold_counts,
+    windows_holding,
 )
 from smokeseg.model.checkpoints import find_checkpoints
 from smokeseg.storage import write_text_atomic
@@ -294,9 +295,8 @@ class _RegionOutcomes:
             self.smoke_images += 1
             self.hits += [hit for _, hit in outcomes]
         self.windows += len(corners)
-        self.window_alarms += [
-            sum(bool(regions[y : y + size, x : x + size].any()) for y, x in corners) for regions in verdicts
-        ]
+        windows = [(y, x, size) for y, x in corners]
+        self.window_alarms += [sum(windows_holding(regions, windows)) for regions in verdicts]
 
     def choose(
         self,
