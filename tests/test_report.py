@@ -15,10 +15,12 @@ from PIL import Image
 
 from smokeseg.config.load import save_config
 from smokeseg.config.schema import DatasetConfig, ExperimentConfig
-from smokeseg.data.rle import rle_encode
+from smokeseg.data.rle import rle_decode, rle_encode
 from smokeseg.errors import SmokesegError
+from smokeseg.inference.scoring import smoke_verdict
+from smokeseg.metrics import region_outcome
 from smokeseg.report import overlay_mask, write_report
-from smokeseg.report.html import CHARTS, chart_figure
+from smokeseg.report.html import CHARTS, FALSE_REGION_COLOR, chart_figure
 from smokeseg.report.overlay import mask_edge
 
 HEIGHT, WIDTH = 36, 48
@@ -169,6 +171,62 @@ def test_run_stopped_early_still_reports(fold_dir: Path) -> None:
     page = write_report(fold_dir).read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 4
     assert "metrics.json is missing" in page and "no validation gallery" in page
+
+
+CLOUD = (slice(28, 34), slice(2, 8))  # 36 px, far from every blob
+
+
+def _add_clouds(fold_dir: Path, clouds: dict[str, int]) -> None:
+    """Give images' predictions ``n`` cloud regions touching no smoke, counted as training counts them."""
+    path = fold_dir / "validation_predictions.parquet"
+    table = pd.read_parquet(path)
+    rows = []
+    for row in table.itertuples(index=False):
+        predicted = rle_decode(row.rle_mask, HEIGHT, WIDTH, "F")
+        truth = rle_decode(row.true_rle_mask, HEIGHT, WIDTH, "F")
+        for n in range(clouds.get(row.image_id, 0)):
+            predicted[CLOUD[0], slice(CLOUD[1].start + 8 * n, CLOUD[1].stop + 8 * n)] = True
+        false, hit = region_outcome(smoke_verdict(predicted.astype(np.float32), 0.5).regions, truth)
+        rows.append({**row._asdict(), "rle_mask": rle_encode(predicted, order="F"), "false_regions": false})
+        assert hit, "every blob prediction overlaps its truth"
+    pd.DataFrame(rows).to_parquet(path)
+
+
+def _tile_pixels(page: str, gallery: str, image_id: str) -> np.ndarray:
+    section = page[page.index(f'data-gallery="{gallery}"') :]
+    tile = section[section.index(f'data-image-id="{image_id}"') :].split("</figure>")[0]
+    encoded = re.search(r'src="data:image/png;base64,([^"]+)"', tile)
+    assert encoded, f"{image_id} has no image in the {gallery} gallery"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))).convert("RGB"))
+
+
+def test_false_alarm_gallery_shows_the_images_with_false_regions_most_first(fold_dir: Path) -> None:
+    _add_clouds(fold_dir, {"img_a.png": 2, "img_d.png": 1})
+    page = write_report(fold_dir).read_text(encoding="utf-8")
+    false_alarms = page[page.index('data-gallery="false-alarms"') :]
+    assert _gallery_order(false_alarms) == ["img_a.png", "img_d.png"], "only images with a false region"
+    assert "False alarms: validation images with a false region, most first (2 of the 2)" in page
+    assert "2 false regions ·" in false_alarms and "1 false region ·" in false_alarms
+    # The prediction panel (right of the 6 px gap) colours the clouds, not the region on the smoke.
+    tile = _tile_pixels(page, "false-alarms", "img_a.png")
+    scale = 320 / WIDTH
+    prediction = tile[:, 320 + 6 :]
+    orange = np.all(np.abs(prediction.astype(int) - FALSE_REGION_COLOR) < 40, axis=2)
+    cloud_rows = slice(int(CLOUD[0].start * scale), int(CLOUD[0].stop * scale))
+    cloud_columns = slice(int(CLOUD[1].start * scale), int((CLOUD[1].stop + 8) * scale))
+    # The tint blends with the photo; the outline is the colour itself, around each of the two clouds.
+    assert orange[cloud_rows, cloud_columns].sum() >= 4 * (cloud_rows.stop - cloud_rows.start)
+    outside = orange.copy()
+    outside[cloud_rows, cloud_columns] = False
+    assert outside.mean() < 0.01, "the region on the smoke is not a false alarm"
+    names = [path.name for path in (fold_dir / "report_png").glob("*false_alarm*.png")]
+    assert sorted(names) == ["fold0_false_alarm_01_img_a.png", "fold0_false_alarm_02_img_d.png"]
+
+
+def test_no_false_alarm_gallery_without_false_regions(fold_dir: Path) -> None:
+    _add_clouds(fold_dir, {})
+    page = write_report(fold_dir).read_text(encoding="utf-8")
+    assert "False alarms" not in page and len(_gallery_order(page)) == 4
 
 
 def test_overlay_tints_inside_outlines_edge_and_leaves_outside() -> None:

@@ -1,4 +1,5 @@
-"""A self-contained HTML report of a training run: metrics, the training charts, the worst validation images.
+"""A self-contained HTML report of a training run: metrics, the training charts, the worst validation images
+and the validation images where the model draws smoke on something else (its false alarms).
 
 Everything is embedded (PNG data URIs, inline CSS, no JavaScript), so the page can be mailed or archived
 as one file and opened offline. The PNGs are also written beside it for reuse in slides and issues.
@@ -30,13 +31,16 @@ from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, validation_samples_by_id
 from smokeseg.data.rle import rle_decode
 from smokeseg.errors import ConfigError, SmokesegError
+from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.layout import CHARTS_NAME, CONFIG_NAME, METRICS_NAME, VALIDATION_PREDICTIONS_NAME
+from smokeseg.metrics import false_region_pixels
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.storage import write_bytes_atomic, write_text_atomic
 
 TILE_WIDTH = 320
 TRUE_COLOR = (0, 210, 60)
 PREDICTED_COLOR = (235, 30, 30)
+FALSE_REGION_COLOR = (255, 150, 0)
 PNG_FOLDER = "report_png"
 GALLERY_COLUMNS = ("image_id", "rle_mask", "true_rle_mask", "height", "width", "loss")
 
@@ -111,6 +115,8 @@ CHARTS = (
 class Tile:
     image_id: str
     caption: str
+    # False-alarm tiles draw the prediction's false regions (touching no true smoke) in their own colour.
+    false_alarm: bool = False
     png_name: str | None = None
     png: bytes | None = None
     problem: str | None = None
@@ -123,6 +129,8 @@ class FoldReport:
     metrics: dict[str, Any]
     charts: dict[str, bytes] = field(default_factory=dict)
     tiles: list[Tile] = field(default_factory=list)
+    false_alarm_tiles: list[Tile] = field(default_factory=list)
+    false_alarm_images: int = 0
     validation_images: int = 0
     notes: list[str] = field(default_factory=list)
     config: ExperimentConfig | None = None
@@ -385,6 +393,13 @@ def _build_gallery(fold: FoldReport, gallery_size: int) -> None:
         fold.notes.append(f"Validation images not shown: {fold.image_problem}")
     for rank, row in enumerate(worst.itertuples(index=False), start=1):
         fold.tiles.append(_tile(fold, rank, row, samples))
+    if "false_regions" not in table.columns:  # written before false regions were counted
+        return
+    alarming = table[table["false_regions"] > 0]
+    fold.false_alarm_images = len(alarming)
+    most = alarming.sort_values(["false_regions", "loss"], ascending=False, kind="stable").head(gallery_size)
+    for rank, row in enumerate(most.itertuples(index=False), start=1):
+        fold.false_alarm_tiles.append(_tile(fold, rank, row, samples, false_alarm=True))
 
 
 def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
@@ -410,9 +425,11 @@ def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
     return samples
 
 
-def _tile(fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None) -> Tile:
+def _tile(
+    fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None, false_alarm: bool = False
+) -> Tile:
     image_id = str(row.image_id)
-    tile = Tile(image_id=image_id, caption=_caption(row))
+    tile = Tile(image_id=image_id, caption=_caption(row), false_alarm=false_alarm)
     if samples is None or fold.config is None:
         tile.problem = "image not available: see the note above"
         return tile
@@ -436,13 +453,25 @@ def _tile(fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | No
             "has the image changed since training?"
         )
         return tile
-    tile.png = _tile_png(image, truth, predicted)
-    tile.png_name = f"{fold.name}_gallery_{rank:02d}_{_safe_name(image_id)}.png"
+    false = _false_regions(predicted, truth) if false_alarm else None
+    tile.png = _tile_png(image, truth, predicted, false)
+    kind = "false_alarm" if false_alarm else "gallery"
+    tile.png_name = f"{fold.name}_{kind}_{rank:02d}_{_safe_name(image_id)}.png"
     return tile
+
+
+def _false_regions(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The predicted mask's false regions as training counted them: its verdict regions (predict's alarm
+    rule, default smallest region) that touch no true smoke."""
+    regions = smoke_verdict(predicted.astype(np.float32), 0.5).regions
+    return false_region_pixels(regions, truth)
 
 
 def _caption(row: Any) -> str:
     parts = [f"IoU {_number(getattr(row, 'iou', None), 3)}"]
+    false_regions = getattr(row, "false_regions", None)
+    if false_regions:
+        parts.insert(0, f"{int(false_regions)} false region{'s' if false_regions > 1 else ''}")
     if hasattr(row, "dice"):
         parts.append(f"Dice {_number(row.dice, 3)}")
     parts.append(f"loss {_number(row.loss, 3)}")
@@ -454,8 +483,11 @@ def _safe_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:60] or "image"
 
 
-def _tile_png(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> bytes:
-    """Truth overlay and prediction overlay side by side, downscaled to keep the page light."""
+def _tile_png(
+    image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, false: np.ndarray | None = None
+) -> bytes:
+    """Truth overlay and prediction overlay side by side, downscaled to keep the page light; ``false``
+    (the prediction's false regions) is drawn over the prediction in its own colour."""
     height = max(1, round(image.shape[0] * TILE_WIDTH / image.shape[1]))
     size = (TILE_WIDTH, height)
     small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
@@ -463,6 +495,9 @@ def _tile_png(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> by
         overlay_mask(small, _resize_mask(mask, size), color)
         for mask, color in ((truth, TRUE_COLOR), (predicted, PREDICTED_COLOR))
     ]
+    if false is not None:
+        # A region of a few pixels vanishes when a 1280 px frame shrinks to a tile: any pixel marks it.
+        panels[1] = overlay_mask(panels[1], _resize_mask(false, size, any_pixel=True), FALSE_REGION_COLOR)
     gap = np.full((height, 6, 3), 255, dtype=np.uint8)
     combined = Image.fromarray(np.concatenate([panels[0], gap, panels[1]], axis=1))
     # A 256-colour palette cuts photo PNGs to about a third, still sharp enough for judging masks.
@@ -472,15 +507,20 @@ def _tile_png(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> by
     return buffer.getvalue()
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-average then threshold, so thin smoke plumes survive a large downscale better than nearest."""
+def _resize_mask(mask: np.ndarray, size: tuple[int, int], any_pixel: bool = False) -> np.ndarray:
+    """Area-average then threshold, so thin smoke plumes survive a large downscale better than nearest;
+    ``any_pixel`` keeps every tile pixel that covers any of the mask."""
     resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
-    return np.asarray(resized) >= 128
+    return np.asarray(resized) >= (1 if any_pixel else 128)
 
 
 def _pngs(fold: FoldReport) -> list[tuple[str, bytes]]:
     charts = [(f"{fold.name}_{key}.png", png) for key, png in fold.charts.items()]
-    tiles = [(tile.png_name, tile.png) for tile in fold.tiles if tile.png_name and tile.png]
+    tiles = [
+        (tile.png_name, tile.png)
+        for tile in (*fold.tiles, *fold.false_alarm_tiles)
+        if tile.png_name and tile.png
+    ]
     return charts + tiles
 
 
@@ -578,10 +618,21 @@ def _chart_grid(fold: FoldReport) -> str:
 
 
 def _gallery(fold: FoldReport) -> str:
-    if not fold.tiles:
+    shown = f"{len(fold.tiles)} of {fold.validation_images}"
+    return _tile_grid(fold.tiles, f"Validation images, worst loss first ({shown})")
+
+
+def _false_alarm_gallery(fold: FoldReport) -> str:
+    shown = f"{len(fold.false_alarm_tiles)} of the {fold.false_alarm_images}"
+    title = f"False alarms: validation images with a false region, most first ({shown})"
+    return _tile_grid(fold.false_alarm_tiles, title)
+
+
+def _tile_grid(tiles: Sequence[Tile], title: str) -> str:
+    if not tiles:
         return ""
-    tiles = []
-    for tile in fold.tiles:
+    figures = []
+    for tile in tiles:
         if tile.png is not None:
             body = (
                 '<div class="panels"><span>ground truth</span><span>prediction</span></div>'
@@ -589,18 +640,20 @@ def _gallery(fold: FoldReport) -> str:
             )
         else:
             body = f'<div class="placeholder">{_e(tile.problem)}</div>'
-        tiles.append(
+        figures.append(
             f'<figure class="tile" data-image-id="{_e(tile.image_id)}">{body}'
             f"<figcaption><b>{_e(tile.image_id)}</b><br>{_e(tile.caption)}</figcaption></figure>"
         )
-    shown = f"{len(fold.tiles)} of {fold.validation_images}"
-    legend = (
-        f'<p class="legend"><span class="swatch" style="background:rgb{TRUE_COLOR}"></span>ground truth '
-        f'<span class="swatch" style="background:rgb{PREDICTED_COLOR}"></span>prediction</p>'
+    swatches = [(TRUE_COLOR, "ground truth"), (PREDICTED_COLOR, "prediction")]
+    if tiles[0].false_alarm:
+        swatches.append((FALSE_REGION_COLOR, "false region (touches no true smoke)"))
+    legend = "".join(
+        f'<span class="swatch" style="background:rgb{color}"></span>{label} ' for color, label in swatches
     )
+    kind = "false-alarms" if tiles[0].false_alarm else "worst"
     return (
-        f"<h3>Validation images, worst loss first ({shown})</h3>{legend}"
-        f'<div class="gallery">{"".join(tiles)}</div>'
+        f'<h3>{_e(title)}</h3><p class="legend">{legend.rstrip()}</p>'
+        f'<div class="gallery" data-gallery="{kind}">{"".join(figures)}</div>'
     )
 
 
@@ -608,7 +661,8 @@ def _fold_section(fold: FoldReport) -> str:
     notes = "".join(f'<p class="note">{_e(note)}</p>' for note in fold.notes)
     return (
         f'<section class="fold" id="{_e(fold.name)}"><h2>{_e(fold.name)}</h2>{notes}'
-        f"{_metrics_table(fold.metrics)}<h3>Training</h3>{_chart_grid(fold)}{_gallery(fold)}</section>"
+        f"{_metrics_table(fold.metrics)}<h3>Training</h3>{_chart_grid(fold)}{_gallery(fold)}"
+        f"{_false_alarm_gallery(fold)}</section>"
     )
 
 
