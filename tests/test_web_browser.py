@@ -242,6 +242,17 @@ def test_import_train_watch_compare_and_score(
     assert page.locator("#gallery figure").count() <= tiles
     page.fill("#iou-max", "1")
     page.dispatch_event("#iou-max", "input")
+    # Only the false alarms: as many tiles as validation images with a false region, each one saying so.
+    detail = httpx.get(f"{server}/v1/experiments/{first_id}").json()
+    false_alarms = sum(r["false_regions"] > 0 for f in detail["folds"] for r in f["validation_predictions"])
+    page.check("#false-alarms-only")
+    sync_api.expect(page.locator("#gallery figure")).to_have_count(min(false_alarms, 48))
+    captions = page.locator("#gallery figcaption").all_inner_texts()
+    assert all(re.search(r"\d+ false regions? ·", text) for text in captions), captions
+    if not false_alarms:
+        sync_api.expect(page.locator("#gallery")).to_contain_text("No image with a false region")
+    page.uncheck("#false-alarms-only")
+    sync_api.expect(page.locator("#gallery figure")).to_have_count(tiles)
     session.shoot("05-experiment-finished")
     checkpoint = httpx.get(server + page.get_attribute("#downloads a:has-text('Checkpoint')", "href"))
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000

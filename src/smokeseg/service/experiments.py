@@ -42,7 +42,16 @@ PACKAGE_ARCHIVE = "scoring_package.zip"
 _SERVER_PATH_KEYS = {"dataset": set(PATH_KEYS), "architecture": {"pretrained_weights"}}
 # architecture.init_from names one of this server's experiments instead; the service resolves it.
 START_FROM_PREFIX = "experiment:"
-_PREDICTION_COLUMNS = ("image_id", "iou", "dice", "loss", "smoke", "confidence", "smoke_fraction")
+_PREDICTION_COLUMNS = (
+    "image_id",
+    "iou",
+    "dice",
+    "loss",
+    "smoke",
+    "confidence",
+    "smoke_fraction",
+    "false_regions",
+)
 _LOG_LINES = 200
 
 

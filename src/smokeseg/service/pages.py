@@ -426,7 +426,8 @@ def _fold_dir(row: dict[str, Any], fold: str) -> Path:
 
 @pages.get("/ui/experiments/{experiment_id}/gallery/{fold}/{image_id:path}")
 def gallery_tile(experiment_id: str, fold: str, image_id: str, service: ServiceDep) -> Response:
-    """Ground truth beside prediction for one validation image, drawn by the HTML report's own code."""
+    """Ground truth beside prediction for one validation image, drawn by the HTML report's own code; its
+    false regions (touching no true smoke) in their own colour where it has any."""
     row = experiment_store.require_experiment(service.registry, experiment_id)
     folder = _fold_dir(row, fold)
     table_path = folder / VALIDATION_PREDICTIONS_NAME
@@ -437,7 +438,9 @@ def gallery_tile(experiment_id: str, fold: str, image_id: str, service: ServiceD
     if match.empty:
         raise NotFoundError(f"{image_id} is not among the validation images of fold {fold}.")
     report, samples = _fold_report(str(folder), table_path.stat().st_mtime)
-    tile = report_html._tile(report, 1, next(match.itertuples(index=False)), samples)
+    row_of_image = next(match.itertuples(index=False))
+    false_alarm = bool(getattr(row_of_image, "false_regions", 0))
+    tile = report_html._tile(report, 1, row_of_image, samples, false_alarm=false_alarm)
     if tile.png is None:
         raise NotFoundError(tile.problem or f"{image_id} cannot be drawn.")
     return Response(tile.png, media_type="image/png", headers={"Cache-Control": "max-age=600"})

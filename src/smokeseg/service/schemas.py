@@ -131,7 +131,7 @@ class FoldDetail(BaseModel):
     charts: dict[str, Any] = Field(description="charts.json: series name -> {step, value}")
     log: list[str]
     validation_predictions: list[dict[str, Any]] = Field(
-        description="per validation image: id, IoU, Dice, loss, verdict (no masks)"
+        description="per validation image: id, IoU, Dice, loss, verdict, false regions (no masks)"
     )
 
 

@@ -348,6 +348,7 @@
       $("#iou-max-value").textContent = limit.toFixed(2);
       const tiles = Object.entries(predictions).flatMap(([fold, rows]) => rows.map((r) => ({ fold: fold, ...r })))
         .filter((r) => r.iou == null || r.iou <= limit + 1e-9)
+        .filter((r) => !$("#false-alarms-only").checked || r.false_regions > 0)
         .sort((a, b) => (b.loss ?? -1) - (a.loss ?? -1));
       const total = Object.values(predictions).reduce((n, rows) => n + rows.length, 0);
       const gallery = $("#gallery");
@@ -355,8 +356,8 @@
       gallery.innerHTML = tiles.slice(0, 48).map((r) => `<figure class="tile">
           <img loading="lazy" src="/ui/experiments/${esc(id)}/gallery/${esc(r.fold)}/${encodeURIComponent(r.image_id)}"
             alt="${esc(r.image_id)}: ground truth and prediction" width="646">
-          <figcaption><b>${esc(r.image_id)}</b><br>IoU ${number(r.iou, 3)} · Dice ${number(r.dice, 3)} · loss ${number(r.loss, 3)}${Object.keys(predictions).length > 1 ? ` · fold ${esc(r.fold)}` : ""}</figcaption>
-        </figure>`).join("") || "<p>No image at or below this IoU.</p>";
+          <figcaption><b>${esc(r.image_id)}</b><br>${r.false_regions ? `${r.false_regions} false region${r.false_regions > 1 ? "s" : ""} · ` : ""}IoU ${number(r.iou, 3)} · Dice ${number(r.dice, 3)} · loss ${number(r.loss, 3)}${Object.keys(predictions).length > 1 ? ` · fold ${esc(r.fold)}` : ""}</figcaption>
+        </figure>`).join("") || ($("#false-alarms-only").checked ? "<p>No image with a false region at or below this IoU.</p>" : "<p>No image at or below this IoU.</p>");
       $("#gallery-title").textContent = `Validation gallery (${Math.min(tiles.length, 48)} of ${total})`;
     }
 
@@ -421,6 +422,7 @@
     }
 
     $("#iou-max").addEventListener("input", drawGallery);
+    $("#false-alarms-only").addEventListener("change", drawGallery);
     $("#cancel").addEventListener("click", async () => {
       try { const e = await api("POST", `/v1/experiments/${id}/cancel`); setStatus(e.status); }
       catch (error) { $("#error").textContent = error.message; $("#error").hidden = false; }
