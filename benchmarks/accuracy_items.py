@@ -507,7 +507,6 @@ COLUMNS = (
     "val IoU",
     "val IoU/img",
     "val false-region frames",
-    "val alarming windows",
     "test IoU",
     "test IoU/img",
     "test IoU small / medium / large",
