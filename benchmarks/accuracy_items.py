@@ -220,6 +220,16 @@ ROWS = [
         "cameras",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # the false-alarm gallery's lens flare and sun glint: glare the training frames hold few of
+        "+ SMOKE5K training scenes and other fires, 2x steps, sun flare 0.2, wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "augmentation.glare_probability=0.2",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "cameras",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # run with --init-from a smoke-pretrained Lite2 (the two pretraining stages with this backbone)
         "+ SMOKE5K training scenes and other fires, 2x steps, EfficientNet-Lite2",
         (*TWICE_THE_STEPS, "architecture.backbone=efficientnet_lite2"),

@@ -222,3 +222,34 @@ def test_mix_batch_cutmix_through_registry() -> None:
     mixed, mixed_masks = mix_batch(images, masks, _cfg(mix_image="Cutmix"), torch.Generator().manual_seed(0))
     assert mixed.shape == images.shape
     assert set(torch.unique(mixed_masks).tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("resolution", ["native", "resize"])
+def test_glare_brightens_the_image_and_leaves_the_mask(
+    resolution: str, sample: tuple[np.ndarray, np.ndarray]
+) -> None:
+    image_cfg = ImageConfig(image_height=64, image_width=64, resolution=resolution)
+    plain = build_train_transform(AugmentationConfig(augmentations_strategy="Soft"), image_cfg, seed=3)
+    glare_cfg = AugmentationConfig(augmentations_strategy="Soft", glare_probability=1.0)
+    glared = build_train_transform(glare_cfg, image_cfg, seed=3)
+    for _ in range(5):
+        without, with_glare = plain(image=sample[0], mask=sample[1]), glared(image=sample[0], mask=sample[1])
+        # The flare comes last, so the same seed gives the same crop and preset draws before it.
+        np.testing.assert_array_equal(with_glare["mask"], without["mask"])
+        brighter = with_glare["image"].astype(int) - without["image"].astype(int)
+        assert brighter.min() >= 0  # screen blending only adds light
+        assert (brighter > 0).mean() > 0.01
+
+
+def test_glare_is_off_by_default_and_serialises() -> None:
+    assert "RandomSunFlare" not in _class_names(build_train_transform(AugmentationConfig(), MODEL))
+    pipeline = build_train_transform(AugmentationConfig(glare_probability=0.2), MODEL)
+    flare = pipeline.transforms[-1]
+    assert isinstance(flare, A.RandomSunFlare) and flare.p == 0.2
+    assert A.to_dict(A.from_dict(A.to_dict(pipeline))) == A.to_dict(pipeline)
+
+
+def test_glare_with_custom_pipeline_says_where_to_put_it() -> None:
+    cfg = AugmentationConfig(augmentations_strategy="Custom", glare_probability=0.2)
+    with pytest.raises(ConfigError, match="RandomSunFlare into that pipeline"):
+        build_train_transform(cfg, MODEL)

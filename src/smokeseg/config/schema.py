@@ -86,6 +86,13 @@ class AugmentationConfig(Section):
     custom_inference_augmentations: str = _RESIZE_ONLY_AUGMENTATIONS
     custom_train_augmentations: str = _RESIZE_ONLY_AUGMENTATIONS
     cutmix_corner: bool = False
+    glare_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training samples given a synthetic sun flare (albumentations RandomSunFlare) "
+        "with their mask unchanged: glare and lens flare are not smoke; presets only",
+    )
     mix_concentration: float = Field(1.0, gt=0)
     mix_image: Literal["Disabled", "Mixup", "Cutmix"] = "Disabled"
     mix_iterations: int = Field(1, ge=1)

@@ -16,6 +16,8 @@ Medium    Soft, wider affine (shift 10%, scale 0.85-1.2, rotate 10 deg), brightn
 Hard      Medium, plus fog (p 0.1), Gaussian blur (p 0.1), Gaussian noise (p 0.2), JPEG
           recompression at quality 50-95 (p 0.3): the haze and cheap cameras of real sites
 ========  ====================================================================================
+
+``augmentation.glare_probability`` adds a sun flare to any preset, the mask unchanged: glare is not smoke.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ def build_train_transform(
     give each worker its own stream with ``transform.set_random_seed(seed + worker_id)``.
     """
     if aug_cfg.augmentations_strategy == "Custom":
+        if aug_cfg.glare_probability > 0:
+            raise ConfigError(
+                f"augmentation.glare_probability adds a sun flare to the presets, but {TRAIN_KEY} replaces "
+                "them: put an A.RandomSunFlare into that pipeline, or set augmentation.glare_probability: 0."
+            )
         if image_cfg.context_probability > 0:
             raise ConfigError(
                 f"image.context_probability shapes the preset native crops, but {TRAIN_KEY} replaces them: "
@@ -118,11 +125,33 @@ def build_train_transform(
             image_cfg,
         )
     elif image_cfg.resolution == "native":
-        pipeline = A.Compose([*native_crop(image_cfg), *PRESETS[aug_cfg.augmentations_strategy]()])
+        preset = PRESETS[aug_cfg.augmentations_strategy]()
+        pipeline = A.Compose([*native_crop(image_cfg), *preset, *sun_flare(aug_cfg, image_cfg)])
     else:
-        pipeline = A.Compose([*PRESETS[aug_cfg.augmentations_strategy](), model_resize(image_cfg)])
+        preset = PRESETS[aug_cfg.augmentations_strategy]()
+        pipeline = A.Compose([*preset, model_resize(image_cfg), *sun_flare(aug_cfg, image_cfg)])
     pipeline.set_random_seed(seed)
     return pipeline
+
+
+def sun_flare(aug_cfg: AugmentationConfig, image_cfg: ImageConfig) -> list[A.BasicTransform]:
+    """A sun flare on ``glare_probability`` of the model-size samples, mask unchanged.
+
+    The false regions left on unseen cameras are lens flare, sun glint and bright cloud edges, which the
+    training frames hold few of; a flare drawn anywhere in the sample (a quarter of its side across)
+    shows the model bright glare that is not smoke. Nothing when the share is 0.
+    """
+    if not aug_cfg.glare_probability:
+        return []  # no extra random draw: seeded runs repeat those made before this option
+    radius = max(image_cfg.image_height, image_cfg.image_width) // 4
+    flare = A.RandomSunFlare(
+        flare_roi=(0, 0, 1, 1),
+        src_radius=radius,
+        num_flare_circles_range=(3, 7),
+        method="physics_based",
+        p=aug_cfg.glare_probability,
+    )
+    return [flare]
 
 
 def native_crop(image_cfg: ImageConfig) -> list[A.BasicTransform]:
