@@ -221,6 +221,10 @@ def test_false_alarm_gallery_shows_the_images_with_false_regions_most_first(fold
     assert outside.mean() < 0.01, "the region on the smoke is not a false alarm"
     names = [path.name for path in (fold_dir / "report_png").glob("*false_alarm*.png")]
     assert sorted(names) == ["fold0_false_alarm_01_img_a.png", "fold0_false_alarm_02_img_d.png"]
+    # One rule for every gallery: the worst-loss tile of the same image draws the same false regions.
+    np.testing.assert_array_equal(_tile_pixels(page, "worst", "img_a.png"), tile)
+    worst = page[page.index("Validation images, worst loss first") : page.index("False alarms: validation")]
+    assert worst.count("false region (touches no true smoke)") == 1, "the worst-loss legend names the colour"
 
 
 def test_no_false_alarm_gallery_without_false_regions(fold_dir: Path) -> None:

@@ -115,8 +115,8 @@ CHARTS = (
 class Tile:
     image_id: str
     caption: str
-    # False-alarm tiles draw the prediction's false regions (touching no true smoke) in their own colour.
-    false_alarm: bool = False
+    # The prediction's false regions (touching no true smoke) the tile draws in their own colour.
+    false_regions: int = 0
     png_name: str | None = None
     png: bytes | None = None
     problem: str | None = None
@@ -399,7 +399,7 @@ def _build_gallery(fold: FoldReport, gallery_size: int) -> None:
     fold.false_alarm_images = len(alarming)
     most = alarming.sort_values(["false_regions", "loss"], ascending=False, kind="stable").head(gallery_size)
     for rank, row in enumerate(most.itertuples(index=False), start=1):
-        fold.false_alarm_tiles.append(_tile(fold, rank, row, samples, false_alarm=True))
+        fold.false_alarm_tiles.append(_tile(fold, rank, row, samples, gallery="false_alarm"))
 
 
 def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
@@ -426,10 +426,12 @@ def _validation_images(fold: FoldReport) -> dict[str, Sample] | None:
 
 
 def _tile(
-    fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None, false_alarm: bool = False
+    fold: FoldReport, rank: int, row: Any, samples: dict[str, Sample] | None, gallery: str = "gallery"
 ) -> Tile:
+    """One validation image's tile; a row that training counted false regions on gets them drawn, in any
+    gallery. ``gallery`` names the PNG written beside the report."""
     image_id = str(row.image_id)
-    tile = Tile(image_id=image_id, caption=_caption(row), false_alarm=false_alarm)
+    tile = Tile(image_id=image_id, caption=_caption(row))
     if samples is None or fold.config is None:
         tile.problem = "image not available: see the note above"
         return tile
@@ -453,10 +455,10 @@ def _tile(
             "has the image changed since training?"
         )
         return tile
-    false = _false_regions(predicted, truth) if false_alarm else None
+    tile.false_regions = int(getattr(row, "false_regions", 0))
+    false = _false_regions(predicted, truth) if tile.false_regions else None
     tile.png = _tile_png(image, truth, predicted, false)
-    kind = "false_alarm" if false_alarm else "gallery"
-    tile.png_name = f"{fold.name}_{kind}_{rank:02d}_{_safe_name(image_id)}.png"
+    tile.png_name = f"{fold.name}_{gallery}_{rank:02d}_{_safe_name(image_id)}.png"
     return tile
 
 
@@ -619,16 +621,16 @@ def _chart_grid(fold: FoldReport) -> str:
 
 def _gallery(fold: FoldReport) -> str:
     shown = f"{len(fold.tiles)} of {fold.validation_images}"
-    return _tile_grid(fold.tiles, f"Validation images, worst loss first ({shown})")
+    return _tile_grid(fold.tiles, f"Validation images, worst loss first ({shown})", "worst")
 
 
 def _false_alarm_gallery(fold: FoldReport) -> str:
     shown = f"{len(fold.false_alarm_tiles)} of the {fold.false_alarm_images}"
     title = f"False alarms: validation images with a false region, most first ({shown})"
-    return _tile_grid(fold.false_alarm_tiles, title)
+    return _tile_grid(fold.false_alarm_tiles, title, "false-alarms")
 
 
-def _tile_grid(tiles: Sequence[Tile], title: str) -> str:
+def _tile_grid(tiles: Sequence[Tile], title: str, kind: str) -> str:
     if not tiles:
         return ""
     figures = []
@@ -645,12 +647,11 @@ def _tile_grid(tiles: Sequence[Tile], title: str) -> str:
             f"<figcaption><b>{_e(tile.image_id)}</b><br>{_e(tile.caption)}</figcaption></figure>"
         )
     swatches = [(TRUE_COLOR, "ground truth"), (PREDICTED_COLOR, "prediction")]
-    if tiles[0].false_alarm:
+    if any(tile.false_regions and tile.png for tile in tiles):
         swatches.append((FALSE_REGION_COLOR, "false region (touches no true smoke)"))
     legend = "".join(
         f'<span class="swatch" style="background:rgb{color}"></span>{label} ' for color, label in swatches
     )
-    kind = "false-alarms" if tiles[0].false_alarm else "worst"
     return (
         f'<h3>{_e(title)}</h3><p class="legend">{legend.rstrip()}</p>'
         f'<div class="gallery" data-gallery="{kind}">{"".join(figures)}</div>'

@@ -439,8 +439,7 @@ def gallery_tile(experiment_id: str, fold: str, image_id: str, service: ServiceD
         raise NotFoundError(f"{image_id} is not among the validation images of fold {fold}.")
     report, samples = _fold_report(str(folder), table_path.stat().st_mtime)
     row_of_image = next(match.itertuples(index=False))
-    false_alarm = bool(getattr(row_of_image, "false_regions", 0))
-    tile = report_html._tile(report, 1, row_of_image, samples, false_alarm=false_alarm)
+    tile = report_html._tile(report, 1, row_of_image, samples)
     if tile.png is None:
         raise NotFoundError(tile.problem or f"{image_id} cannot be drawn.")
     return Response(tile.png, media_type="image/png", headers={"Cache-Control": "max-age=600"})
