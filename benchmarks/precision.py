@@ -31,10 +31,14 @@ TRAIN_BATCH = (8, 3, 256, 256)
 FRAME = (1, 3, 960, 1280)
 
 
-def _training_step(model: torch.nn.Module, dtype: torch.dtype | None) -> Callable[[], None]:
+def _training_step(
+    model: torch.nn.Module, dtype: torch.dtype | None, channels_last: bool = False
+) -> Callable[[], None]:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(TRAIN_BATCH, generator=generator)
+    images = torch.randn(TRAIN_BATCH, generator=generator).to(memory_format=layout)
     masks = (torch.rand((TRAIN_BATCH[0], 1, *TRAIN_BATCH[2:]), generator=generator) > 0.5).float()
+    model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
 
     def step() -> None:
@@ -82,7 +86,13 @@ def measure(encoder: str, repeats: int) -> dict[str, object]:
         return smp.Unet(encoder, encoder_weights=None, classes=1)
 
     training = _timed_in_turns(
-        {"fp32": _training_step(model(), None), "bf16": _training_step(model(), torch.bfloat16)}, repeats
+        {
+            "fp32": _training_step(model(), None),
+            "fp32_channels_last": _training_step(model(), None, channels_last=True),
+            "bf16": _training_step(model(), torch.bfloat16),
+            "bf16_channels_last": _training_step(model(), torch.bfloat16, channels_last=True),
+        },
+        repeats,
     )
     scoring = _timed_in_turns(
         {
@@ -96,6 +106,8 @@ def measure(encoder: str, repeats: int) -> dict[str, object]:
         "encoder": encoder,
         "training_step_s": training,
         "training_bf16_over_fp32": round(training["bf16"] / training["fp32"], 2),
+        "training_fp32_channels_last_over_fp32": round(training["fp32_channels_last"] / training["fp32"], 2),
+        "training_bf16_channels_last_over_bf16": round(training["bf16_channels_last"] / training["bf16"], 2),
         "scoring_frame_s": scoring,
         "scoring_fp32_channels_last_over_fp32": round(scoring["fp32_channels_last"] / scoring["fp32"], 2),
         "scoring_bf16_channels_last_over_fp32": round(scoring["bf16_channels_last"] / scoring["fp32"], 2),

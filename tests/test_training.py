@@ -631,3 +631,42 @@ def test_validated_extra_frames_may_not_share_an_image_id_with_the_site(tiny_dat
     config = _config(tiny_dataset, *overrides, "dataset.extra_in_validation_groups=validate")
     with pytest.raises(DataError, match=r"2 image ids of .*extra.pq are also in .*train.pq.*leave_out"):
         run.ExperimentData.load(config)
+
+
+def test_cpu_training_runs_channels_last_with_the_same_curve(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    config = _config(
+        tiny_dataset,
+        "training.epochs=1",
+        "dataset.test_dataframe=None",
+        "environment.mixed_precision_training=false",
+    )
+    layouts: list[tuple[bool, bool]] = []
+    training_step = SmokeSegmentationModule.training_step
+
+    def recording(module: SmokeSegmentationModule, batch: dict, index: int) -> torch.Tensor:
+        weight = module.model.encoder.conv1.weight
+        layouts.append(
+            (
+                batch["image"].is_contiguous(memory_format=torch.channels_last),
+                weight.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
+        return training_step(module, batch, index)
+
+    monkeypatch.setattr(SmokeSegmentationModule, "training_step", recording)
+    run.train(config, tmp_path / "channels_last", progress=False)
+    assert layouts and all(image and weight for image, weight in layouts)
+    layouts.clear()
+    monkeypatch.setattr(SmokeSegmentationModule, "_on_cpu", lambda module: False)
+    run.train(config, tmp_path / "contiguous", progress=False)
+    assert layouts and not any(image or weight for image, weight in layouts)
+
+    def losses(name: str) -> list[float]:
+        return json.loads((tmp_path / name / "fold0/charts.json").read_text())["train_loss"]["value"]
+
+    # The same start and batches: the first losses agree to float rounding, and the layout's rounding
+    # (which Adam's normalised steps amplify in the weights) leaves the curve where it was.
+    fast, plain = losses("channels_last"), losses("contiguous")
+    assert len(fast) == len(plain) >= 2
+    assert fast[0] == pytest.approx(plain[0], rel=1e-5)
+    assert fast == pytest.approx(plain, rel=1e-2), "the layout changes speed, not what is learned"
