@@ -46,7 +46,7 @@ def load_config(
         raw = _read_yaml(path)
         base_dir = base_dir or path.resolve().parent
     for override in overrides or []:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     config = config_from_dict(raw, source=source)
     return resolve_paths(config, base_dir or Path.cwd())
 
@@ -101,7 +101,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
+def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply ``section.key=value``; the value is parsed as YAML (``10``, ``false``, ``[0, 1]``)."""
     key_path, sep, text = override.partition("=")
     if not sep or not key_path.strip():
