@@ -12,25 +12,18 @@ from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError
 from smokeseg.inference.predictor import Predictor
 from smokeseg.training import run
+from test_training import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "architecture.backbone=resnet18",
-    "image.image_height=64",
-    "image.image_width=64",
-    "training.batch_size=4",
-    "training.epochs=1",
-    "environment.number_of_workers=0",
-    "training.build_scoring_pipelines=false",
-    "dataset.test_dataframe=None",
-]
+# A seconds-long fold: the training tests' tiny model, one epoch, no test table.
+ONE_EPOCH = [*TINY, "training.epochs=1", "dataset.test_dataframe=None"]
 
 
 @pytest.fixture(scope="module")
 def fold(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("rescore")
     dataset = generate_demo_dataset(folder / "data", n_train=8, n_test=2, size=(64, 64), seed=5)
-    run.train(load_config(dataset, TINY), folder / "exp", progress=False)
+    run.train(load_config(dataset, ONE_EPOCH), folder / "exp", progress=False)
     return folder / "exp/fold0"
 
 
