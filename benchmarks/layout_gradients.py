@@ -21,8 +21,7 @@ import segmentation_models_pytorch as smp
 import torch
 from machine import cpu_description
 
-from smokeseg.config.schema import ExperimentConfig
-from smokeseg.model.factory import build_model
+from smokeseg.inference.runtimes import load_checkpoint
 
 BATCH = (8, 3, 256, 256)
 VARIANTS = {
@@ -36,14 +35,7 @@ def load(checkpoint: Path | None) -> torch.nn.Module:
     torch.manual_seed(0)
     if checkpoint is None:
         return smp.Unet("tu-efficientnet_lite0", encoder_weights=None, classes=1)
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    architecture = ExperimentConfig.model_validate(stored["hyper_parameters"]["config"]).architecture
-    model = build_model(architecture.model_copy(update={"pretrained": False, "init_from": None}))
-    prefix = "model."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in stored["state_dict"].items() if k.startswith(prefix)}
-    )
-    return model
+    return load_checkpoint(checkpoint)[0]
 
 
 def gradients(model: torch.nn.Module, layout: torch.memory_format, bf16: bool) -> torch.Tensor:

@@ -41,7 +41,7 @@ def copy_with_scoring(fold: Path, target: Path, overrides: list[str]) -> Path:
     shutil.copytree(fold, target)
     (target / THRESHOLD_NAME).unlink(missing_ok=True)
     checkpoint_path = target / "checkpoint.ckpt"
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     raw = checkpoint["hyper_parameters"]["config"]
     for override in overrides:
         apply_override(raw, override)
