@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from smokeseg.cli import app
@@ -338,6 +340,144 @@ def test_a_broken_stored_threshold_names_the_file(trained, tmp_path: Path):
         Predictor.from_path(fold)
     with pytest.raises(ConfigError, match="F-beta"):
         tune_threshold(fold, "Accuracy")
+
+
+FLIP = "prediction.test_time_augmentations=[horizontal_flip]"
+
+
+def test_a_trained_model_scores_with_other_scoring_keys_and_refuses_the_rest(trained):
+    config_path, experiment = trained
+    plain = evaluate(experiment, config_path, threshold=0.5).segmentation()
+    flipped = evaluate(experiment, config_path, threshold=0.5, scoring_overrides=[FLIP]).segmentation()
+    assert flipped["mean_image_MAE"] != plain["mean_image_MAE"], "the flipped pass changes the probabilities"
+    predictor = Predictor.from_path(
+        experiment, scoring_overrides=[FLIP, "prediction.probability_threshold=0.3"]
+    )
+    assert predictor.threshold == 0.3 and len(predictor.augmentations) == 1
+    assert Predictor.from_path(experiment).augmentations == [], "an override lasts for one scoring only"
+
+    refused = (
+        r"'training.epochs=3' cannot change on a trained model.*`smokeseg train CONFIG --set training.ep"
+    )
+    with pytest.raises(ConfigError, match=refused):
+        Predictor.from_path(experiment, scoring_overrides=["training.epochs=3"])
+    with pytest.raises(ConfigError, match=r"prediction.probability_threshold = 2"):
+        Predictor.from_path(experiment, scoring_overrides=["prediction.probability_threshold=2"])
+
+
+def test_tuning_with_scoring_keys_stores_them_with_the_threshold(trained, tmp_path: Path):
+    """The tuned threshold holds for the model scoring as it was tuned: predict and evaluate follow it."""
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
+    images = config_path.parent / "images"
+    flipped_before = evaluate(experiment, table, threshold=0.5, data_folder=images, scoring_overrides=[FLIP])
+    plain_before = evaluate(experiment, table, threshold=0.5, data_folder=images)
+
+    result = tune_threshold(experiment, "mean_image_IoU", scoring_overrides=[FLIP])
+    assert result.before == pytest.approx(flipped_before.segmentation()["mean_image_IoU"])
+    assert result.before != pytest.approx(plain_before.segmentation()["mean_image_IoU"]), "tells them apart"
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["scoring_overrides"] == [FLIP]
+    predictor = Predictor.from_path(experiment)
+    assert predictor.config.prediction.test_time_augmentations == ["horizontal_flip"]
+    assert predictor.threshold == result.threshold
+    after = evaluate(experiment, table, data_folder=images)
+    assert after.segmentation()["mean_image_IoU"] == pytest.approx(result.after), "evaluate scores as tuned"
+
+    again = tune_threshold(experiment, "mean_image_IoU")
+    assert again.before == pytest.approx(
+        evaluate(
+            experiment,
+            table,
+            threshold=result.threshold,
+            data_folder=images,
+            scoring_overrides=["prediction.test_time_augmentations=[]"],
+        ).segmentation()["mean_image_IoU"]
+    ), "a new tuning scores with the checkpoint's config, not the stored overrides"
+    assert json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())["scoring_overrides"] == []
+    assert Predictor.from_path(experiment).augmentations == []
+
+
+def test_a_stored_operating_point_with_bad_scoring_keys_names_the_file(trained, tmp_path: Path):
+    _, original = trained
+    fold = shutil.copytree(original / "fold0", tmp_path / "fold0")
+    stored = fold / THRESHOLD_NAME
+    stored.write_text(json.dumps({"probability_threshold": 0.4, "scoring_overrides": FLIP}))
+    with pytest.raises(ModelError, match=f"{THRESHOLD_NAME}: scoring_overrides must be a list"):
+        Predictor.from_path(fold)
+    stored.write_text(
+        json.dumps({"probability_threshold": 0.4, "scoring_overrides": ["image.long_side=640"]})
+    )
+    with pytest.raises(ConfigError, match=f"{THRESHOLD_NAME}: 'image.long_side=640' cannot change"):
+        Predictor.from_path(fold)
+
+
+def test_an_edited_scoring_key_in_the_run_record_warns_where_it_goes(trained, tmp_path: Path, caplog):
+    _, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    with caplog.at_level(logging.WARNING, logger="smokeseg"):
+        Predictor.from_path(experiment)
+    assert not caplog.records, "the records as training wrote them agree with the checkpoint"
+
+    fold = experiment / "fold0"
+    record = experiment / "config.yaml"  # the run's; the fold's is checked below
+    raw = yaml.safe_load(record.read_text())
+    raw["prediction"]["test_time_augmentations"] = ["horizontal_flip"]
+    record.write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.WARNING, logger="smokeseg"):
+        Predictor.from_path(experiment)
+    assert "prediction.test_time_augmentations differ" in caplog.records[0].getMessage()
+    caplog.clear()
+
+    record = fold / "config.yaml"
+    raw = yaml.safe_load(record.read_text())
+    raw["prediction"]["test_time_augmentations"] = ["horizontal_flip"]
+    raw["prediction"]["probability_threshold"] = 0.2
+    record.write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.WARNING, logger="smokeseg"):
+        predictor = Predictor.from_path(fold)
+    assert predictor.augmentations == [] and predictor.threshold == 0.5, "the checkpoint's config scores"
+    message = caplog.records[0].getMessage()
+    edited = "prediction.probability_threshold, prediction.test_time_augmentations differ from the checkpoint"
+    assert edited in message and str(record) in message and "--set KEY=VALUE" in message
+
+    caplog.clear()
+    raw["image"]["context_pass"] = "sideways"
+    record.write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.WARNING, logger="smokeseg"):
+        Predictor.from_path(fold)
+    message = caplog.records[0].getMessage()
+    assert "image.context_pass = 'sideways'" in message and "not with this file" in message
+
+
+def test_cli_scoring_commands_take_scoring_keys(trained, tmp_path: Path):
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    tuned = CliRunner().invoke(app, ["tune-threshold", str(experiment), "--set", FLIP])
+    assert tuned.exit_code == 0, tuned.output
+    assert json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())["scoring_overrides"] == [FLIP]
+    exported = CliRunner().invoke(app, ["export", str(experiment), "--package", str(tmp_path / "package")])
+    assert exported.exit_code == 0, exported.output
+    package = load_config(tmp_path / "package" / "config.yaml")
+    assert package.prediction.test_time_augmentations == ["horizontal_flip"], "the package scores as tuned"
+
+    scores = tmp_path / "scores.json"
+    arguments = ["evaluate", str(experiment), str(config_path), "--output", str(scores)]
+    for overrides in ([], ["--set", "prediction.test_time_augmentations=[]"]):
+        result = CliRunner().invoke(app, [*arguments, *overrides])
+        assert result.exit_code == 0, result.output
+    unflipped = json.loads(scores.read_text())["segmentation"]["mean_image_MAE"]
+    assert unflipped == pytest.approx(
+        evaluate(original, config_path, threshold=0.5).segmentation()["mean_image_MAE"]
+    ), "--set replaced the stored flip for this evaluation"
+
+    predictions = tmp_path / "predictions"
+    arguments = ["predict", str(experiment), str(config_path.parent / "images"), "-o", str(predictions)]
+    refused = CliRunner().invoke(app, [*arguments, "--set", "architecture.backbone=resnet18"])
+    assert isinstance(refused.exception, ConfigError) and not predictions.exists()
+    result = CliRunner().invoke(app, [*arguments, "--set", "prediction.probability_threshold=0.99"])
+    assert result.exit_code == 0, result.output
 
 
 def _validation_table(config_path: Path, experiment: Path, target: Path) -> Path:

@@ -38,6 +38,16 @@ Overrides = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 ConfigArgument = Annotated[Path, typer.Argument(help="Hydrogen Torch-style experiment YAML.")]
+# A trained model scores with the config stored in its checkpoint; these are the keys that may differ.
+ScoringOverrides = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--set",
+        "-s",
+        help="Score with another value of a scoring key: prediction.KEY=VALUE or image.context_pass=VALUE "
+        "(repeatable), e.g. prediction.test_time_augmentations=[horizontal_flip].",
+    ),
+]
 # Scoring options shared by predict and evaluate, so both score an image the same way when asked to.
 TileOption = Annotated[
     bool, typer.Option("--tile/--no-tile", help="Score at native resolution in overlapping tiles.")
@@ -268,6 +278,7 @@ def predict(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Folder (or zip) holding a table's images (default: the table's folder)."),
     ] = None,
+    scoring_overrides: ScoringOverrides = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Score images into a Hydrogen Torch-format table with a smoke verdict and boxes per image."""
@@ -277,7 +288,9 @@ def predict(
     from smokeseg.inference.predict import predict as predict_to_folder
     from smokeseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_path(model, device, batch_size, _tile_spec(tile, tile_size, tile_overlap))
+    predictor = Predictor.from_path(
+        model, device, batch_size, _tile_spec(tile, tile_size, tile_overlap), scoring_overrides or []
+    )
     samples = collect_inputs(inputs, data_folder)
     wanted = {"masks": masks, "probabilities": probabilities, "overlays": overlays}
     with Progress(console=console) as bar:
@@ -361,6 +374,7 @@ def evaluate(
     tile: TileOption = False,
     tile_size: TileSizeOption = None,
     tile_overlap: TileOverlapOption = 0.25,
+    scoring_overrides: ScoringOverrides = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Score a model on labelled images: IoU, Dice, precision, recall, F-beta, MAE, detection, worst ones."""
@@ -377,6 +391,7 @@ def evaluate(
             min_region_pixels=min_region_pixels,
             region_tolerance=REGION_TOLERANCE if region_tolerance is None else region_tolerance,
             tile=_tile_spec(tile, tile_size, tile_overlap),
+            scoring_overrides=scoring_overrides or [],
             device=device,
             progress=progress,
         )
@@ -472,10 +487,12 @@ def tune_threshold(
             help="With --alarm-budget: the side of the smoke-free windows in frame pixels (default 256).",
         ),
     ] = None,
+    scoring_overrides: ScoringOverrides = None,
 ) -> None:
     """Pick the probability threshold that maximises a metric on the out-of-fold validation images, the
     operator's operating point (the highest threshold that reaches a region recall), or the most smoke
-    found within an alarm budget."""
+    found within an alarm budget. With --set the images are scored with those scoring keys, and the keys
+    are stored with the threshold, so predict, evaluate and export score that way too."""
     from smokeseg.inference.threshold import ALARM_WINDOWS, check_rule, render_tuning, shortfall
     from smokeseg.inference.threshold import tune_threshold as run_tuning
     from smokeseg.layout import THRESHOLD_NAME
@@ -493,6 +510,7 @@ def tune_threshold(
             min_region_recall=min_region_recall,
             alarm_budget=alarm_budget,
             windows=ALARM_WINDOWS if window_size is None else replace(ALARM_WINDOWS, size=window_size),
+            scoring_overrides=scoring_overrides or [],
             progress=progress,
         )
     console.print(render_tuning(result))

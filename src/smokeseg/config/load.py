@@ -7,6 +7,7 @@ together; paths given with ``--set`` resolve against the current folder, as anyt
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ PATH_KEYS = (
     "validation_dataframe",
 )
 _PATH_KEYS_BY_SECTION = {"dataset": PATH_KEYS, "architecture": ("pretrained_weights", "init_from")}
+# The keys that act only when a trained model scores: changing them leaves its weights valid. Every other
+# key shaped the weights (or the data they were trained on), so a trained model keeps its checkpoint's.
+SCORING_KEYS = ("prediction.*", "image.context_pass")
 # How alike (difflib ratio) an unknown key and a valid one must be to suggest it: typos such as
 # "epoch" or "learning_rat", not "frobnicate" for "learning_rate" (0.52).
 _SUGGESTION_CUTOFF = 0.7
@@ -125,6 +129,32 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"Override {override!r}: {key!r} is a value, not a section.")
         node = child
     node[keys[-1]] = value
+
+
+def is_scoring_key(key: str) -> bool:
+    """Whether ``section.key`` is one of ``SCORING_KEYS``."""
+    return key == "image.context_pass" or (key.startswith("prediction.") and key != "prediction.")
+
+
+def with_scoring_overrides(
+    config: ExperimentConfig, overrides: Sequence[str], source: str
+) -> ExperimentConfig:
+    """A trained model's ``config`` with ``section.key=value`` overrides of its scoring keys
+    (``SCORING_KEYS``); ``source`` names where they came from in an error."""
+    if not overrides:
+        return config
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if not is_scoring_key(key):
+            raise ConfigError(
+                f"{source}: {override!r} cannot change on a trained model: only its scoring keys "
+                f"({', '.join(SCORING_KEYS)}) can, the others shaped its weights. To change {key or 'it'}, "
+                f"train again: `smokeseg train CONFIG --set {override}`."
+            )
+    raw = config.model_dump(mode="json")
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw, source)
 
 
 def _is_path_key(keys: list[str]) -> bool:

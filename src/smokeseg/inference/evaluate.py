@@ -7,7 +7,7 @@ so an IoU here is the IoU training logged and ``predict`` would give for the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,7 @@ def evaluate(
     min_region_pixels: int | None = None,
     region_tolerance: int = REGION_TOLERANCE,
     tile: TileSpec | None = None,
+    scoring_overrides: Sequence[str] = (),
     device: str = "auto",
     progress: Progress | None = None,
 ) -> EvaluationResult:
@@ -170,9 +171,10 @@ def evaluate(
 
     An image is predicted to hold smoke by the verdict ``predict`` gives (``scoring.smoke_verdict``;
     ``min_region_pixels`` None takes its default); a verdict region within ``region_tolerance`` pixels of
-    true smoke touches it (``smokeseg.metrics``). ``progress(done, total)`` is called after each image.
+    true smoke touches it (``smokeseg.metrics``). ``scoring_overrides``: as ``Predictor.from_path``'s.
+    ``progress(done, total)`` is called after each image.
     """
-    predictor = Predictor.from_path(model_path, device, tile=tile)
+    predictor = Predictor.from_path(model_path, device, tile=tile, scoring_overrides=scoring_overrides)
     samples = load_labelled_samples(data, data_folder, predictor.config.dataset)
     threshold = predictor.threshold if threshold is None else threshold
     rows = []

@@ -148,14 +148,16 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int | None = None,
         tile: TileSpec | None = None,
+        scoring_overrides: Sequence[str] = (),
     ) -> Predictor:
         """A checkpoint, a fold folder, an experiment folder (its folds averaged as an ensemble), or a
         scoring package from `smokeseg export --package` (run on onnxruntime); see ``runtimes.load_model``.
 
-        ``device`` defaults to ``auto``, as in `smokeseg predict`. A threshold stored beside the
-        checkpoints by `smokeseg tune-threshold` replaces the config's.
+        ``device`` defaults to ``auto``, as in `smokeseg predict`. The operating point stored beside the
+        checkpoints by `smokeseg tune-threshold` replaces the config's; ``scoring_overrides`` (such as
+        ``"prediction.test_time_augmentations=[horizontal_flip]"``; ``SCORING_KEYS`` only) go on top.
         """
-        loaded = load_model(path)
+        loaded = load_model(path, scoring_overrides)
         return cls(loaded.runtimes, loaded.config, device, batch_size, tile)
 
     @property

@@ -9,17 +9,18 @@ scoring path for both. This module imports nothing of scoring, so everything tha
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from smokeseg.config.load import load_config
-from smokeseg.config.schema import ExperimentConfig
-from smokeseg.errors import ModelError
+from smokeseg.config.load import load_config, with_scoring_overrides
+from smokeseg.config.schema import ExperimentConfig, PredictionConfig
+from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.layout import CONFIG_NAME, PACKAGE_MODEL_NAME, THRESHOLD_NAME
 from smokeseg.model.checkpoints import (
     MODEL_PATH_HELP,
@@ -33,6 +34,7 @@ from smokeseg.model.factory import build_model
 # Probabilities are clipped this far from 0 and 1 before the logit: sigmoid(logit(p)) gives p back
 # to well within the 1e-3 the export is held to.
 _PROBABILITY_EPSILON = 1e-7
+logger = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
@@ -110,29 +112,80 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, ExperimentConfig
 
 
 def load_checkpoints(path: Path) -> LoadedModel:
-    """Every fold of a checkpoint path, with the threshold ``smokeseg tune-threshold`` stored beside it."""
+    """Every fold of a checkpoint path, at the operating point `smokeseg tune-threshold` stored beside it."""
     checkpoints = find_checkpoints(path)
     loaded = [load_checkpoint(checkpoint) for checkpoint in checkpoints]
-    config = with_stored_threshold(loaded[0][1], checkpoints[0].parent)
+    records = {
+        checkpoint.parent / CONFIG_NAME: fold_config
+        for checkpoint, (_, fold_config) in zip(checkpoints, loaded, strict=True)
+    }
+    if path.is_dir():  # an experiment folder records the run's config above its folds' too
+        records.setdefault(path / CONFIG_NAME, loaded[0][1])
+    for record, stored_config in records.items():
+        warn_on_edited_scoring(stored_config, record)
+    config = with_stored_operating_point(loaded[0][1], checkpoints[0].parent)
     return LoadedModel([model for model, _ in loaded], config)
 
 
-def with_stored_threshold(config: ExperimentConfig, folder: Path) -> ExperimentConfig:
-    """``config`` with the probability threshold stored in ``folder/threshold.json``, if there is one."""
+def warn_on_edited_scoring(config: ExperimentConfig, record: Path) -> None:
+    """A fold's config.yaml records its training; the checkpoint's config is what scores. Someone who edits
+    the record's scoring keys to try them would see nothing change, so say where they go instead."""
+    if not record.is_file():
+        return
+    try:
+        written = load_config(record)
+    except SmokesegError as error:  # a damaged record does not stop scoring: the checkpoint holds the config
+        logger.warning("%s The model scores with its checkpoint's config, not with this file.", error)
+        return
+    edited = [
+        f"prediction.{key}"
+        for key in PredictionConfig.model_fields
+        if getattr(written.prediction, key) != getattr(config.prediction, key)
+    ]
+    if written.image.context_pass != config.image.context_pass:
+        edited.append("image.context_pass")
+    if edited:
+        logger.warning(
+            "%s: %s differ from the checkpoint's config, which is what the model scores with: the file "
+            "records the training. Give them as --set KEY=VALUE (smokeseg predict, evaluate, "
+            "tune-threshold), or as Predictor.from_path(..., scoring_overrides=[...]).",
+            record,
+            ", ".join(edited),
+        )
+
+
+def with_stored_operating_point(config: ExperimentConfig, folder: Path) -> ExperimentConfig:
+    """``config`` at the operating point stored in ``folder/threshold.json``, if there is one: the scoring
+    keys the threshold was tuned with (``tune-threshold --set``), then the threshold itself."""
     path = folder / THRESHOLD_NAME
     if not path.is_file():
         return config
-    try:
-        value = float(json.loads(path.read_text(encoding="utf-8"))["probability_threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise ModelError(
-            f"{path} does not hold a probability_threshold between 0 and 1. Run `smokeseg tune-threshold` "
-            "again, or delete the file to use the config's threshold."
-        )
-    prediction = config.prediction.model_copy(update={"probability_threshold": value})
+    stored = _read_operating_point(path)
+    config = with_scoring_overrides(config, stored.get("scoring_overrides", []), str(path))
+    threshold = stored["probability_threshold"]
+    prediction = config.prediction.model_copy(update={"probability_threshold": threshold})
     return config.model_copy(update={"prediction": prediction})
+
+
+def stored_threshold(folder: Path) -> float | None:
+    """The threshold ``smokeseg tune-threshold`` stored in ``folder``, None when it stored none."""
+    path = folder / THRESHOLD_NAME
+    return _read_operating_point(path)["probability_threshold"] if path.is_file() else None
+
+
+def _read_operating_point(path: Path) -> dict[str, Any]:
+    retune = f"Run `smokeseg tune-threshold` again, or delete {path} to score with the model's own config."
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        value = float(stored["probability_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        stored, value = {}, math.nan
+    if not 0 <= value <= 1:
+        raise ModelError(f"{path} does not hold a probability_threshold between 0 and 1. {retune}")
+    overrides = stored.get("scoring_overrides", [])
+    if not (isinstance(overrides, list) and all(isinstance(item, str) for item in overrides)):
+        raise ModelError(f"{path}: scoring_overrides must be a list of section.key=value strings. {retune}")
+    return {**stored, "probability_threshold": value}
 
 
 @dataclass(frozen=True)
@@ -150,10 +203,13 @@ RUNTIME_LOADERS: dict[str, RuntimeLoader] = {
 }
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """The runtimes and config of any model path, by the first loader in ``RUNTIME_LOADERS`` that takes it."""
+def load_model(path: str | Path, scoring_overrides: Sequence[str] = ()) -> LoadedModel:
+    """The runtimes and config of any model path, by the first loader in ``RUNTIME_LOADERS`` that takes it;
+    ``scoring_overrides`` (``section.key=value``, scoring keys only) change how it scores this time."""
     path = Path(path)
     for loader in RUNTIME_LOADERS.values():
         if loader.matches(path):
-            return loader.load(path)
+            loaded = loader.load(path)
+            config = with_scoring_overrides(loaded.config, scoring_overrides, "--set")
+            return LoadedModel(loaded.runtimes, config)
     raise no_model_error(path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from smokeseg.config.load import load_config
+from smokeseg.config.load import load_config, with_scoring_overrides
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, validation_samples_by_id
 from smokeseg.data.negatives import WindowSpec, smoke_free_windows
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
 from smokeseg.inference.predictor import Predictor
-from smokeseg.inference.runtimes import with_stored_threshold
+from smokeseg.inference.runtimes import load_checkpoint, stored_threshold
 from smokeseg.layout import CONFIG_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
@@ -83,6 +83,9 @@ class ThresholdResult:
     window_alarms: np.ndarray | None = None
     windows: int | None = None
     alarm_budget: bool = False
+    # The scoring keys the validation images were scored with (``tune_threshold``'s ``scoring_overrides``):
+    # stored with the threshold, since it holds only when the model scores the same way.
+    scoring_overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         stored: dict[str, Any] = {
@@ -93,6 +96,7 @@ class ThresholdResult:
             "after": self.after,
             "validation_images": self.images,
             "folds": [str(fold) for fold in self.folds],
+            "scoring_overrides": self.scoring_overrides,
         }
         if self.alarm_budget:
             stored.update(
@@ -179,6 +183,7 @@ def tune_threshold(
     min_region_recall: float | None = None,
     alarm_budget: float | None = None,
     windows: WindowSpec = ALARM_WINDOWS,
+    scoring_overrides: Sequence[str] = (),
     device: str = "auto",
     progress: Progress | None = None,
 ) -> ThresholdResult:
@@ -205,11 +210,20 @@ def tune_threshold(
     verdicts per image on the default grid (about 0.3 s for a 1280x720 frame on one CPU core), which
     keeps a fold of a few hundred such frames within minutes. A DataError when no validation image holds
     smoke, or, for the budget, when no window fits any validation frame.
+
+    ``scoring_overrides`` (``section.key=value``, scoring keys only): score the validation images with
+    them, such as test-time augmentation. They are stored with the threshold, which holds only for a
+    model that scores the same way, so predict, evaluate and export then score with them too. Each
+    tuning starts from the checkpoint's config: an earlier tuning's overrides are replaced, not kept.
     """
     check_rule(metric, min_region_recall, alarm_budget)
     metric = metric or "IoU"
     folds = [_FoldValidation.load(checkpoint) for checkpoint in find_checkpoints(experiment_dir)]
-    current = with_stored_threshold(folds[0].config, folds[0].folder).prediction.probability_threshold
+    # A bad override fails here, before any image is scored.
+    scoring = with_scoring_overrides(folds[0].config, scoring_overrides, "--set")
+    current = stored_threshold(folds[0].folder)
+    if current is None:
+        current = scoring.prediction.probability_threshold
     thresholds = np.unique(np.append(np.asarray(grid, dtype=np.float64), current))
     if thresholds[0] < 0 or thresholds[-1] > 1:
         raise ConfigError(
@@ -223,7 +237,7 @@ def tune_threshold(
     total_images = sum(len(fold.samples) for fold in folds)
     done = 0
     for fold in folds:
-        for prediction in Predictor.from_path(fold.checkpoint, device).predict_samples(fold.samples):
+        for prediction in fold.predictor(scoring_overrides, device).predict_samples(fold.samples):
             truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
             if regions is None:  # a score to maximise: pixel counts at every threshold
                 counts = threshold_counts(prediction.probabilities, truth, thresholds)
@@ -242,6 +256,7 @@ def tune_threshold(
         result = outcomes.choose(
             min_region_recall, alarm_budget, current, regions, total_images, result_folds
         )
+    result.scoring_overrides = list(scoring_overrides)
     for fold in folds:
         write_text_atomic(fold.folder / THRESHOLD_NAME, json.dumps(result.to_dict(), indent=1))
     return result
@@ -455,6 +470,12 @@ class _FoldValidation:
                 f"data, or fix the paths in {folder / CONFIG_NAME}."
             )
         return cls(checkpoint, config, [by_id[image_id] for image_id in ids])
+
+    def predictor(self, scoring_overrides: Sequence[str], device: str) -> Predictor:
+        """The fold's model as tuning scores it: its checkpoint's config with this tuning's scoring keys,
+        not the operating point an earlier tuning stored (the one this tuning replaces)."""
+        model, config = load_checkpoint(self.checkpoint)
+        return Predictor([model], with_scoring_overrides(config, scoring_overrides, "--set"), device)
 
 
 def render_tuning(result: ThresholdResult) -> Table:
