@@ -236,6 +236,12 @@ ROWS = [
         "cameras",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # small plumes are the misses: Dice per crop weighs them as much as large ones
+        "+ SMOKE5K training scenes and other fires, 2x steps, Dice per image, wider validation",
+        (*TWICE_THE_STEPS, "training.dice_per_image=true", "dataset.extra_in_validation_groups=validate"),
+        "5",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # run with --init-from a smoke-pretrained Lite2 (the two pretraining stages with this backbone)
         "+ SMOKE5K training scenes and other fires, 2x steps, EfficientNet-Lite2",
         (*TWICE_THE_STEPS, "architecture.backbone=efficientnet_lite2"),

@@ -96,3 +96,49 @@ def test_half_precision_logits_are_computed_in_float32() -> None:
     half = loss(logits.detach().half(), targets.half())
     assert half.dtype == torch.float32
     assert torch.allclose(half, loss(logits.detach().half().float(), targets))
+
+
+def _plumes(missed_small: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 32x32 images: a 400-pixel plume and a 4-pixel one; the model finds one of them and misses
+    the other (logits +-20)."""
+    targets = torch.zeros(2, 1, 32, 32)
+    targets[0, 0, :20, :20] = 1
+    targets[1, 0, :2, :2] = 1
+    logits = torch.where(targets > 0, 20.0, -20.0)
+    logits[1 if missed_small else 0] = -20.0
+    return logits, targets
+
+
+def test_dice_per_image_weighs_a_small_plume_as_much_as_a_large_one() -> None:
+    per_image = create_loss(TrainingConfig(loss_function="Dice", dice_per_image=True))
+    batch = create_loss(TrainingConfig(loss_function="Dice"))
+    small_missed, large_missed = _plumes(missed_small=True), _plumes(missed_small=False)
+    # Each image's Dice is 1 (found) or 0 (missed): the mean loss is 0.5 whichever plume is missed.
+    assert per_image(*small_missed).item() == pytest.approx(0.5, abs=1e-4)
+    assert per_image(*large_missed).item() == pytest.approx(0.5, abs=1e-4)
+    # One Dice over the batch's pixels barely notices the small plume missed.
+    assert batch(*small_missed).item() == pytest.approx(1 - 2 * 400 / (400 + 404), abs=1e-3)
+    assert batch(*large_missed).item() == pytest.approx(1 - 2 * 4 / (4 + 404), abs=1e-3)
+
+
+def test_dice_per_image_leaves_smoke_free_images_to_the_other_parts() -> None:
+    loss = create_loss(TrainingConfig(loss_function="Dice", dice_per_image=True))
+    logits, targets = _plumes(missed_small=True)
+    smoke_free = torch.zeros(1, 1, 32, 32)
+    with_empty = loss(
+        torch.cat([logits, torch.full_like(smoke_free, 10.0)]), torch.cat([targets, smoke_free])
+    )
+    assert with_empty.item() == pytest.approx(loss(logits, targets).item())
+    empty_logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    nothing = loss(empty_logits, torch.zeros(2, 1, 8, 8))
+    nothing.backward()
+    assert nothing.item() == 0 and empty_logits.grad is not None and not empty_logits.grad.any()
+
+
+def test_dice_per_image_takes_soft_targets_and_half_precision() -> None:
+    logits, targets = _batch(soft=True)
+    loss = create_loss(TrainingConfig(loss_function="BCEDice", dice_per_image=True))
+    value = loss(logits.to(torch.bfloat16), targets)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()

@@ -403,6 +403,12 @@ class TrainingConfig(Section):
     )
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
+    dice_per_image: bool = Field(
+        False,
+        description="the Dice part scores each image that holds smoke on its own and averages them, so a "
+        "small plume weighs as much as a large one; false: one Dice over the batch's pixels (smp's), "
+        "where large plumes dominate",
+    )
     focal_weight: float = Field(1.0, ge=0)
     classification_weight: float = Field(
         1.0, ge=0, description="weight of the classification head's BCE loss, when the model has one"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from segmentation_models_pytorch.losses import BINARY_MODE, DiceLoss, FocalLoss, LovaszLoss
@@ -19,22 +18,46 @@ from smokeseg.config.schema import TrainingConfig
 from smokeseg.errors import ConfigError
 from smokeseg.model.factory import unknown_name_error
 
-# No part name starts another's, so a name splits into parts in exactly one way.
-LOSS_PARTS: dict[str, Callable[[], nn.Module]] = {
-    "BCE": nn.BCEWithLogitsLoss,
-    "Dice": partial(DiceLoss, BINARY_MODE, from_logits=True),
-    "Focal": partial(FocalLoss, BINARY_MODE),
-    "Lovasz": partial(LovaszLoss, BINARY_MODE, from_logits=True),
+_DICE_EPSILON = 1e-7  # smp's DiceLoss eps
+
+
+class ImageDiceLoss(nn.Module):
+    """1 - soft Dice of each image that holds smoke, averaged over those images. Batch Dice pools every
+    pixel of the batch, so a plume of a hundred pixels next to one of ten thousand barely counts; here
+    each plume's image counts the same. Images without smoke are left to the other parts (BCE), as smp's
+    Dice leaves a batch without smoke."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        probabilities, targets = logits.sigmoid().flatten(1), targets.flatten(1)
+        holds_smoke = targets.sum(1) > 0
+        if not holds_smoke.any():
+            return (logits * 0).sum()  # zero, and still part of the graph
+        intersection = (probabilities * targets).sum(1)
+        cardinality = (probabilities + targets).sum(1).clamp_min(_DICE_EPSILON)
+        return (1 - 2 * intersection / cardinality)[holds_smoke].mean()
+
+
+def _dice(cfg: TrainingConfig) -> nn.Module:
+    return ImageDiceLoss() if cfg.dice_per_image else DiceLoss(BINARY_MODE, from_logits=True)
+
+
+# Each part built from the training config. No part name starts another's, so a name splits into parts
+# in exactly one way.
+LOSS_PARTS: dict[str, Callable[[TrainingConfig], nn.Module]] = {
+    "BCE": lambda cfg: nn.BCEWithLogitsLoss(),
+    "Dice": _dice,
+    "Focal": lambda cfg: FocalLoss(BINARY_MODE),
+    "Lovasz": lambda cfg: LovaszLoss(BINARY_MODE, from_logits=True),
 }
 
 
 class WeightedSumLoss(nn.Module):
     """The weighted sum of loss parts; :meth:`components` gives each part alone, for logging."""
 
-    def __init__(self, weights: dict[str, float]) -> None:
+    def __init__(self, parts: dict[str, nn.Module], weights: dict[str, float]) -> None:
         super().__init__()
         self.weights = weights
-        self.parts = nn.ModuleDict({name: LOSS_PARTS[name]() for name in weights})
+        self.parts = nn.ModuleDict(parts)
 
     def components(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         # float32 even under autocast: Dice's sums over a batch of pixels overflow float16.
@@ -80,7 +103,8 @@ def create_loss(cfg: TrainingConfig) -> WeightedSumLoss:
     if not any(weights.values()):
         keys = ", ".join(f"training.{part.lower()}_weight" for part in parts)
         raise ConfigError(f"every part of loss {cfg.loss_function!r} has weight 0; set one of {keys} above 0")
-    return WeightedSumLoss({part: weight for part, weight in weights.items() if weight})
+    weights = {part: weight for part, weight in weights.items() if weight}
+    return WeightedSumLoss({part: LOSS_PARTS[part](cfg) for part in weights}, weights)
 
 
 def _example_names() -> list[str]:
