@@ -131,7 +131,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[keys[-1]] = value
 
 
-def is_scoring_key(key: str) -> bool:
+def _is_scoring_key(key: str) -> bool:
     """Whether ``section.key`` is one of ``SCORING_KEYS``."""
     return key == "image.context_pass" or (key.startswith("prediction.") and key != "prediction.")
 
@@ -145,7 +145,7 @@ def with_scoring_overrides(
         return config
     for override in overrides:
         key = override.partition("=")[0].strip()
-        if not is_scoring_key(key):
+        if not _is_scoring_key(key):
             raise ConfigError(
                 f"{source}: {override!r} cannot change on a trained model: only its scoring keys "
                 f"({', '.join(SCORING_KEYS)}) can, the others shaped its weights. To change {key or 'it'}, "

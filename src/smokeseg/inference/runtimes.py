@@ -122,12 +122,12 @@ def load_checkpoints(path: Path) -> LoadedModel:
     if path.is_dir():  # an experiment folder records the run's config above its folds' too
         records.setdefault(path / CONFIG_NAME, loaded[0][1])
     for record, stored_config in records.items():
-        warn_on_edited_scoring(stored_config, record)
+        _warn_on_edited_scoring(stored_config, record)
     config = with_stored_operating_point(loaded[0][1], checkpoints[0].parent)
     return LoadedModel([model for model, _ in loaded], config)
 
 
-def warn_on_edited_scoring(config: ExperimentConfig, record: Path) -> None:
+def _warn_on_edited_scoring(config: ExperimentConfig, record: Path) -> None:
     """A fold's config.yaml records its training; the checkpoint's config is what scores. Someone who edits
     the record's scoring keys to try them would see nothing change, so say where they go instead."""
     if not record.is_file():
