@@ -633,13 +633,17 @@ def test_validated_extra_frames_may_not_share_an_image_id_with_the_site(tiny_dat
         run.ExperimentData.load(config)
 
 
-def test_cpu_training_runs_channels_last_with_the_same_curve(tiny_dataset: Path, tmp_path: Path, monkeypatch):
-    config = _config(
+def test_cpu_training_runs_channels_last_when_asked_with_the_same_curve(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch
+):
+    plain_config = _config(
         tiny_dataset,
         "training.epochs=1",
         "dataset.test_dataframe=None",
         "environment.mixed_precision_training=false",
     )
+    environment = plain_config.environment.model_copy(update={"channels_last_training": True})
+    config = plain_config.model_copy(update={"environment": environment})
     layouts: list[tuple[bool, bool]] = []
     training_step = SmokeSegmentationModule.training_step
 
@@ -657,9 +661,8 @@ def test_cpu_training_runs_channels_last_with_the_same_curve(tiny_dataset: Path,
     run.train(config, tmp_path / "channels_last", progress=False)
     assert layouts and all(image and weight for image, weight in layouts)
     layouts.clear()
-    monkeypatch.setattr(SmokeSegmentationModule, "_on_cpu", lambda module: False)
-    run.train(config, tmp_path / "contiguous", progress=False)
-    assert layouts and not any(image or weight for image, weight in layouts)
+    run.train(plain_config, tmp_path / "contiguous", progress=False)
+    assert layouts and not any(image or weight for image, weight in layouts), "the default is contiguous"
 
     def losses(name: str) -> list[float]:
         return json.loads((tmp_path / name / "fold0/charts.json").read_text())["train_loss"]["value"]

@@ -80,23 +80,24 @@ class SmokeSegmentationModule(L.LightningModule):
         self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
 
     def setup(self, stage: str) -> None:
-        """On CPU, channels-last weights: oneDNN's convolutions run faster on that layout (see
-        ``on_after_batch_transfer``; scoring does the same). Before the optimiser exists, which then holds
-        the same parameters."""
-        if self._on_cpu():
+        """With ``environment.channels_last_training`` on CPU, channels-last weights: oneDNN's
+        convolutions run faster on that layout (see ``on_after_batch_transfer``). Before the optimiser
+        exists, which then holds the same parameters."""
+        if self._channels_last():
             self.model.to(memory_format=torch.channels_last)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """On CPU, images in the channels-last layout the weights have (``setup``)."""
-        if not self._on_cpu():
+        """Images in the channels-last layout the weights have, when they have it (``setup``)."""
+        if not self._channels_last():
             return batch
         return {
             key: value.contiguous(memory_format=torch.channels_last) if key in _IMAGE_KEYS else value
             for key, value in batch.items()
         }
 
-    def _on_cpu(self) -> bool:
-        return self.trainer.strategy.root_device.type == "cpu"
+    def _channels_last(self) -> bool:
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        return on_cpu and self.config.environment.channels_last_training
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mask logits, image logits or None without a classification head), in float32 under any
