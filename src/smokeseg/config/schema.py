@@ -262,8 +262,8 @@ class EnvironmentConfig(Section):
         False,
         description="on the CPU, train in the channels-last memory layout, which oneDNN's convolutions "
         "run faster (epochs 0.63x in fp32, 0.76x in bfloat16 on an AMX CPU); off by default, since "
-        "runs trained so scored lower on grouped validation on every seed compared "
-        "(benchmarks/RESULTS.md). GPU training is untouched",
+        "runs trained so scored a lower mean per-image IoU on grouped validation on the three seeds "
+        "compared (benchmarks/RESULTS.md). GPU training is untouched",
     )
 
     @field_validator("gpus")
