@@ -1,8 +1,9 @@
 """Does the channels-last layout change what a training step computes? One batch's gradients in each
 number format and layout, against fp32 contiguous.
 
-Training on CPU runs channels-last for speed (``training/module.py``). Two runs of the same recipe in two
-layouts follow different trajectories (rounding differs, and training amplifies it), so a single
+Training on CPU can run channels-last for speed (``environment.channels_last_training``, off by default
+since the tenth session: whole runs scored lower). Two runs of the same recipe in two layouts follow
+different trajectories (rounding differs, and training amplifies it), so a single
 run cannot show whether the layout costs accuracy; this compares one step's gradients instead: if
 bfloat16 channels-last is as close to fp32 as bfloat16 contiguous is, the layout adds nothing to
 bfloat16's own error.

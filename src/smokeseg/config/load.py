@@ -136,6 +136,12 @@ def _is_scoring_key(key: str) -> bool:
     return key == "image.context_pass" or (key.startswith("prediction.") and key != "prediction.")
 
 
+def scoring_values(config: ExperimentConfig) -> dict[str, Any]:
+    """The values of ``config``'s scoring keys (``SCORING_KEYS``), by ``section.key``."""
+    values = {f"prediction.{key}": value for key, value in config.prediction}
+    return {**values, "image.context_pass": config.image.context_pass}
+
+
 def with_scoring_overrides(
     config: ExperimentConfig, overrides: Sequence[str], source: str
 ) -> ExperimentConfig:

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-from smokeseg.config.load import load_config, with_scoring_overrides
-from smokeseg.config.schema import ExperimentConfig, PredictionConfig
+from smokeseg.config.load import load_config, scoring_values, with_scoring_overrides
+from smokeseg.config.schema import ExperimentConfig
 from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.layout import CONFIG_NAME, PACKAGE_MODEL_NAME, THRESHOLD_NAME
 from smokeseg.model.checkpoints import (
@@ -137,13 +137,8 @@ def _warn_on_edited_scoring(config: ExperimentConfig, record: Path) -> None:
     except SmokesegError as error:  # a damaged record does not stop scoring: the checkpoint holds the config
         logger.warning("%s The model scores with its checkpoint's config, not with this file.", error)
         return
-    edited = [
-        f"prediction.{key}"
-        for key in PredictionConfig.model_fields
-        if getattr(written.prediction, key) != getattr(config.prediction, key)
-    ]
-    if written.image.context_pass != config.image.context_pass:
-        edited.append("image.context_pass")
+    scoring, recorded = scoring_values(config), scoring_values(written)
+    edited = [key for key, value in scoring.items() if recorded[key] != value]
     if edited:
         logger.warning(
             "%s: %s differ from the checkpoint's config, which is what the model scores with: the file "
