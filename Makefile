@@ -6,7 +6,16 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup setup-browser demo test test-slow lint benchmark
 
+# PyTorch's default x86_64 wheels carry CUDA libraries (~7 GB installed): a new .venv fails early, saying so,
+# on a full disk instead of pip's OSError halfway through.
+SETUP_DISK_GB ?= 8
+
 $(BIN)/smokeseg: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c "import os, shutil, sys; \
+	free = shutil.disk_usage(os.path.dirname(os.path.abspath('$(VENV)'))).free / 1e9; \
+	sys.exit(0 if free >= $(SETUP_DISK_GB) else \
+	f'smokeseg set-up needs about $(SETUP_DISK_GB) GB free for $(VENV) (PyTorch with its CUDA libraries); ' \
+	f'only {free:.1f} GB free here. Free some space, or set VENV= to a folder on a larger disk.')"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
