@@ -1,8 +1,11 @@
-"""What the messages tell users to install exists: an extra named in a hint is declared in pyproject.toml."""
+"""What the messages tell users to install exists (an extra named in a hint is declared in pyproject.toml),
+and the set-up says why it cannot run."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,21 @@ def test_every_packaged_weights_extra_is_declared() -> None:
     from smokeseg.model.weights import PACKAGED_WEIGHTS
 
     assert {packaged.extra for packaged in PACKAGED_WEIGHTS.values()} <= _declared_extras()
+
+
+def test_setup_on_a_disk_too_full_for_torch_stops_before_the_venv_saying_so(tmp_path: Path) -> None:
+    """PyTorch's CUDA wheels need ~7 GB: a new venv on a full disk must fail with that reason up front, not
+    with pip's OSError halfway through an install (what a CI machine with a full disk printed)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    done = subprocess.run(
+        ["make", "-C", str(ROOT), "setup", f"VENV={venv}", "SETUP_DISK_GB=1000000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "needs about 1000000 GB free" in done.stderr
+    assert "GB free here" in done.stderr
+    assert not venv.exists()
