@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smokeseg.config.load import load_config
+from smokeseg.data.negatives import WindowSpec
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError
 from smokeseg.inference.predictor import Predictor
@@ -17,6 +18,8 @@ from test_training import TINY
 ROOT = Path(__file__).resolve().parents[1]
 # A seconds-long fold: the training tests' tiny model, one epoch, no test table.
 ONE_EPOCH = [*TINY, "training.epochs=1", "dataset.test_dataframe=None"]
+# Smoke-free windows that fit the 64x64 frames, for the alarm budget.
+SMALL_WINDOWS = WindowSpec(size=16, margin=2, count=4)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +40,16 @@ def rescore(monkeypatch):
 
 def test_a_variant_is_tuned_in_a_copy_that_scores_with_its_keys(fold: Path, tmp_path: Path, rescore):
     flip = "prediction.test_time_augmentations=[horizontal_flip]"
-    plain = rescore.judge(rescore.fresh_copy(fold, tmp_path / "plain"), [])
+    plain = rescore.judge(rescore.fresh_copy(fold, tmp_path / "plain"), [], SMALL_WINDOWS)
     copy = rescore.fresh_copy(fold, tmp_path / "flip")
-    flipped = rescore.judge(copy, [flip])
+    flipped = rescore.judge(copy, [flip], SMALL_WINDOWS)
     assert Predictor.from_path(copy).config.prediction.test_time_augmentations == ["horizontal_flip"]
     assert Predictor.from_path(fold).config.prediction.test_time_augmentations == []
     assert not (fold / THRESHOLD_NAME).exists(), "the original fold keeps no tuning of a variant"
     assert flipped["mean_image_IoU_at_recipe_threshold"] != plain["mean_image_IoU_at_recipe_threshold"]
+    budget = flipped["alarm_budget_0_05"]
+    assert budget["alarming_windows"] <= 0.05 or not budget["budget_kept"]
+    assert budget["threshold"] == Predictor.from_path(copy).threshold, "the last tuning is what stays"
 
 
 def test_keys_that_change_the_model_are_refused(fold: Path, tmp_path: Path, rescore):

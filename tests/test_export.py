@@ -293,6 +293,10 @@ VIEWS = {
     "native long side": {"image": {"resolution": "native", "long_side": 160}},
     "native context mean": {"image": {"resolution": "native", "long_side": 160, "context_pass": "mean"}},
     "native context max": {"image": {"resolution": "native", "max_side": 120, "context_pass": "max"}},
+    "native scales, context mean": {
+        "image": {"resolution": "native", "long_side": 160, "context_pass": "mean"},
+        "prediction": {"test_time_scales": [1.5, 0.75]},
+    },
     "custom resize": {"augmentation": {"augmentations_strategy": "Custom"}},
 }
 
@@ -325,20 +329,23 @@ def test_preprocessing_equals_the_predictors(
             np.testing.assert_array_equal(score.preprocess(image, settings), reference.preprocess(image))
 
 
-@pytest.mark.parametrize("view", ["native", "native long side", "native context mean", "native context max"])
+@pytest.mark.parametrize("view", [name for name in sorted(VIEWS) if name.startswith("native")])
 def test_native_resolution_scores_like_the_predictor(
     score: ModuleType, predictor: Predictor, package: Path, images: Path, tmp_path: Path, view: str
 ):
     """Whole frames, padded, shrunk above max_side or brought to long_side: the same graph, scored
-    the native way, and with a context pass also resized to the model size and combined."""
+    the native way, at other scales too, and with a context pass also resized to the model size and
+    combined."""
     native = Predictor(predictor.models, _config_with(predictor.config, **VIEWS[view]))
     (tmp_path / "model.onnx").symlink_to(package / "model.onnx")
     settings = scoring_settings(native)
     context_pass = native.config.image.context_pass
     assert settings["context_pass"] == context_pass
-    assert (f"combined by their {context_pass}" in package_module._describe_model_input(settings)) == (
-        context_pass != "none"
-    )
+    described = package_module._describe_model_input(settings)
+    assert (f"combined by their {context_pass}" in described) == (context_pass != "none")
+    scales = native.config.prediction.test_time_scales
+    assert settings["test_time_scales"] == scales
+    assert ("also scored scaled by 1.5, 0.75" in described) == bool(scales)
     (tmp_path / "scoring.json").write_text(json.dumps(settings))
     frames = [read_image(images / name, name) for name in ("double.png", "nested/small.png")]
     got = score.Scorer(tmp_path).probabilities(frames)

@@ -378,7 +378,15 @@ class PredictionConfig(Section):
         "smoke probability is at least this too (None: the mask alone decides)",
     )
 
-    @field_validator("test_time_augmentations", mode="before")
+    test_time_scales: list[Annotated[float, Field(gt=0, le=4)]] = Field(
+        [],
+        description="image.resolution native: also score each whole-frame view enlarged or shrunk by these "
+        "factors (1.5: half as large again), bring each map back and average them with the view's own, "
+        "so faint, small plumes are also seen larger; [] scores the view at its own scale only. Each "
+        "factor costs about its square in scoring time. Tiled scoring ignores it",
+    )
+
+    @field_validator("test_time_augmentations", "test_time_scales", mode="before")
     @classmethod
     def _listify_tta(cls, value: Any) -> Any:
         return _listify(value)
@@ -441,3 +449,14 @@ class ExperimentConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     prediction: PredictionConfig = PredictionConfig()
     training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _scales_need_native(self) -> ExperimentConfig:
+        """resize scores every image at the model size, which a scale factor would change, not add to."""
+        if self.prediction.test_time_scales and self.image.resolution != "native":
+            raise ValueError(
+                "prediction.test_time_scales acts only with image.resolution: native (resolution "
+                f"{self.image.resolution} scores every image at the model size): set resolution: native, "
+                "or test_time_scales: []"
+            )
+        return self

@@ -39,9 +39,15 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int], enlarge: bool = False)
     smoke stays visible; enlarging is bilinear.
     """
     height, width = image.shape[:2]
-    scale = fit_scale(height, width, size, enlarge)
+    return scale_image(image, fit_scale(height, width, size, enlarge))
+
+
+def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Scale both sides by ``scale`` (rounded, at least one pixel): areas averaged when shrinking,
+    bilinear when enlarging."""
     if scale == 1.0:
         return image
+    height, width = image.shape[:2]
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 

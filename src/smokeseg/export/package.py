@@ -83,7 +83,8 @@ def scoring_settings(predictor: Predictor) -> dict[str, Any]:
 def model_view_settings(predictor: Predictor) -> dict[str, Any]:
     """How the predictor's inference transform makes the model's input, in the two forms score.py
     re-implements: a resize to the model size (shrinking by area or bilinearly), or, at native
-    resolution, padding to the encoder's stride, with the context pass's resize to the model size
+    resolution, padding to the encoder's stride, with the view also scored at other scales
+    (``prediction.test_time_scales``) and the context pass's resize to the model size
     (``image.context_pass``). Any other custom pipeline cannot be packaged."""
     image = predictor.config.image
     steps = predictor.transform.transforms
@@ -97,6 +98,7 @@ def model_view_settings(predictor: Predictor) -> dict[str, Any]:
             "enlarge": enlarge,
             "pad_multiple": pad,
             "context_pass": image.context_pass,
+            "test_time_scales": list(predictor.config.prediction.test_time_scales),
         }
     if (
         image.resolution == "resize"
@@ -180,6 +182,13 @@ def _describe_model_input(settings: dict[str, Any]) -> str:
             shrink = f", first scaled so that the longer side is {settings['side']} pixels"
         elif settings["side"]:
             shrink = f", shrunk first to at most {settings['side']} pixels a side"
+        scales = ""
+        if settings.get("test_time_scales"):
+            factors = ", ".join(f"{factor:g}" for factor in settings["test_time_scales"])
+            scales = (
+                f"; each view also scored scaled by {factors} (enlarging bilinearly, shrinking by area "
+                "averaging), the maps brought back and averaged with its own"
+            )
         context = ""
         if settings["context_pass"] != "none":
             context = (
@@ -188,7 +197,7 @@ def _describe_model_input(settings: dict[str, Any]) -> str:
             )
         return (
             f"whole images at their own resolution, padded to multiples of {settings['pad_multiple']}"
-            f"{shrink}{context}"
+            f"{shrink}{scales}{context}"
         )
     shrinking = "area averaging" if settings["shrink"] == "area" else "bilinear"
     return f"{settings['image_width']}x{settings['image_height']}, shrinking by {shrinking}"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_context_transform, build_inference_transform
-from smokeseg.data.dataset import fit_to_size, limit_opencv_threads
+from smokeseg.data.dataset import fit_to_size, limit_opencv_threads, scale_image
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
@@ -241,9 +241,7 @@ class Predictor:
         height, width = image.shape[:2]
         fit = self.config.image.native_fit()
         view = fit_to_size(image, (fit[0], fit[0]), fit[1]) if fit else image
-        batch = torch.from_numpy(self.preprocess(view)[None])
-        maps, image_probabilities = self.scores_at_model_size(batch)
-        scores = maps[..., : view.shape[0], : view.shape[1]]
+        scores, image_probabilities = self._view_scores(view)
         if self.context_transform is not None:
             context_batch = torch.from_numpy(self.preprocess(view, self.context_transform)[None])
             scores = combine_context(
@@ -253,6 +251,26 @@ class Predictor:
         if view.shape[:2] != (height, width):
             probabilities = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
         return np.ascontiguousarray(probabilities), _item(image_probabilities, 0)
+
+    def _view_scores(self, view: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities 1x1xHxW of a whole-frame view, the head's image probabilities): the view scored
+        at its own scale, averaged with its ``prediction.test_time_scales`` passes brought back to it
+        (bilinearly, as ``combine_context``); the head answers for the view's own scale."""
+        maps, image_probabilities = self.scores_at_model_size(torch.from_numpy(self.preprocess(view)[None]))
+        total = maps[..., : view.shape[0], : view.shape[1]]
+        factors = self.config.prediction.test_time_scales
+        for factor in factors:
+            scaled = scale_image(view, factor)
+            height, width = scaled.shape[:2]
+            self._refuse_if_too_large(height, width, f"an image at test-time scale {factor}")
+            scaled_maps = self.probabilities_at_model_size(torch.from_numpy(self.preprocess(scaled)[None]))
+            total = total + F.interpolate(
+                scaled_maps[..., : scaled.shape[0], : scaled.shape[1]],
+                size=view.shape[:2],
+                mode="bilinear",
+                align_corners=False,
+            )
+        return total / (1 + len(factors)), image_probabilities
 
     def load_image(self, sample: Sample) -> np.ndarray:
         """Decode a sample's image; one too large to score untiled is refused from its header alone."""

@@ -5,8 +5,9 @@
 Needs only onnxruntime, numpy and pillow (requirements.txt): no torch, no smokeseg. Each step mirrors
 smokeseg's scoring path, so an image gets the same mask here as there: decode upright RGB, resize to the
 model size with OpenCV's own arithmetic (area averaging or bilinear, bit for bit) or, for native-resolution
-models, pad whole frames (with a context pass, also score them resized to the model size and combine the
-two maps by their mean or maximum); normalise, average the test-time augmentations (model.onnx already
+models, pad whole frames (with test-time scales, also score them scaled and average the maps brought back;
+with a context pass, also score them resized to the model size and combine the two maps by their mean or
+maximum); normalise, average the test-time augmentations (model.onnx already
 averages the folds), resize the probabilities back to the image's own size, threshold, run-length encode,
 and give the image-level smoke verdict.
 
@@ -432,11 +433,17 @@ class Scorer:
         return [resize_probabilities(p, *image.shape[:2]) for p, image in zip(maps, images, strict=True)]
 
     def _native_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """A whole frame at its own resolution (first brought to ``side``), one at a time; with a context
-        pass, combined with the same view scored at the model size."""
+        """A whole frame at its own resolution (first brought to ``side``), one at a time, averaged with
+        the view scored at each of ``test_time_scales``; with a context pass, combined with the same view
+        scored at the model size."""
         view = fit_to_side(image, self.settings["side"], self.settings["enlarge"])
-        probabilities = self._mean_over_views(preprocess(view, self.settings)[None])[0, 0]
-        probabilities = np.ascontiguousarray(probabilities[: view.shape[0], : view.shape[1]])
+        probabilities = self._view_probabilities(view)
+        scales = self.settings.get("test_time_scales", [])
+        for scale in scales:
+            height, width = (max(1, round(side * scale)) for side in view.shape[:2])
+            scaled = self._view_probabilities(resize_image(view, height, width, "area"))
+            probabilities = probabilities + resize_probabilities(scaled, *view.shape[:2])
+        probabilities = probabilities / (1 + len(scales))
         combine = CONTEXT_PASSES.get(self.settings.get("context_pass", "none"))
         if combine is not None:
             settings = self.settings
@@ -447,6 +454,11 @@ class Scorer:
         if view.shape == image.shape:
             return probabilities
         return resize_probabilities(probabilities, *image.shape[:2])
+
+    def _view_probabilities(self, view: np.ndarray) -> np.ndarray:
+        """One whole-frame view padded and scored, probabilities at the view's size."""
+        probabilities = self._mean_over_views(preprocess(view, self.settings)[None])[0, 0]
+        return np.ascontiguousarray(probabilities[: view.shape[0], : view.shape[1]])
 
     def _mean_over_views(self, batch: np.ndarray) -> np.ndarray:
         total = np.zeros((len(batch), 1, *batch.shape[-2:]), np.float32)
