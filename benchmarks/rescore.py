@@ -6,10 +6,12 @@ original keeps its own) and tunes the copy with ``tune_threshold(..., scoring_ov
 library's ``smokeseg tune-threshold --set``: the best mean per-image IoU (its value at the recipe's
 threshold too), the highest threshold with region recall >= 0.9 (with the false-region frames there) and
 the most smoke found with at most 5% of smoke-free validation windows alarming.
-Test frames are left out: variants are chosen on validation.
+Variants are chosen on validation; ``--test TABLE FOLDER`` also scores labelled test frames once per
+variant and reports them at each point. A variant already in ``--out`` (same keys, copy still there) is
+not judged again.
 
 usage: python benchmarks/rescore.py FOLD OUT_DIR --variant NAME KEY=VALUE [KEY=VALUE ...] [--variant ...]
-       [--out results.json]
+       [--out results.json] [--test TABLE FOLDER]
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from machine import cpu_description
 
 from smokeseg.data.negatives import WindowSpec
+from smokeseg.inference.evaluate import EvaluationResult, image_scores, load_labelled_samples
+from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.threshold import ALARM_WINDOWS, tune_threshold
 from smokeseg.layout import THRESHOLD_NAME
+from smokeseg.metrics import REGION_TOLERANCE
 from smokeseg.storage import write_text_atomic
 
 
@@ -35,6 +41,10 @@ def fresh_copy(fold: Path, target: Path) -> Path:
     recipe's threshold."""
     shutil.rmtree(target, ignore_errors=True)
     return Path(shutil.copytree(fold, target, ignore=shutil.ignore_patterns(THRESHOLD_NAME)))
+
+
+# The operating points ``judge`` writes, by their key in its result.
+POINTS = ("best_mean_image_IoU", "region_recall_0_9", "alarm_budget_0_05")
 
 
 def judge(
@@ -65,6 +75,35 @@ def judge(
     }
 
 
+def test_at_points(copy: Path, variant: dict[str, Any], table: Path, folder: Path) -> dict[str, Any]:
+    """The test frames (reported, never chosen on) scored once by the judged copy, as it scores (its
+    stored keys), then judged at each operating point's threshold."""
+    predictor = Predictor.from_path(copy)
+    samples = load_labelled_samples(table, folder, predictor.config.dataset)
+    thresholds = {name: variant[name]["threshold"] for name in POINTS}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in POINTS}
+    for prediction in predictor.predict_samples(samples):
+        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
+        for name, threshold in thresholds.items():
+            verdict = prediction.verdict(threshold)
+            rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
+    points = {}
+    for name, threshold in thresholds.items():
+        result = EvaluationResult(
+            str(copy), str(table), threshold, None, REGION_TOLERANCE, pd.DataFrame(rows[name])
+        )
+        segmentation, detection = result.segmentation(), result.detection()
+        points[name] = {
+            "threshold": threshold,
+            "IoU": segmentation["IoU"],
+            "mean_image_IoU": segmentation["mean_image_IoU"],
+            "false_region_frames": detection["false_region_frames"],
+            "region_recall": detection["region_recall"],
+            "by_size": result.by_size(),
+        }
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,13 +111,29 @@ def main() -> None:
     parser.add_argument("fold", type=Path, help="a fold folder written by `smokeseg train`")
     parser.add_argument("out_dir", type=Path, help="where the variants' copies go")
     parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME KEY=VALUE")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--out", type=Path, help="results JSON; a variant it holds with the same keys is not judged again"
+    )
+    parser.add_argument(
+        "--test",
+        nargs=2,
+        type=Path,
+        metavar=("TABLE", "FOLDER"),
+        help="also score these labelled frames at each operating point (reported, never chosen on)",
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": cpu_description(), "fold": str(args.fold.resolve()), "variants": {}}
+    if args.out and args.out.is_file():
+        results["variants"] = json.loads(args.out.read_text())["variants"]
     for name, *overrides in [["as trained"], *args.variant]:
-        copy = fresh_copy(args.fold, args.out_dir / name.replace(" ", "_"))
-        results["variants"][name] = {"overrides": overrides, **judge(copy, overrides)}
-        print(name, json.dumps(results["variants"][name]), flush=True)
+        copy = args.out_dir / name.replace(" ", "_")
+        judged = results["variants"].get(name)
+        if not (judged and judged["overrides"] == overrides and copy.is_dir()):
+            judged = {"overrides": overrides, **judge(fresh_copy(args.fold, copy), overrides)}
+        if args.test and "test" not in judged:
+            judged["test"] = test_at_points(copy, judged, *args.test)
+        results["variants"][name] = judged
+        print(name, json.dumps(judged), flush=True)
         if args.out:
             write_text_atomic(args.out, json.dumps(results, indent=1) + "\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from smokeseg.config.load import load_config
 from smokeseg.data.negatives import WindowSpec
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError
+from smokeseg.inference.evaluate import evaluate
 from smokeseg.inference.predictor import Predictor
 from smokeseg.layout import THRESHOLD_NAME
 from smokeseg.training import run
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ONE_EPOCH = [*TINY, "training.epochs=1", "dataset.test_dataframe=None"]
 # Smoke-free windows that fit the 64x64 frames, for the alarm budget.
 SMALL_WINDOWS = WindowSpec(size=16, margin=2, count=4)
+FLIP = "prediction.test_time_augmentations=[horizontal_flip]"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def rescore(monkeypatch):
 
 
 def test_a_variant_is_tuned_in_a_copy_that_scores_with_its_keys(fold: Path, tmp_path: Path, rescore):
-    flip = "prediction.test_time_augmentations=[horizontal_flip]"
+    flip = FLIP
     plain = rescore.judge(rescore.fresh_copy(fold, tmp_path / "plain"), [], SMALL_WINDOWS)
     copy = rescore.fresh_copy(fold, tmp_path / "flip")
     flipped = rescore.judge(copy, [flip], SMALL_WINDOWS)
@@ -58,3 +61,41 @@ def test_keys_that_change_the_model_are_refused(fold: Path, tmp_path: Path, resc
         rescore.judge(copy, ["architecture.backbone=resnet34"])
     with pytest.raises(ConfigError, match="context_pass"):
         rescore.judge(copy, ["image.context_pass=sum"])
+
+
+def test_test_frames_are_scored_once_and_judged_at_each_point_as_evaluate_would(
+    fold: Path, tmp_path: Path, rescore
+):
+    copy = rescore.fresh_copy(fold, tmp_path / "plain")
+    judged = rescore.judge(copy, [], SMALL_WINDOWS)
+    data = fold.parents[1] / "data"
+    points = rescore.test_at_points(copy, judged, data / "test.pq", data / "images")
+    assert set(points) == set(rescore.POINTS)
+    for name, point in points.items():
+        threshold = judged[name]["threshold"]
+        expected = evaluate(copy, data / "test.pq", threshold=threshold, data_folder=data / "images")
+        assert point["threshold"] == threshold
+        assert point["IoU"] == pytest.approx(expected.segmentation()["IoU"])
+        assert point["mean_image_IoU"] == pytest.approx(expected.segmentation()["mean_image_IoU"])
+        assert point["region_recall"] == expected.detection()["region_recall"]
+        assert point["false_region_frames"] == expected.detection()["false_region_frames"]
+
+
+def test_a_variant_already_judged_is_not_judged_again(fold: Path, tmp_path: Path, rescore, monkeypatch):
+    out = tmp_path / "results.json"
+    argv = ["rescore.py", str(fold), str(tmp_path / "copies"), "--variant", "flip", FLIP, "--out", str(out)]
+    monkeypatch.setattr(rescore, "judge", lambda copy, overrides: {"overrides_seen": overrides})
+    monkeypatch.setattr("sys.argv", argv)
+    rescore.main()
+    first = json.loads(out.read_text())["variants"]
+    assert first["flip"] == {"overrides": [FLIP], "overrides_seen": [FLIP]}
+
+    def refuse(copy, overrides):
+        raise AssertionError("judged twice")
+
+    monkeypatch.setattr(rescore, "judge", refuse)
+    rescore.main()
+    assert json.loads(out.read_text())["variants"] == first
+    monkeypatch.setattr("sys.argv", [*argv[:4], "flip", "prediction.test_time_augmentations=[rotate90]"])
+    with pytest.raises(AssertionError, match="judged twice"):
+        rescore.main()  # other keys under the same name are a new variant
