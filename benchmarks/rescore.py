@@ -24,15 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from machine import cpu_description
 
 from smokeseg.data.negatives import WindowSpec
-from smokeseg.inference.evaluate import EvaluationResult, image_scores, load_labelled_samples
+from smokeseg.inference.evaluate import evaluate_at_thresholds, load_labelled_samples
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.threshold import ALARM_WINDOWS, tune_threshold
 from smokeseg.layout import THRESHOLD_NAME
-from smokeseg.metrics import REGION_TOLERANCE
 from smokeseg.storage import write_text_atomic
 
 
@@ -81,20 +79,12 @@ def test_at_points(copy: Path, variant: dict[str, Any], table: Path, folder: Pat
     predictor = Predictor.from_path(copy)
     samples = load_labelled_samples(table, folder, predictor.config.dataset)
     thresholds = {name: variant[name]["threshold"] for name in POINTS}
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in POINTS}
-    for prediction in predictor.predict_samples(samples):
-        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
-        for name, threshold in thresholds.items():
-            verdict = prediction.verdict(threshold)
-            rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
+    results = evaluate_at_thresholds(predictor, samples, thresholds, model=str(copy), data=str(table))
     points = {}
-    for name, threshold in thresholds.items():
-        result = EvaluationResult(
-            str(copy), str(table), threshold, None, REGION_TOLERANCE, pd.DataFrame(rows[name])
-        )
+    for name, result in results.items():
         segmentation, detection = result.segmentation(), result.detection()
         points[name] = {
-            "threshold": threshold,
+            "threshold": result.threshold,
             "IoU": segmentation["IoU"],
             "mean_image_IoU": segmentation["mean_image_IoU"],
             "false_region_frames": detection["false_region_frames"],

@@ -21,6 +21,7 @@ usage: python benchmarks/wide_validation.py WORKDIR --reference-row NAME --rows 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -37,11 +38,10 @@ from smoke_pretrain_table import SMOKE_HT
 from smokeseg.config.load import load_config, save_config
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample
-from smokeseg.inference.evaluate import EvaluationResult, evaluate, image_scores
+from smokeseg.inference.evaluate import EvaluationResult, evaluate, evaluate_at_thresholds
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.threshold import tune_threshold
 from smokeseg.layout import CONFIG_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
-from smokeseg.metrics import REGION_TOLERANCE
 from smokeseg.storage import write_text_atomic
 from smokeseg.training.run import ExperimentData
 
@@ -108,21 +108,16 @@ def validation_scores(
     model: Path, frames: list[Sample], site: int, thresholds: dict[str, float]
 ) -> dict[str, dict[str, object]]:
     """The wider validation's scores at each threshold (all frames, and the ``site`` first alone)."""
-    rows: dict[str, list[dict[str, object]]] = {name: [] for name in thresholds}
-    for prediction in Predictor.from_path(model, "auto").predict_samples(frames):
-        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
-        for name, threshold in thresholds.items():
-            verdict = prediction.verdict(threshold)
-            rows[name].append(image_scores(prediction, truth, verdict, threshold, REGION_TOLERANCE))
-    scored = {}
-    for name, threshold in thresholds.items():
-        table = pd.DataFrame(rows[name])
-        scored[name] = {
-            "threshold": threshold,
-            "all": scores(EvaluationResult(str(model), "", threshold, None, REGION_TOLERANCE, table)),
-            "site": scores(EvaluationResult(str(model), "", threshold, None, REGION_TOLERANCE, table[:site])),
+    predictor = Predictor.from_path(model, "auto")
+    results = evaluate_at_thresholds(predictor, frames, thresholds, model=str(model), data="")
+    return {
+        name: {
+            "threshold": result.threshold,
+            "all": scores(result),
+            "site": scores(dataclasses.replace(result, images=result.images[:site])),
         }
-    return scored
+        for name, result in results.items()
+    }
 
 
 def judge_row(

@@ -22,7 +22,7 @@ from smokeseg.data.rle import rle_encode
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference import threshold as tuning
-from smokeseg.inference.evaluate import evaluate
+from smokeseg.inference.evaluate import evaluate, evaluate_at_thresholds, load_labelled_samples
 from smokeseg.inference.predictor import Predictor, TileSpec
 from smokeseg.inference.scoring import Prediction, dataset_scores, prediction_row, smoke_verdict
 from smokeseg.inference.threshold import (
@@ -282,6 +282,28 @@ def test_config_table_folder_and_zip_give_identical_numbers(trained, tmp_path: P
     for result in results[1:]:
         assert _comparable(result) == reference
     json.dumps(results[0].to_dict())  # JSON-ready as it is
+
+
+def test_several_thresholds_from_one_scoring_pass_equal_one_evaluation_each(trained, monkeypatch):
+    config_path, experiment = trained
+    thresholds = {"low": 0.2, "recipe": 0.5, "high": 0.8}
+    expected = {name: evaluate(experiment, config_path, threshold=t) for name, t in thresholds.items()}
+    predictor = Predictor.from_path(experiment)
+    samples = load_labelled_samples(config_path, None, predictor.config.dataset)
+    passes = []
+    score = predictor.predict_samples
+
+    def counted(scored):
+        passes.append(len(scored))
+        return score(scored)
+
+    monkeypatch.setattr(predictor, "predict_samples", counted)
+    got = evaluate_at_thresholds(predictor, samples, thresholds, model="m", data="d")
+    assert passes == [len(samples)], "one scoring pass for every threshold"
+    for name, result in got.items():
+        assert result.threshold == thresholds[name]
+        pd.testing.assert_frame_equal(result.images, expected[name].images)
+    assert got["low"].images["predicted_fraction"].sum() >= got["high"].images["predicted_fraction"].sum()
 
 
 def test_training_reports_the_region_view_as_evaluate_does(trained):

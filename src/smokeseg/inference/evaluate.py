@@ -7,7 +7,7 @@ so an IoU here is the IoU training logged and ``predict`` would give for the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,22 +177,46 @@ def evaluate(
     predictor = Predictor.from_path(model_path, device, tile=tile, scoring_overrides=scoring_overrides)
     samples = load_labelled_samples(data, data_folder, predictor.config.dataset)
     threshold = predictor.threshold if threshold is None else threshold
-    rows = []
+    results = evaluate_at_thresholds(
+        predictor,
+        samples,
+        {"": threshold},
+        model=str(Path(model_path).resolve()),
+        data=str(Path(data).resolve()),
+        min_region_pixels=min_region_pixels,
+        region_tolerance=region_tolerance,
+        progress=progress,
+    )
+    return results[""]
+
+
+def evaluate_at_thresholds(
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    thresholds: Mapping[str, float],
+    *,
+    model: str,
+    data: str,
+    min_region_pixels: int | None = None,
+    region_tolerance: int = REGION_TOLERANCE,
+    progress: Progress | None = None,
+) -> dict[str, EvaluationResult]:
+    """``evaluate``'s result at each named threshold, the images scored once: comparing operating points
+    costs one scoring pass, not one per point. ``model`` and ``data`` name what was scored."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in thresholds}
     for done, prediction in enumerate(predictor.predict_samples(samples), start=1):
         truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
-        verdict = prediction.verdict(threshold, min_region_pixels)
-        rows.append(image_scores(prediction, truth, verdict, threshold, region_tolerance))
+        for name, threshold in thresholds.items():
+            verdict = prediction.verdict(threshold, min_region_pixels)
+            rows[name].append(image_scores(prediction, truth, verdict, threshold, region_tolerance))
         if progress is not None:
             progress(done, len(samples))
-    frame = pd.DataFrame(rows)
-    return EvaluationResult(
-        str(Path(model_path).resolve()),
-        str(Path(data).resolve()),
-        threshold,
-        min_region_pixels,
-        region_tolerance,
-        frame,
-    )
+    return {
+        name: EvaluationResult(
+            model, data, threshold, min_region_pixels, region_tolerance, pd.DataFrame(rows[name])
+        )
+        for name, threshold in thresholds.items()
+    }
 
 
 def image_scores(

@@ -7,9 +7,9 @@ smokeseg's scoring path, so an image gets the same mask here as there: decode up
 model size with OpenCV's own arithmetic (area averaging or bilinear, bit for bit) or, for native-resolution
 models, pad whole frames (with test-time scales, also score them scaled and average the maps brought back;
 with a context pass, also score them resized to the model size and combine the two maps by their mean or
-maximum); normalise, average the test-time augmentations (model.onnx already
-averages the folds), resize the probabilities back to the image's own size, threshold, run-length encode,
-and give the image-level smoke verdict.
+maximum); normalise, average the test-time augmentations (model.onnx already averages the folds), resize
+the probabilities back to the image's own size, threshold, run-length encode, and give the image-level
+smoke verdict.
 
 Row ids are a file's name, or its path relative to the folder given. One table row per image: image_id,
 class_id, rle_mask (1-indexed ``start length`` pairs in ``rle_order``, at the image's own size), height,
