@@ -7,8 +7,8 @@ library's ``smokeseg tune-threshold --set``: the best mean per-image IoU (its va
 threshold too), the highest threshold with region recall >= 0.9 (with the false-region frames there) and
 the most smoke found with at most 5% of smoke-free validation windows alarming.
 Variants are chosen on validation; ``--test TABLE FOLDER`` also scores labelled test frames once per
-variant and reports them at each point. A variant already in ``--out`` (same keys, copy still there) is
-not judged again.
+variant and reports them at each point. A variant already in ``--out`` (same keys, copy still there,
+same machine) is not judged again.
 
 usage: python benchmarks/rescore.py FOLD OUT_DIR --variant NAME KEY=VALUE [KEY=VALUE ...] [--variant ...]
        [--out results.json] [--test TABLE FOLDER]
@@ -113,8 +113,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": cpu_description(), "fold": str(args.fold.resolve()), "variants": {}}
-    if args.out and args.out.is_file():
-        results["variants"] = json.loads(args.out.read_text())["variants"]
+    stored = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    if stored.get("machine") == results["machine"]:  # walls from another machine would not compare
+        results["variants"] = stored["variants"]
     for name, *overrides in [["as trained"], *args.variant]:
         copy = args.out_dir / name.replace(" ", "_")
         judged = results["variants"].get(name)

@@ -99,3 +99,7 @@ def test_a_variant_already_judged_is_not_judged_again(fold: Path, tmp_path: Path
     monkeypatch.setattr("sys.argv", [*argv[:4], "flip", "prediction.test_time_augmentations=[rotate90]"])
     with pytest.raises(AssertionError, match="judged twice"):
         rescore.main()  # other keys under the same name are a new variant
+    monkeypatch.setattr("sys.argv", argv)
+    out.write_text(json.dumps({"machine": {"cpu": "another"}, "variants": first}))
+    with pytest.raises(AssertionError, match="judged twice"):
+        rescore.main()  # results of another machine are not reused
