@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from false_alarms import TABLE_NAME, score_model
+from false_alarms import TABLE_NAME, alarms_at_thresholds, score_model
 from machine import cpu_description
 from run import FAST, ROOT, SEED_CONFIG, SHARED, SMOKESEG, _timed
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT
@@ -59,7 +59,8 @@ from test_scenes import TestScenes, score_test_scenes
 
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
-from smokeseg.inference.evaluate import evaluate
+from smokeseg.inference.evaluate import evaluate_at_thresholds
+from smokeseg.inference.predictor import Predictor
 from smokeseg.layout import TEST_PREDICTIONS_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import scores_by_size
 from smokeseg.storage import write_text_atomic
@@ -440,9 +441,10 @@ def run_row(row: Row, workdir: Path, judges: Judges, placeholders: dict[str, obj
 def operating_points(row: dict[str, Any], workdir: Path, judges: Judges) -> dict[str, object]:
     """The row's model at each of ``OPERATING_POINTS`` it lacks: the threshold tuned on fold 0's validation
     frames (in a copy of the fold, so the row's own model keeps its threshold), then test and crop scores
-    there."""
+    there: the copies differ only in their threshold, so the test frames and the crops are scored once."""
     fold = workdir / _folder_name(str(row["row"])) / "fold0"
     points = dict(row.get("operating_points", {}))
+    validation = {}
     for name, options in OPERATING_POINTS.items():
         if name in points:
             continue
@@ -451,13 +453,20 @@ def operating_points(row: dict[str, Any], workdir: Path, judges: Judges) -> dict
         shutil.copytree(fold, tuned)
         (tuned / THRESHOLD_NAME).unlink(missing_ok=True)
         _timed([SMOKESEG, "tune-threshold", str(tuned), *options], workdir)
-        validation = json.loads((tuned / THRESHOLD_NAME).read_text())
-        test = evaluate(tuned, SMOKE_HT / "test.pq", data_folder=SMOKE_HT / "gt_testing")
+        validation[name] = json.loads((tuned / THRESHOLD_NAME).read_text())
+    if not validation:
+        return points
+    thresholds = {name: tuned["probability_threshold"] for name, tuned in validation.items()}
+    predictor = Predictor.from_path(tuned, "auto")  # any copy: their scoring keys are the fold's
+    tests = evaluate_at_thresholds(
+        predictor, judges.test_frames, thresholds, model=str(fold), data=str(SMOKE_HT / "test.pq")
+    )
+    alarms = alarms_at_thresholds(predictor, judges.crops, judges.frame_sizes, judges.test_frames, thresholds)
+    for name, test in tests.items():
         segmentation, detection = test.segmentation(), test.detection()
-        alarms = score_model(str(tuned), judges.crops, judges.frame_sizes, judges.test_frames)
         points[name] = {
-            "threshold": validation["probability_threshold"],
-            "validation": validation,
+            "threshold": thresholds[name],
+            "validation": validation[name],
             "test": {
                 "IoU": segmentation["IoU"],
                 "mean_image_IoU": segmentation["mean_image_IoU"],
@@ -465,7 +474,7 @@ def operating_points(row: dict[str, Any], workdir: Path, judges: Judges) -> dict
                 "region_recall": detection["region_recall"],
             },
             "test_by_size": test.by_size(),
-            "smoke_free_crops": alarms["operating_point"],
+            "smoke_free_crops": alarms[name],
         }
     return points
 

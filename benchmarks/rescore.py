@@ -7,11 +7,13 @@ library's ``smokeseg tune-threshold --set``: the best mean per-image IoU (its va
 threshold too), the highest threshold with region recall >= 0.9 (with the false-region frames there) and
 the most smoke found with at most 5% of smoke-free validation windows alarming.
 Variants are chosen on validation; ``--test TABLE FOLDER`` also scores labelled test frames once per
-variant and reports them at each point. A variant already in ``--out`` (same keys, copy still there,
-same machine) is not judged again.
+variant and reports them at each point, and ``--crops CROPS_DIR WORKDIR`` the smoke-free crops of the
+test scenes as ``accuracy_items.py`` judges them (``Judges``: WORKDIR is that run's, for its table of the
+training scenes), with smoke-ht's test frames as the positives. A variant already in ``--out`` (same keys,
+copy still there, same machine) is not judged again.
 
 usage: python benchmarks/rescore.py FOLD OUT_DIR --variant NAME KEY=VALUE [KEY=VALUE ...] [--variant ...]
-       [--out results.json] [--test TABLE FOLDER]
+       [--out results.json] [--test TABLE FOLDER] [--crops CROPS_DIR WORKDIR]
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accuracy_items import Judges
+from false_alarms import alarms_at_thresholds
 from machine import cpu_description
 
 from smokeseg.data.negatives import WindowSpec
@@ -94,6 +98,14 @@ def test_at_points(copy: Path, variant: dict[str, Any], table: Path, folder: Pat
     return points
 
 
+def crops_at_points(copy: Path, variant: dict[str, Any], judges: Judges) -> dict[str, Any]:
+    """The smoke-free crops (reported, never chosen on) scored once by the judged copy, then judged by
+    ``predict``'s rule at each operating point's threshold."""
+    thresholds = {name: variant[name]["threshold"] for name in POINTS}
+    predictor = Predictor.from_path(copy)
+    return alarms_at_thresholds(predictor, judges.crops, judges.frame_sizes, judges.test_frames, thresholds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,7 +123,15 @@ def main() -> None:
         metavar=("TABLE", "FOLDER"),
         help="also score these labelled frames at each operating point (reported, never chosen on)",
     )
+    parser.add_argument(
+        "--crops",
+        nargs=2,
+        type=Path,
+        metavar=("CROPS_DIR", "WORKDIR"),
+        help="also judge the smoke-free crops of the test scenes at each operating point (reported)",
+    )
     args = parser.parse_args()
+    judges = Judges.load(args.crops[0].resolve(), args.crops[1].resolve()) if args.crops else None
     results: dict[str, Any] = {"machine": cpu_description(), "fold": str(args.fold.resolve()), "variants": {}}
     stored = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     if stored.get("machine") == results["machine"]:  # walls from another machine would not compare
@@ -123,6 +143,8 @@ def main() -> None:
             judged = {"overrides": overrides, **judge(fresh_copy(args.fold, copy), overrides)}
         if args.test and "test" not in judged:
             judged["test"] = test_at_points(copy, judged, *args.test)
+        if judges and "smoke_free_crops" not in judged:
+            judged["smoke_free_crops"] = crops_at_points(copy, judged, judges)
         results["variants"][name] = judged
         print(name, json.dumps(judged), flush=True)
         if args.out:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from smokeseg.config.load import load_config
+from smokeseg.config.schema import DatasetConfig
+from smokeseg.data.formats import load_samples
 from smokeseg.data.negatives import WindowSpec
 from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError
@@ -103,3 +105,23 @@ def test_a_variant_already_judged_is_not_judged_again(fold: Path, tmp_path: Path
     out.write_text(json.dumps({"machine": {"cpu": "another"}, "variants": first}))
     with pytest.raises(AssertionError, match="judged twice"):
         rescore.main()  # results of another machine are not reused
+
+
+def test_crops_scored_once_are_judged_at_each_threshold_as_score_model_judges_one(fold: Path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from false_alarms import alarms_at_thresholds, score_model
+
+    data = fold.parents[1] / "data"
+    frames = load_samples(data / "train.pq", data / "images", DatasetConfig(), require_masks=True)
+    negatives, positives = frames[:5], frames[5:]
+    sizes = {sample.image_id: sample.load_image().shape[:2] for sample in negatives}
+    predictor = Predictor.from_path(fold)
+    points = {"own": predictor.threshold, "grid": 0.7, "low": 0.05}
+    judged = alarms_at_thresholds(predictor, negatives, sizes, positives, points)
+    alone = score_model(str(fold), negatives, sizes, positives)
+    assert judged["own"] == alone["operating_point"]
+    [at_grid] = [g for g in alone["grid"] if g["threshold"] == 0.7 and g["min_area"] is None]
+    assert judged["grid"] == at_grid
+    assert judged["low"]["false_positive_rate"] >= judged["grid"]["false_positive_rate"]
+    assert judged["low"]["recall"] >= judged["grid"]["recall"]
+    assert judged["low"]["false_positive_rate"] > 0, "a low threshold finds regions on these frames"
