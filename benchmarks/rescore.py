@@ -9,11 +9,13 @@ the most smoke found with at most 5% of smoke-free validation windows alarming.
 Variants are chosen on validation; ``--test TABLE FOLDER`` also scores labelled test frames once per
 variant and reports them at each point, and ``--crops CROPS_DIR WORKDIR`` the smoke-free crops of the
 test scenes as ``accuracy_items.py`` judges them (``Judges``: WORKDIR is that run's, for its table of the
-training scenes), with smoke-ht's test frames as the positives. A variant already in ``--out`` (same keys,
+training scenes), with smoke-ht's test frames as the positives; ``--test-scenes`` with it scores
+SMOKE5K's 631 frames of the test scenes whole and their crop windows (``test_scenes.py``, about 20
+minutes a variant on 2 cores, an hour with test-time scales). A variant already in ``--out`` (same keys,
 copy still there, same machine) is not judged again.
 
 usage: python benchmarks/rescore.py FOLD OUT_DIR --variant NAME KEY=VALUE [KEY=VALUE ...] [--variant ...]
-       [--out results.json] [--test TABLE FOLDER] [--crops CROPS_DIR WORKDIR]
+       [--out results.json] [--test TABLE FOLDER] [--crops CROPS_DIR WORKDIR [--test-scenes]]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from accuracy_items import Judges
 from false_alarms import alarms_at_thresholds
 from machine import cpu_description
+from test_scenes import score_test_scenes
 
 from smokeseg.data.negatives import WindowSpec
 from smokeseg.inference.evaluate import evaluate_at_thresholds, load_labelled_samples
@@ -77,13 +80,19 @@ def judge(
     }
 
 
+def point_thresholds(variant: dict[str, Any]) -> dict[str, float]:
+    """The threshold ``judge`` tuned at each operating point, by the point's key."""
+    return {name: variant[name]["threshold"] for name in POINTS}
+
+
 def test_at_points(copy: Path, variant: dict[str, Any], table: Path, folder: Path) -> dict[str, Any]:
     """The test frames (reported, never chosen on) scored once by the judged copy, as it scores (its
     stored keys), then judged at each operating point's threshold."""
     predictor = Predictor.from_path(copy)
     samples = load_labelled_samples(table, folder, predictor.config.dataset)
-    thresholds = {name: variant[name]["threshold"] for name in POINTS}
-    results = evaluate_at_thresholds(predictor, samples, thresholds, model=str(copy), data=str(table))
+    results = evaluate_at_thresholds(
+        predictor, samples, point_thresholds(variant), model=str(copy), data=str(table)
+    )
     points = {}
     for name, result in results.items():
         segmentation, detection = result.segmentation(), result.detection()
@@ -101,9 +110,10 @@ def test_at_points(copy: Path, variant: dict[str, Any], table: Path, folder: Pat
 def crops_at_points(copy: Path, variant: dict[str, Any], judges: Judges) -> dict[str, Any]:
     """The smoke-free crops (reported, never chosen on) scored once by the judged copy, then judged by
     ``predict``'s rule at each operating point's threshold."""
-    thresholds = {name: variant[name]["threshold"] for name in POINTS}
     predictor = Predictor.from_path(copy)
-    return alarms_at_thresholds(predictor, judges.crops, judges.frame_sizes, judges.test_frames, thresholds)
+    return alarms_at_thresholds(
+        predictor, judges.crops, judges.frame_sizes, judges.test_frames, point_thresholds(variant)
+    )
 
 
 def main() -> None:
@@ -130,7 +140,14 @@ def main() -> None:
         metavar=("CROPS_DIR", "WORKDIR"),
         help="also judge the smoke-free crops of the test scenes at each operating point (reported)",
     )
+    parser.add_argument(
+        "--test-scenes",
+        action="store_true",
+        help="with --crops: also score the frames of the test scenes whole at each point (reported)",
+    )
     args = parser.parse_args()
+    if args.test_scenes and not args.crops:
+        parser.error("--test-scenes needs --crops CROPS_DIR WORKDIR (the crop windows it judges)")
     judges = Judges.load(args.crops[0].resolve(), args.crops[1].resolve()) if args.crops else None
     results: dict[str, Any] = {"machine": cpu_description(), "fold": str(args.fold.resolve()), "variants": {}}
     stored = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
@@ -145,6 +162,8 @@ def main() -> None:
             judged["test"] = test_at_points(copy, judged, *args.test)
         if judges and "smoke_free_crops" not in judged:
             judged["smoke_free_crops"] = crops_at_points(copy, judged, judges)
+        if judges and args.test_scenes and "test_scenes" not in judged:
+            judged["test_scenes"] = score_test_scenes(copy, point_thresholds(judged), judges.test_scenes)
         results["variants"][name] = judged
         print(name, json.dumps(judged), flush=True)
         if args.out:

@@ -125,3 +125,14 @@ def test_crops_scored_once_are_judged_at_each_threshold_as_score_model_judges_on
     assert judged["low"]["false_positive_rate"] >= judged["grid"]["false_positive_rate"]
     assert judged["low"]["recall"] >= judged["grid"]["recall"]
     assert judged["low"]["false_positive_rate"] > 0, "a low threshold finds regions on these frames"
+
+
+def test_test_scenes_without_the_crops_that_name_their_windows_is_refused(
+    fold: Path, tmp_path: Path, rescore, monkeypatch, capsys
+):
+    argv = ["rescore.py", str(fold), str(tmp_path), "--variant", "flip", FLIP, "--test-scenes"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit):
+        rescore.main()
+    assert "--test-scenes needs --crops" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing was judged"
