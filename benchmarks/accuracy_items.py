@@ -444,7 +444,7 @@ def operating_points(row: dict[str, Any], workdir: Path, judges: Judges) -> dict
     there: the copies differ only in their threshold, so the test frames and the crops are scored once."""
     fold = workdir / _folder_name(str(row["row"])) / "fold0"
     points = dict(row.get("operating_points", {}))
-    validation = {}
+    validation: dict[str, dict[str, Any]] = {}
     for name, options in OPERATING_POINTS.items():
         if name in points:
             continue
