@@ -262,6 +262,16 @@ ROWS = [
         "4",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # the row above on the wider validation the Lite0 rows since the sixth session are chosen on
+        "+ SMOKE5K training scenes and other fires, Lite2, 2x steps, wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "architecture.backbone=efficientnet_lite2",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "4",
+        extra_frames=BOTH_SETS,
+    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, fp32",
         (
