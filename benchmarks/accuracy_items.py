@@ -466,7 +466,7 @@ def operating_points(row: dict[str, Any], workdir: Path, judges: Judges) -> dict
         validation[name] = json.loads((tuned / THRESHOLD_NAME).read_text())
     if not validation:
         return points
-    thresholds = {name: tuned["probability_threshold"] for name, tuned in validation.items()}
+    thresholds = {name: stored["probability_threshold"] for name, stored in validation.items()}
     predictor = Predictor.from_path(tuned, "auto")  # any copy: their scoring keys are the fold's
     tests = evaluate_at_thresholds(
         predictor, judges.test_frames, thresholds, model=str(fold), data=str(SMOKE_HT / "test.pq")
