@@ -138,16 +138,22 @@ def alarm_rates(
     threshold: float,
     min_area,
     image_threshold: float | None,
-) -> dict[str, float]:
-    """The share of negatives and of positives that raise an alarm by ``predict``'s rule (the head's
-    veto included, where the model has one and ``image_threshold`` is set)."""
+) -> dict[str, object]:
+    """The rule's settings with the share of negatives and of positives that raise an alarm by
+    ``predict``'s rule (the head's veto included, where the model has one and ``image_threshold`` is set)."""
 
     def alarms(scored: list[Scored]) -> float:
         return float(
             np.mean([gated_verdict(m, threshold, min_area, p, image_threshold).smoke for m, p in scored])
         )
 
-    return {"false_positive_rate": alarms(negatives), "recall": alarms(positives)}
+    return {
+        "threshold": threshold,
+        "min_area": min_area,
+        "image_threshold": image_threshold,
+        "false_positive_rate": alarms(negatives),
+        "recall": alarms(positives),
+    }
 
 
 def alarms_at_thresholds(
@@ -164,12 +170,7 @@ def alarms_at_thresholds(
     positive_scores = scored_images(predictor, positives)
     gate = predictor.image_threshold
     return {
-        name: {
-            "threshold": threshold,
-            "min_area": None,
-            "image_threshold": gate,
-            **alarm_rates(negative_scores, positive_scores, threshold, None, gate),
-        }
+        name: alarm_rates(negative_scores, positive_scores, threshold, None, gate)
         for name, threshold in thresholds.items()
     }
 
@@ -183,27 +184,17 @@ def score_model(
     positive_scores = scored_images(predictor, positives)
     seconds = time.perf_counter() - started
     gate = predictor.image_threshold
-    operating = alarm_rates(negative_scores, positive_scores, predictor.threshold, None, gate)
+    operating_point = alarm_rates(negative_scores, positive_scores, predictor.threshold, None, gate)
     has_head = negative_scores[0][1] is not None
     grid = [
-        {
-            "threshold": t,
-            "min_area": a,
-            "image_threshold": g,
-            **alarm_rates(negative_scores, positive_scores, t, a, g),
-        }
+        alarm_rates(negative_scores, positive_scores, t, a, g)
         for t in THRESHOLDS
         for a in MIN_AREAS
         for g in (IMAGE_THRESHOLDS if has_head else (None,))
     ]
-    operating_point = {
-        "threshold": predictor.threshold,
-        "min_area": None,
-        "image_threshold": gate,
-        **operating,
-    }
     # The operating point itself is a candidate: a tuned threshold between grid values may beat them all.
-    at_equal_recall = [operating_point, *(g for g in grid if g["recall"] >= operating["recall"])]
+    recall = operating_point["recall"]
+    at_equal_recall = [operating_point, *(g for g in grid if g["recall"] >= recall)]
     best = min(at_equal_recall, key=lambda g: (g["false_positive_rate"], -g["recall"]))
     scores = [frame_score(float(m.max()), p) for m, p in (*negative_scores, *positive_scores)]
     labels = [False] * len(negative_scores) + [True] * len(positive_scores)
