@@ -272,6 +272,29 @@ ROWS = [
         "4",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # the two levers that each cut validation's false regions (Lite2; hard negatives), together
+        "Lite2 + hard negatives 0.2, SMOKE5K training scenes and other fires, 2x steps, wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "architecture.backbone=efficientnet_lite2",
+            "dataset.negative_dataframe={hard}",
+            f"dataset.negative_share={SHARE}",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "3+4",
+        extra_frames=BOTH_SETS,
+    ),
+    Row(  # the Lite2 row's training wall without bfloat16 (item 7's fast budget)
+        "Lite2 in fp32, SMOKE5K training scenes and other fires, 2x steps",
+        (
+            *TWICE_THE_STEPS,
+            "architecture.backbone=efficientnet_lite2",
+            "environment.mixed_precision_training=false",
+            "environment.mixed_precision_inference=false",
+        ),
+        "4+7",
+        extra_frames=BOTH_SETS,
+    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, fp32",
         (

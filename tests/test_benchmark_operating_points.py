@@ -65,3 +65,10 @@ def test_each_point_is_judged_as_its_tuned_copy_alone_would_be(tmp_path: Path, a
         assert (
             point["smoke_free_crops"] == score_model(str(tuned), crops, sizes, test_frames)["operating_point"]
         )
+
+
+def test_every_row_has_its_own_folder(accuracy_items):
+    """Rows share a workdir and a row whose folder exists is not trained again: two names alike in their
+    first 60 characters would judge one row's model as the other's."""
+    folders = [accuracy_items._folder_name(row.name) for row in accuracy_items.ROWS]
+    assert len(set(folders)) == len(folders)
