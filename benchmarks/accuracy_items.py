@@ -319,6 +319,8 @@ OPERATING_POINTS = {
     "best mean per-image IoU": ("--metric", "mean_image_IoU"),
     "region recall >= 0.9": ("--min-region-recall", "0.9"),
     "alarm budget 0.05": ("--alarm-budget", "0.05"),
+    # The budget counted as the bar counts smoke-free crops: each window scored alone.
+    "alarm budget 0.05, windows alone": ("--alarm-budget", "0.05", "--windows-alone"),
 }
 SCORES = (
     "IoU",

@@ -37,7 +37,6 @@ from machine import cpu_description
 from smoke_pretrain_table import SMOKE5K, SMOKE_HT, split_real_frames
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.dataset import fit_scale, fit_to_size
 from smokeseg.data.formats import Sample, load_samples, parallel_map, samples_from_folders
 from smokeseg.data.negatives import smoke_free_windows
 from smokeseg.inference.predictor import Predictor
@@ -100,36 +99,9 @@ FrameSizes = dict[str, tuple[int, int]]  # crop image id -> (height, width) of t
 
 
 def scored_crops(predictor: Predictor, crops: list[Sample], frames: FrameSizes) -> list[Scored]:
-    """Crops scored at their frame's scale: enlarged or shrunk as the model would its whole frame.
-
-    Without the context pass (``image.context_pass``): a crop cannot show the model its whole frame at
-    low resolution, and a crop resized to the model size would be seen far larger than its frame's
-    context view shows it; so crops measure the native pass, and whole frames measure both.
-    """
-    image_cfg = predictor.config.image
-    fit = image_cfg.native_fit() if image_cfg.resolution == "native" else None
-    if fit is None:
-        return scored_images(predictor, crops)
-    side, enlarge = fit
-    as_is = predictor.config.model_copy(
-        update={
-            "image": image_cfg.model_copy(
-                update={"long_side": None, "max_side": None, "context_pass": "none"}
-            )
-        }
-    )
-    scorer = Predictor(predictor.models, as_is, predictor.device)
-    scored = []
-    for crop in crops:
-        scale = fit_scale(*frames[crop.image_id], (side, side), enlarge)
-        image = crop.load_image()
-        size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
-        [(scaled, image_probability)] = scorer.score_images([fit_to_size(image, size, enlarge=True)])
-        # Back at the crop's own pixels, as predict maps a frame back to its own size.
-        scored.append(
-            (cv2.resize(scaled, image.shape[1::-1], interpolation=cv2.INTER_LINEAR), image_probability)
-        )
-    return scored
+    """Crops scored at their frame's scale (``Predictor.score_crops``)."""
+    images = [crop.load_image() for crop in crops]
+    return predictor.score_crops(images, [frames[crop.image_id] for crop in crops])
 
 
 def alarm_rates(

@@ -137,6 +137,28 @@ def test_frames_brought_to_long_side_combine_at_that_side(context_pass: str):
     np.testing.assert_allclose(combined, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("long_side", [None, 280])
+def test_a_crop_scored_alone_is_its_frames_native_pass_at_the_frames_scale(long_side: int | None):
+    """``score_crops``, as smoke-free crops are judged: the native pass at the scale the frame gets (280
+    enlarges this 90x140 frame 2x), without the frame's context pass, which a crop cannot show."""
+    frame, (top, left, side) = FRAMES[0], (20, 40, 40)
+    image = {"resolution": "native", "long_side": long_side}
+    native = _scores([frame], tta=(), **image)[0][top : top + side, left : left + side]
+    with_context = _scores([frame], tta=(), context_pass="mean", **image)[0][
+        top : top + side, left : left + side
+    ]
+    predictor = Predictor(MODELS, _config(tta=(), context_pass="mean", **image))
+    [(alone, image_probability)] = predictor.score_crops(
+        [frame[top : top + side, left : left + side]], [frame.shape[:2]]
+    )
+    assert alone.shape == (side, side) and image_probability is None
+    inside = (slice(3, -3), slice(3, -3))  # beyond the models' reach (2 px, 4 at 2x) of the crop's edges
+    np.testing.assert_allclose(alone[inside], native[inside], atol=1e-5)
+    assert np.abs(alone[inside] - with_context[inside]).max() > 0.05, "the frame's context pass changes it"
+    # A frame without a smoke-free window gives none to score, in either way of scoring.
+    assert predictor.score_crops([], []) == [] == Predictor(MODELS, _config(tta=())).score_crops([], [])
+
+
 def test_without_a_context_pass_native_scoring_is_the_native_pass_alone():
     for frame, got in zip(FRAMES, _scores(FRAMES, tta=(), resolution="native"), strict=True):
         height, width = frame.shape[:2]

@@ -635,6 +635,44 @@ def test_tuning_within_an_alarm_budget_counts_the_frames_windows(trained, tmp_pa
     assert curve["region_recall"][chosen] == result.after
 
 
+def test_windows_alone_are_each_scored_as_an_image_of_their_own(trained, tmp_path: Path):
+    """``windows_alone``: each smoke-free window alarms when, cut out and scored as any image is (this
+    model resizes every image to its size), it raises predict's alarm, as smoke-free camera crops are
+    judged; the stored operating point says which way its windows were counted."""
+    config_path, original = trained
+    experiment = shutil.copytree(original, tmp_path / "exp")
+    spec = WindowSpec(size=16, margin=2, count=4)
+    result = tune_threshold(experiment, alarm_budget=0.25, windows=spec, windows_alone=True)
+    assert result.windows_alone and result.window_alarms is not None
+
+    fold = experiment / "fold0"
+    table = _validation_table(config_path, experiment, tmp_path / "validation.pq")
+    samples = load_samples(table, config_path.parent / "images", DatasetConfig(), require_masks=True)
+    predictor = Predictor.from_path(fold)
+    alarms = np.zeros(len(result.grid))
+    windows = 0
+    for prediction in predictor.predict_samples(samples):
+        truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
+        crops = [
+            prediction.image[y : y + 16, x : x + 16]
+            for y, x in alarm_windows(prediction.sample.image_id, truth, spec)
+        ]
+        windows += len(crops)
+        for probabilities, _ in predictor.score_images(crops):
+            alarms += [smoke_verdict(probabilities, threshold).smoke for threshold in result.grid]
+    assert windows == result.windows > 0
+    assert np.allclose(alarms / windows, result.window_alarms)
+    assert alarms[0] > alarms[-1], "a low threshold alarms on more smoke-free windows than a high one"
+    stored = json.loads((fold / THRESHOLD_NAME).read_text())
+    assert stored["window_alarm_rule"] == tuning.WINDOW_ALONE_RULE
+    assert stored["curve"]["window_alarm"] == pytest.approx(alarms / windows)
+
+    in_frame = tune_threshold(experiment, alarm_budget=0.25, windows=spec)
+    assert not in_frame.windows_alone
+    stored = json.loads((fold / THRESHOLD_NAME).read_text())
+    assert stored["window_alarm_rule"] == tuning.WINDOW_IN_FRAME_RULE
+
+
 def test_the_alarm_budget_trades_a_faint_plume_against_a_cloud(trained, tmp_path: Path, monkeypatch):
     """Known probability maps: every frame's smoke at 0.92, except one faint plume at 0.32; one frame's
     whole smoke-free area is a cloud at 0.62. Up to 0.6 that frame's windows alarm; up to 0.3 the faint
@@ -771,6 +809,7 @@ def test_cli_tune_threshold_takes_one_rule(trained, tmp_path: Path):
         (["--min-region-recall", "0"], "min_region_recall must lie in (0, 1]"),
         (["--alarm-budget", "1"], "alarm_budget must lie in [0, 1)"),
         (["--window-size", "32"], "a window size is for --alarm-budget only"),
+        (["--windows-alone"], "windows alone are for --alarm-budget only"),
     ):
         refused = CliRunner().invoke(app, ["tune-threshold", str(experiment), *options])
         assert refused.exit_code == 2, refused.output
@@ -793,6 +832,12 @@ def test_cli_tune_threshold_warns_when_the_alarm_budget_cannot_be_kept(trained, 
     assert stored["target_met"] is False and stored["window_alarm"] > 0.2
     assert "Warning: No threshold that finds smoke keeps to the alarm budget 0.20" in output
     assert f"alarm at threshold {stored['probability_threshold']:.2f}" in output
+
+    result = CliRunner().invoke(app, [*arguments, "--windows-alone"])
+    assert result.exit_code == 0, result.output
+    assert "smoke-free windows alarming, each scored alone" in " ".join(result.output.split())
+    stored = json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())
+    assert stored["window_alarm_rule"] == tuning.WINDOW_ALONE_RULE and stored["smoke_free_windows"] == windows
 
 
 def test_cli_evaluate_prints_the_table_and_writes_json(trained, tmp_path: Path):

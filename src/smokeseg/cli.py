@@ -487,6 +487,15 @@ def tune_threshold(
             help="With --alarm-budget: the side of the smoke-free windows in frame pixels (default 256).",
         ),
     ] = None,
+    windows_alone: Annotated[
+        bool,
+        typer.Option(
+            "--windows-alone",
+            help="With --alarm-budget: score each smoke-free window as an image of its own (at its frame's "
+            "scale) and count it when it raises an alarm, as smoke-free camera crops are judged, instead of "
+            "counting the whole frame's verdict regions inside it. Slower: one scoring pass per window.",
+        ),
+    ] = False,
     scoring_overrides: ScoringOverrides = None,
 ) -> None:
     """Pick the probability threshold that maximises a metric on the out-of-fold validation images, the
@@ -499,6 +508,8 @@ def tune_threshold(
 
     if window_size is not None and alarm_budget is None:
         raise typer.BadParameter("a window size is for --alarm-budget only.", param_hint="'--window-size'")
+    if windows_alone and alarm_budget is None:
+        raise typer.BadParameter("windows alone are for --alarm-budget only.", param_hint="'--windows-alone'")
     try:
         check_rule(metric, min_region_recall, alarm_budget)
     except ConfigError as error:
@@ -510,6 +521,7 @@ def tune_threshold(
             min_region_recall=min_region_recall,
             alarm_budget=alarm_budget,
             windows=ALARM_WINDOWS if window_size is None else replace(ALARM_WINDOWS, size=window_size),
+            windows_alone=windows_alone,
             scoring_overrides=scoring_overrides or [],
             progress=progress,
         )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import build_context_transform, build_inference_transform
-from smokeseg.data.dataset import fit_to_size, limit_opencv_threads, scale_image
+from smokeseg.data.dataset import fit_scale, fit_to_size, limit_opencv_threads, scale_image
 from smokeseg.data.formats import Sample
 from smokeseg.data.images import image_size, read_image
 from smokeseg.data.normalization import normalize
@@ -214,6 +214,8 @@ class Predictor:
     def score_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
         """(probability map at the image's own size, the classification head's smoke probability for the
         whole image or None without a head) per image."""
+        if not images:  # a frame with no window to score, say: nothing to stack
+            return []
         if self.tile is not None:
             return [self._predict_tiled(image, self.tile) for image in images]
         for image in images:
@@ -230,6 +232,42 @@ class Predictor:
             )
             for index, (p, image) in enumerate(zip(maps[:, 0].numpy(), images, strict=True))
         ]
+
+    def score_crops(
+        self, crops: Sequence[np.ndarray], frame_shapes: Sequence[tuple[int, int]]
+    ) -> list[tuple[np.ndarray, float | None]]:
+        """Crops of frames scored as images of their own, each at the scale the model gives its whole
+        frame (``frame_shapes``: each frame's height and width), as ``score_images`` scores: probabilities
+        at the crop's own size, the head's smoke probability.
+
+        A model trained at native resolution sees a crop of a frame that ``image.long_side`` enlarges
+        enlarged too (not brought to the long side itself), and by its native pass alone: a crop cannot
+        show the model its whole frame for the context pass. Other models score each crop as they would
+        any image.
+        """
+        image_config = self.config.image
+        if image_config.resolution != "native":
+            return self.score_images(crops)
+        fit = image_config.native_fit()
+        as_is = self.config.model_copy(
+            update={
+                "image": image_config.model_copy(
+                    update={"long_side": None, "max_side": None, "context_pass": "none"}
+                )
+            }
+        )
+        scorer = Predictor(self.models, as_is, self.device, self.batch_size)
+        scored = []
+        for crop, (frame_height, frame_width) in zip(crops, frame_shapes, strict=True):
+            scale = fit_scale(frame_height, frame_width, (fit[0], fit[0]), fit[1]) if fit else 1.0
+            size = (round(crop.shape[0] * scale), round(crop.shape[1] * scale))
+            [(probabilities, image_probability)] = scorer.score_images(
+                [fit_to_size(crop, size, enlarge=True)]
+            )
+            # Back at the crop's own pixels, as a frame's map is brought back to the frame's size.
+            own_size = cv2.resize(probabilities, crop.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+            scored.append((own_size, image_probability))
+        return scored
 
     def _predict_native(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
         """A whole frame at its own resolution (brought to ``image.long_side`` or shrunk to

@@ -11,6 +11,8 @@ search costs one histogram per image. Two ways to choose:
   of the validation frames raise an alarm (``choose_within_alarm_budget``). Validation frames of a
   smoke dataset nearly all hold smoke, so a rule that only looks for smoke never sees what an alarm
   costs: each frame's windows far from its smoke stand in for the smoke-free views a camera sends.
+  A window alarms when the frame's verdict reaches into it, or (``windows_alone``) when the window,
+  scored as an image of its own, raises an alarm: the way smoke-free camera crops are judged.
 The choice is written as ``threshold.json`` beside each checkpoint, where ``Predictor.from_path`` reads
 it: predict, evaluate and export then use it with no config edit.
 """
@@ -36,6 +38,7 @@ from smokeseg.errors import ConfigError, DataError, ModelError
 from smokeseg.inference.evaluate import Progress
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.runtimes import load_checkpoint, stored_threshold
+from smokeseg.inference.scoring import Prediction, gated_verdict
 from smokeseg.layout import CONFIG_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import (
     COUNT_METRICS,
@@ -56,6 +59,8 @@ REGION_GRID_STEP = 0.05
 # The smoke-free windows of each validation frame that the alarm budget counts: the size and distance from
 # smoke of ``benchmarks/false_alarms.py``'s smoke-free crops, a few per frame for a finer rate.
 ALARM_WINDOWS = WindowSpec(size=256, margin=32, count=4)
+WINDOW_IN_FRAME_RULE = "a verdict region of the whole frame reaches into the window"
+WINDOW_ALONE_RULE = "the window, scored as an image of its own at its frame's scale, raises an alarm"
 
 
 @dataclass
@@ -83,6 +88,7 @@ class ThresholdResult:
     window_alarms: np.ndarray | None = None
     windows: int | None = None
     alarm_budget: bool = False
+    windows_alone: bool = False
     # The scoring keys the validation images were scored with (``tune_threshold``'s ``scoring_overrides``):
     # stored with the threshold, since it holds only when the model scores the same way.
     scoring_overrides: list[str] = field(default_factory=list)
@@ -102,10 +108,11 @@ class ThresholdResult:
             stored.update(
                 rule=(
                     "the highest validation region recall while at most the budget's share of smoke-free "
-                    "windows holds a verdict region (ties: the highest threshold); where no threshold that "
-                    "finds smoke keeps to it, the fewest alarming windows among those that do"
+                    "windows alarms (ties: the highest threshold); where no threshold that finds smoke "
+                    "keeps to it, the fewest alarming windows among those that do"
                 ),
                 alarm_budget=self.target,
+                window_alarm_rule=WINDOW_ALONE_RULE if self.windows_alone else WINDOW_IN_FRAME_RULE,
             )
         elif self.false_region_frames is not None:
             stored.update(
@@ -183,6 +190,7 @@ def tune_threshold(
     min_region_recall: float | None = None,
     alarm_budget: float | None = None,
     windows: WindowSpec = ALARM_WINDOWS,
+    windows_alone: bool = False,
     scoring_overrides: Sequence[str] = (),
     device: str = "auto",
     progress: Progress | None = None,
@@ -204,6 +212,10 @@ def tune_threshold(
     up to ``windows.count`` random windows (fixed per image id) clear of true smoke by ``windows.margin``
     pixels, at the scale of the frame's mask. Any verdict pixel there counts, so a low threshold that
     merges a cloud into a plume's region pays for it (as a false region it would not: it touches smoke).
+    With ``windows_alone`` each window is instead cut out and scored as an image of its own
+    (``Predictor.score_crops``: at its frame's scale, without the frame's context), and alarms by
+    predict's rule: what a camera sending only that view would get, and how the smoke-free crops of
+    ``benchmarks/false_alarms.py`` are judged. It costs a scoring pass per window.
 
     The region rules need each threshold's own connected regions per image, so they look only at the grid
     values on ``REGION_GRID_STEP`` (0.05) steps, plus the current threshold, above zero: at most 21
@@ -237,7 +249,8 @@ def tune_threshold(
     total_images = sum(len(fold.samples) for fold in folds)
     done = 0
     for fold in folds:
-        for prediction in fold.predictor(scoring_overrides, device).predict_samples(fold.samples):
+        predictor = fold.predictor(scoring_overrides, device)
+        for prediction in predictor.predict_samples(fold.samples):
             truth = prediction.sample.load_true_mask(*prediction.probabilities.shape)
             if regions is None:  # a score to maximise: pixel counts at every threshold
                 counts = threshold_counts(prediction.probabilities, truth, thresholds)
@@ -245,7 +258,13 @@ def tune_threshold(
                 per_image.append(counts)
             else:  # the region rules: region outcomes and window alarms only
                 corners = alarm_windows(prediction.sample.image_id, truth, windows)
-                outcomes.add([prediction.verdict(t).regions for t in regions], truth, corners, windows.size)
+                verdicts = [prediction.verdict(t).regions for t in regions]
+                if windows_alone:
+                    alarms = alone_window_alarms(predictor, prediction, corners, windows.size, regions)
+                else:
+                    boxes = [(y, x, windows.size) for y, x in corners]
+                    alarms = [sum(windows_holding(labels, boxes)) for labels in verdicts]
+                outcomes.add(verdicts, truth, alarms, len(corners))
             done += 1
             if progress is not None:
                 progress(done, total_images)
@@ -257,6 +276,7 @@ def tune_threshold(
             min_region_recall, alarm_budget, current, regions, total_images, result_folds
         )
     result.scoring_overrides = list(scoring_overrides)
+    result.windows_alone = windows_alone and alarm_budget is not None
     for fold in folds:
         write_text_atomic(fold.folder / THRESHOLD_NAME, json.dumps(result.to_dict(), indent=1))
     return result
@@ -267,6 +287,27 @@ def alarm_windows(image_id: str, truth: np.ndarray, spec: WindowSpec) -> list[tu
     by ``spec.margin`` pixels; the same for an image id on every run, so a tuning can be repeated."""
     rng = np.random.default_rng(zlib.crc32(image_id.encode()))
     return smoke_free_windows(truth, spec.size, spec.margin, spec.count, rng)
+
+
+def alone_window_alarms(
+    predictor: Predictor,
+    prediction: Prediction,
+    corners: Sequence[tuple[int, int]],
+    size: int,
+    thresholds: np.ndarray,
+) -> list[int]:
+    """How many of a frame's smoke-free windows raise an alarm at each threshold when each is scored as an
+    image of its own (``Predictor.score_crops``) and judged by predict's rule."""
+    frame = prediction.image
+    crops = [frame[y : y + size, x : x + size] for y, x in corners]
+    scored = predictor.score_crops(crops, [frame.shape[:2]] * len(crops))
+    return [
+        sum(
+            gated_verdict(probabilities, threshold, None, image_probability, predictor.image_threshold).smoke
+            for probabilities, image_probability in scored
+        )
+        for threshold in thresholds
+    ]
 
 
 def check_rule(metric: str | None, min_region_recall: float | None, alarm_budget: float | None) -> None:
@@ -301,17 +342,17 @@ class _RegionOutcomes:
         return cls(hits, false_frames, window_alarms)
 
     def add(
-        self, verdicts: list[np.ndarray], truth: np.ndarray, corners: list[tuple[int, int]], size: int
+        self, verdicts: list[np.ndarray], truth: np.ndarray, window_alarms: Sequence[int], windows: int
     ) -> None:
-        """One image: its verdict regions (labels) at each threshold, its mask, its smoke-free windows."""
+        """One image: its verdict regions (labels) at each threshold, its mask, how many of its ``windows``
+        smoke-free windows alarm at each threshold."""
         outcomes = [region_outcome(regions, truth) for regions in verdicts]
         self.false_frames += [false > 0 for false, _ in outcomes]
         if truth.any():
             self.smoke_images += 1
             self.hits += [hit for _, hit in outcomes]
-        self.windows += len(corners)
-        windows = [(y, x, size) for y, x in corners]
-        self.window_alarms += [sum(windows_holding(regions, windows)) for regions in verdicts]
+        self.windows += windows
+        self.window_alarms += window_alarms
 
     def choose(
         self,
@@ -490,7 +531,7 @@ def render_tuning(result: ThresholdResult) -> Table:
         return table
     rule = (
         f"Alarm budget: the most smoke found with at most {result.target:.2f} of {result.windows} smoke-free "
-        "windows alarming"
+        f"windows alarming{', each scored alone' if result.windows_alone else ''}"
         if result.alarm_budget
         else f"Operating point: the highest threshold with region recall >= {result.target:.2f}"
     )
