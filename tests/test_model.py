@@ -25,6 +25,7 @@ from smokeseg.model import (
     resolve_backbone,
 )
 from smokeseg.model import weights as weights_module
+from smokeseg.model.checkpoints import find_checkpoints
 from smokeseg.model.weights import PACKAGED_WEIGHTS
 
 # PAN's feature pyramid attention pools its 1/16 features 8x further: inputs below 128 pixels fail.
@@ -418,6 +419,19 @@ def test_init_from_that_fits_nothing_is_an_error(tmp_path: Path) -> None:
     torch.save({"state_dict": {"head.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(ModelError, match="no tensor"):
         _start(_config(init_from=tmp_path / "other.ckpt"))
+
+
+def test_an_experiments_folds_are_the_fold_folders_training_wrote(tmp_path: Path) -> None:
+    """A copy of a fold beside the folds (tuned to another operating point, a backup) is no ensemble
+    member: it would count one model twice and lend the ensemble its own threshold."""
+    for fold in ("fold10", "fold2", "fold0", "fold0-alarm_budget_0_05", "fold2 (copy)", "folder"):
+        (tmp_path / fold).mkdir()
+        (tmp_path / fold / "checkpoint.ckpt").touch()
+    assert find_checkpoints(tmp_path) == [
+        tmp_path / f / "checkpoint.ckpt" for f in ("fold0", "fold2", "fold10")
+    ]
+    copy = tmp_path / "fold0-alarm_budget_0_05"
+    assert find_checkpoints(copy) == [copy / "checkpoint.ckpt"], "a copy named alone is still a model"
 
 
 def test_init_from_an_experiment_is_its_first_fold(tmp_path: Path) -> None:

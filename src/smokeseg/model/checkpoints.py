@@ -30,7 +30,12 @@ def checkpoint_files(path: Path) -> list[Path]:
         return [path]
     if (path / CHECKPOINT_NAME).is_file():
         return [path / CHECKPOINT_NAME]
-    return sorted(path.glob(f"fold*/{CHECKPOINT_NAME}"), key=_fold_order)
+    # Only the folds training wrote (fold0, fold1, ...): a copy of a fold beside them (fold0-backup, a
+    # fold tuned to another operating point) would join the ensemble twice and lend it its threshold.
+    folds = [
+        found for found in path.glob(f"fold*/{CHECKPOINT_NAME}") if _FOLD_NUMBER.fullmatch(found.parent.name)
+    ]
+    return sorted(folds, key=_fold_order)
 
 
 def find_checkpoints(path: str | Path) -> list[Path]:
@@ -65,7 +70,8 @@ def init_checkpoint(path: str | Path) -> Path:
     return found[0]
 
 
-def _fold_order(checkpoint: Path) -> tuple[int, str]:
+def _fold_order(checkpoint: Path) -> int:
     """fold2 before fold10, which a plain sort would not give."""
     match = _FOLD_NUMBER.fullmatch(checkpoint.parent.name)
-    return (int(match.group(1)) if match else -1, checkpoint.parent.name)
+    assert match is not None, "only fold<N> folders are folds"
+    return int(match.group(1))
