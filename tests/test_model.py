@@ -25,8 +25,9 @@ from smokeseg.model import (
     resolve_backbone,
 )
 from smokeseg.model import weights as weights_module
-from smokeseg.model.checkpoints import find_checkpoints
+from smokeseg.model.checkpoints import find_checkpoints, fold_folders
 from smokeseg.model.weights import PACKAGED_WEIGHTS
+from smokeseg.report.html import find_fold_dirs
 
 # PAN's feature pyramid attention pools its 1/16 features 8x further: inputs below 128 pixels fail.
 MIN_SIZE = {"PAN": 128}
@@ -427,9 +428,11 @@ def test_an_experiments_folds_are_the_fold_folders_training_wrote(tmp_path: Path
     for fold in ("fold10", "fold2", "fold0", "fold0-alarm_budget_0_05", "fold2 (copy)", "folder"):
         (tmp_path / fold).mkdir()
         (tmp_path / fold / "checkpoint.ckpt").touch()
-    assert find_checkpoints(tmp_path) == [
-        tmp_path / f / "checkpoint.ckpt" for f in ("fold0", "fold2", "fold10")
-    ]
+    folds = [tmp_path / f for f in ("fold0", "fold2", "fold10")]
+    assert find_checkpoints(tmp_path) == [fold / "checkpoint.ckpt" for fold in folds]
+    for fold in tmp_path.iterdir():  # the report's folds: the same folders, where they hold charts
+        (fold / "charts.json").touch()
+    assert fold_folders(tmp_path) == find_fold_dirs(tmp_path) == folds
     copy = tmp_path / "fold0-alarm_budget_0_05"
     assert find_checkpoints(copy) == [copy / "checkpoint.ckpt"], "a copy named alone is still a model"
 

@@ -24,18 +24,29 @@ def is_package(path: Path) -> bool:
     return path.is_dir() and (path / PACKAGE_MODEL_NAME).is_file() and (path / CONFIG_NAME).is_file()
 
 
+def fold_folders(experiment: Path) -> list[Path]:
+    """The fold folders training wrote into an experiment folder (fold0, fold1, ...), fold2 before fold10.
+
+    Only those: a copy of a fold beside them (a backup, a copy tuned to another operating point) would
+    join an ensemble twice and lend it its threshold, and show in reports as a fold it is not.
+    """
+    if not experiment.is_dir():
+        return []
+    numbered = {}
+    for folder in experiment.iterdir():
+        match = _FOLD_NUMBER.fullmatch(folder.name)
+        if match and folder.is_dir():
+            numbered[int(match.group(1))] = folder
+    return [numbered[number] for number in sorted(numbered)]
+
+
 def checkpoint_files(path: Path) -> list[Path]:
     """The checkpoints a path names, folds in fold order; empty when it names none."""
     if path.is_file():
         return [path]
     if (path / CHECKPOINT_NAME).is_file():
         return [path / CHECKPOINT_NAME]
-    # Only the folds training wrote (fold0, fold1, ...): a copy of a fold beside them (fold0-backup, a
-    # fold tuned to another operating point) would join the ensemble twice and lend it its threshold.
-    folds = [
-        found for found in path.glob(f"fold*/{CHECKPOINT_NAME}") if _FOLD_NUMBER.fullmatch(found.parent.name)
-    ]
-    return sorted(folds, key=_fold_order)
+    return [fold / CHECKPOINT_NAME for fold in fold_folders(path) if (fold / CHECKPOINT_NAME).is_file()]
 
 
 def find_checkpoints(path: str | Path) -> list[Path]:
@@ -68,10 +79,3 @@ def init_checkpoint(path: str | Path) -> Path:
             "a fold folder or an experiment folder from `smokeseg train`"
         )
     return found[0]
-
-
-def _fold_order(checkpoint: Path) -> int:
-    """fold2 before fold10, which a plain sort would not give."""
-    match = _FOLD_NUMBER.fullmatch(checkpoint.parent.name)
-    assert match is not None, "only fold<N> folders are folds"
-    return int(match.group(1))

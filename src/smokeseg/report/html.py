@@ -34,6 +34,7 @@ from smokeseg.errors import ConfigError, SmokesegError
 from smokeseg.inference.scoring import smoke_verdict
 from smokeseg.layout import CHARTS_NAME, CONFIG_NAME, METRICS_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import false_region_pixels
+from smokeseg.model.checkpoints import fold_folders
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.storage import write_bytes_atomic, write_text_atomic
 
@@ -162,20 +163,16 @@ def write_report(run_dir: Path, out_dir: Path | None = None, gallery_size: int =
 
 
 def find_fold_dirs(run_dir: Path) -> list[Path]:
-    """``run_dir`` itself if it is a fold folder, else its ``fold*`` subfolders in numeric order."""
+    """``run_dir`` itself if it is a fold folder, else its folds (``fold_folders``) that hold charts."""
     if (run_dir / CHARTS_NAME).is_file():
         return [run_dir]
-    folds = [path.parent for path in run_dir.glob("fold*/charts.json")]
+    folds = [fold for fold in fold_folders(run_dir) if (fold / CHARTS_NAME).is_file()]
     if not folds:
         raise SmokesegError(
             f"{run_dir}: no charts.json found; is this a smokeseg training output folder? "
             "run `smokeseg train CONFIG` first"
         )
-    return sorted(folds, key=_natural_key)
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+    return folds
 
 
 def _experiment_name(run_dir: Path, folds: Sequence[FoldReport]) -> str:

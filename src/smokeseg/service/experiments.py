@@ -21,7 +21,7 @@ from smokeseg.layout import (
     SCORING_PACKAGE_NAME,
     VALIDATION_PREDICTIONS_NAME,
 )
-from smokeseg.model.checkpoints import checkpoint_files
+from smokeseg.model.checkpoints import checkpoint_files, fold_folders
 from smokeseg.service.errors import ConflictError, NotFoundError
 from smokeseg.service.jobs import EXPERIMENTS_FOLDER, JOB_CONFIG_NAME, RUN_FOLDER, experiment_folder
 from smokeseg.service.registry import (
@@ -215,7 +215,7 @@ def run_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def fold_dirs(row: dict[str, Any]) -> list[Path]:
-    return sorted(Path(row["run_dir"]).glob("fold*"))
+    return fold_folders(Path(row["run_dir"]))
 
 
 def read_lines(path: Path) -> list[str]:
