@@ -284,17 +284,6 @@ ROWS = [
         "3+4",
         extra_frames=BOTH_SETS,
     ),
-    Row(  # the Lite2 row's training wall without bfloat16 (item 7's fast budget)
-        "Lite2 in fp32, SMOKE5K training scenes and other fires, 2x steps",
-        (
-            *TWICE_THE_STEPS,
-            "architecture.backbone=efficientnet_lite2",
-            "environment.mixed_precision_training=false",
-            "environment.mixed_precision_inference=false",
-        ),
-        "4+7",
-        extra_frames=BOTH_SETS,
-    ),
     Row(
         "+ SMOKE5K training scenes and other fires, 2x steps, fp32",
         (

@@ -642,6 +642,8 @@ def test_windows_alone_are_each_scored_as_an_image_of_their_own(trained, tmp_pat
     config_path, original = trained
     experiment = shutil.copytree(original, tmp_path / "exp")
     spec = WindowSpec(size=16, margin=2, count=4)
+    with pytest.raises(ConfigError, match="give alarm_budget with it"):
+        tune_threshold(experiment, min_region_recall=0.9, windows_alone=True)
     result = tune_threshold(experiment, alarm_budget=0.25, windows=spec, windows_alone=True)
     assert result.windows_alone and result.window_alarms is not None
 

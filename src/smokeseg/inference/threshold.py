@@ -229,6 +229,8 @@ def tune_threshold(
     tuning starts from the checkpoint's config: an earlier tuning's overrides are replaced, not kept.
     """
     check_rule(metric, min_region_recall, alarm_budget)
+    if windows_alone and alarm_budget is None:
+        raise ConfigError("windows_alone counts the alarm budget's windows: give alarm_budget with it.")
     metric = metric or "IoU"
     folds = [_FoldValidation.load(checkpoint) for checkpoint in find_checkpoints(experiment_dir)]
     # A bad override fails here, before any image is scored.
@@ -276,7 +278,7 @@ def tune_threshold(
             min_region_recall, alarm_budget, current, regions, total_images, result_folds
         )
     result.scoring_overrides = list(scoring_overrides)
-    result.windows_alone = windows_alone and alarm_budget is not None
+    result.windows_alone = windows_alone
     for fold in folds:
         write_text_atomic(fold.folder / THRESHOLD_NAME, json.dumps(result.to_dict(), indent=1))
     return result
