@@ -31,7 +31,9 @@ only when cut from frames of the test scenes (``Judges``).
 
 Hard and random negatives are mined once, after the first row, from that row's model
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
-every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames.
+every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
+``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
+start and fold, no model trained first, so it costs no fine-tuning time.
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
        [--seed 0] [--out benchmarks/results-items.json]
@@ -272,6 +274,18 @@ ROWS = [
         "4",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # hard negatives inside the fast budget: mined by the smoke-pretrained start, no fast.yaml model
+        "Hard negatives mined by the start, SMOKE5K training scenes and other fires, 2x steps, "
+        "wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "dataset.negative_dataframe={hard_start}",
+            f"dataset.negative_share={SHARE}",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "3",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # the two levers that each cut validation's false regions (Lite2; hard negatives), together
         "Lite2 + hard negatives 0.2, SMOKE5K training scenes and other fires, 2x steps, wider validation",
         (
@@ -334,10 +348,11 @@ def test_by_size(fold: Path) -> dict[str, dict[str, float | int]]:
     return scores_by_size(counts, fractions.to_numpy())
 
 
-def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
-    """Hard and random smoke-free crops from fold 0's training frames and the SMOKE5K frames outside
-    smoke-ht's fires; returns each table's path."""
-    validation = set(pd.read_parquet(model / "fold0" / VALIDATION_PREDICTIONS_NAME)["image_id"])
+def mine_negatives(miner: Path, folds_of: Path, workdir: Path, name: str = "") -> dict[str, Path]:
+    """Hard and random smoke-free crops, mined by ``miner`` from fold 0's training frames (the folds of
+    the row in ``folds_of``) and the SMOKE5K frames outside smoke-ht's fires; returns each table's path
+    under the placeholder ``hard{name}`` / ``random{name}``."""
+    validation = set(pd.read_parquet(folds_of / "fold0" / VALIDATION_PREDICTIONS_NAME)["image_id"])
     train = pd.read_parquet(SMOKE_HT / "train.pq")
     fold_train = workdir / "fold0_train.pq"
     if not fold_train.is_file():
@@ -345,7 +360,7 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
     outside = smoke5k_table(workdir, "outside")
     tables = {}
     for rule, flag in (("hard", []), ("random", ["--random"])):
-        out = workdir / f"negatives-{rule}"
+        out = workdir / f"negatives-{rule}{name.replace('_', '-')}"
         if not out.is_dir():
             for source, folder, part in (
                 (fold_train, SMOKE_HT / "gt_training", "site"),
@@ -355,18 +370,18 @@ def mine_negatives(model: Path, workdir: Path) -> dict[str, Path]:
                     [
                         SMOKESEG,
                         "mine-negatives",
-                        str(model),
+                        str(miner),
                         str(source),
                         "--data-folder",
                         str(folder),
                         "--out",
-                        str(workdir / f"negatives-{rule}-{part}"),
+                        str(out.with_name(f"{out.name}-{part}")),
                         *flag,
                     ],
                     workdir,
                 )
-            _merge([workdir / f"negatives-{rule}-{part}" for part in ("site", "smoke5k")], out)
-        tables[rule] = out / "negatives.csv"
+            _merge([out.with_name(f"{out.name}-{part}") for part in ("site", "smoke5k")], out)
+        tables[rule + name] = out / "negatives.csv"
     return tables
 
 
@@ -542,8 +557,13 @@ def main() -> None:
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue
+        first_row = workdir / _folder_name(ROWS[0].name)
         if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
-            placeholders.update(mine_negatives(workdir / _folder_name(ROWS[0].name), workdir))
+            placeholders.update(mine_negatives(first_row, first_row, workdir))
+        if "_start}" in "".join(row.overrides):
+            if not args.init_from:
+                sys.exit(f"row {row.name!r} mines with the start model: give --init-from")
+            placeholders.update(mine_negatives(args.init_from.resolve(), first_row, workdir, "_start"))
         started = time.perf_counter()
         done.append(run_row(row, workdir, judges, placeholders))
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
