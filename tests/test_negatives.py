@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,39 @@ def test_random_mining_scores_nothing(trained, tmp_path: Path, monkeypatch):
     table = read_table(out / "negatives.csv")
     assert len(table) == 24 and table["probability_max"].isna().all() and table["rle_mask"].isna().all()
     assert json.loads((out / "negatives.json").read_text())["rule"] == "random"
+
+
+def test_each_source_may_have_its_own_data_folder(trained, tmp_path: Path):
+    """Tables whose images lie elsewhere, each with its --data-folder: one dataset, names kept apart."""
+    config_path, experiment = trained
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for name in ("train.pq", "test.pq"):
+        shutil.copyfile(config_path.parent / name, tables / name)
+    images = str(config_path.parent / "images")
+
+    def mine(out: str, *folders: str):
+        arguments = ["mine-negatives", str(experiment), str(tables / "train.pq"), str(tables / "test.pq")]
+        options = ["--size", "64", "--margin", "4", "--random", "--device", "cpu", "-o", str(tmp_path / out)]
+        for folder in folders:
+            options += ["--data-folder", folder]
+        return CliRunner().invoke(app, [*arguments, *options])
+
+    result = mine("both", images, images)
+    assert result.exit_code == 0, result.output
+    table = read_table(tmp_path / "both" / "negatives.csv")
+    train_ids = set(pd.read_parquet(tables / "train.pq")["image_id"])
+    sources_used = {Path(source).name for source in table["source_image"]}
+    assert len(table) == 10 and sources_used - train_ids and sources_used & train_ids, sources_used
+    assert table["image_id"].is_unique
+    # One folder serves every source; a count that matches neither is refused before the model loads.
+    one = mine("one", images)
+    assert one.exit_code == 0 and len(read_table(tmp_path / "one" / "negatives.csv")) == 10, one.output
+    three = mine("three", images, images, images)
+    assert three.exit_code != 0 and not (tmp_path / "three").exists()
+    assert "3 data folders for 2 sources" in str(three.exception), three.output
+    without = mine("none")
+    assert without.exit_code != 0 and not (tmp_path / "none").exists()
 
 
 def test_a_failure_while_mining_leaves_no_folder(trained, tmp_path: Path, monkeypatch):

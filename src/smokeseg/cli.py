@@ -422,8 +422,11 @@ def mine_negatives(
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random crops.")] = 0,
     data_folder: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Folder (or zip) with the images of a table (default: found beside the table)."),
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            help="Folder (or zip) with the images of a table (default: found beside the table); repeat it "
+            "to give each source its own, in order.",
+        ),
     ] = None,
     device: DeviceOption = "auto",
 ) -> None:

@@ -58,12 +58,14 @@ def mine_negatives(
     rule: str = "hard",
     spec: WindowSpec = WindowSpec(),
     seed: int = 0,
-    data_folder: str | Path | None = None,
+    data_folder: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> MiningRun:
     """Cut ``spec.count`` smoke-free crops per frame of ``sources`` into the new folder ``out``.
 
+    ``data_folder``: the images of every table, or one folder per source in order (sources from
+    different datasets keep their images apart); ``None`` finds them beside each table.
     ``rule``: a name from ``MINING_RULES``; the hard rule takes the model's threshold. A frame that
     cannot be read, or whose mask does not fit it, is skipped with a warning naming it; a source
     without masks is a DataError, since its frames cannot be known to be smoke-free.
@@ -73,6 +75,7 @@ def mine_negatives(
         raise SmokesegError(f"Unknown mining rule {rule!r}: choose from {', '.join(MINING_RULES)}.")
     out = Path(out)
     _check_sources(sources)
+    folders = _folders_of(sources, data_folder)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(
             f"{out} already exists: give a new --out folder (mining never overwrites a dataset)."
@@ -83,8 +86,8 @@ def mine_negatives(
     dataset_cfg = predictor.config.dataset
     samples = [
         sample
-        for source in sources
-        for sample in labelled_samples(Path(source), data_folder, dataset_cfg, "mine-negatives")
+        for source, folder in zip(sources, folders, strict=True)
+        for sample in labelled_samples(Path(source), folder, dataset_cfg, "mine-negatives")
     ]
     image_cfg = predictor.config.image
     fit = image_cfg.native_fit() if image_cfg.resolution == "native" else None
@@ -112,6 +115,7 @@ def mine_negatives(
         summary = {
             "model": str(Path(model).resolve()),
             "sources": [str(Path(source).resolve()) for source in sources],
+            "data_folders": [None if folder is None else str(Path(folder).resolve()) for folder in folders],
             "rule": rule,
             "long_side": image_cfg.long_side if fit else None,
             "max_side": image_cfg.max_side if fit else None,
@@ -141,6 +145,22 @@ def _check_sources(sources: Sequence[str | Path]) -> None:
                 f"({', '.join(TABLE_SUFFIXES)}; its images beside it or in --data-folder), an images/ + "
                 "masks/ folder, or a .zip of either."
             )
+
+
+def _folders_of(
+    sources: Sequence[str | Path], data_folder: str | Path | Sequence[str | Path] | None
+) -> list[str | Path | None]:
+    """Each source's image folder: the one given for all, or the one given for it by position."""
+    if data_folder is None or isinstance(data_folder, str | Path):
+        return [data_folder] * len(sources)
+    if len(data_folder) <= 1:
+        return [data_folder[0] if data_folder else None] * len(sources)
+    if len(data_folder) != len(sources):
+        raise DataError(
+            f"{len(data_folder)} data folders for {len(sources)} sources: give one --data-folder for "
+            "every source (in the same order), or one for all of them."
+        )
+    return list(data_folder)
 
 
 def _windows(
