@@ -369,30 +369,19 @@ def mine_negatives(miner: Path, folds_of: Path, workdir: Path, name: str = "") -
     fold_train = workdir / "fold0_train.pq"
     if not fold_train.is_file():
         train[~train["image_id"].isin(validation)].to_parquet(fold_train, index=False)
-    outside = smoke5k_table(workdir, "outside")
+    sources = [str(fold_train), str(smoke5k_table(workdir, "outside"))]
+    folders = [
+        part
+        for folder in (SMOKE_HT / "gt_training", SMOKE5K / "images")
+        for part in ("--data-folder", str(folder))
+    ]
     tables = {}
     for rule, flag in (("hard", []), ("random", ["--random"])):
         out = workdir / f"negatives-{rule}{name.replace('_', '-')}"
         if not out.is_dir():
-            for source, folder, part in (
-                (fold_train, SMOKE_HT / "gt_training", "site"),
-                (outside, SMOKE5K / "images", "smoke5k"),
-            ):
-                _timed(
-                    [
-                        SMOKESEG,
-                        "mine-negatives",
-                        str(miner),
-                        str(source),
-                        "--data-folder",
-                        str(folder),
-                        "--out",
-                        str(out.with_name(f"{out.name}-{part}")),
-                        *flag,
-                    ],
-                    workdir,
-                )
-            _merge([out.with_name(f"{out.name}-{part}") for part in ("site", "smoke5k")], out)
+            _timed(
+                [SMOKESEG, "mine-negatives", str(miner), *sources, *folders, "-o", str(out), *flag], workdir
+            )
         tables[rule + name] = out / "negatives.csv"
     return tables
 
@@ -412,18 +401,6 @@ def extra_frames_overrides(workdir: Path, parts: tuple[str, ...]) -> list[str]:
     as the first row has them."""
     table = smoke5k_table(workdir, *parts)
     return [f"dataset.extra_train_dataframe={table}", f"dataset.extra_data_folder={SMOKE5K / 'images'}"]
-
-
-def _merge(parts: list[Path], out: Path) -> None:
-    """One negatives folder from several (image ids made unique by their part's name)."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    frames = []
-    for part in parts:
-        table = pd.read_csv(part / "negatives.csv", keep_default_na=False)
-        for image_id in table["image_id"]:
-            shutil.copyfile(part / "images" / image_id, out / "images" / f"{part.name}_{Path(image_id).name}")
-        frames.append(table.assign(image_id=[f"{part.name}_{Path(i).name}" for i in table["image_id"]]))
-    write_text_atomic(out / "negatives.csv", pd.concat(frames).to_csv(index=False))
 
 
 @dataclass(frozen=True)
