@@ -208,6 +208,8 @@ def test_each_source_may_have_its_own_data_folder(trained, tmp_path: Path):
     sources_used = {Path(source).name for source in table["source_image"]}
     assert len(table) == 10 and sources_used - train_ids and sources_used & train_ids, sources_used
     assert table["image_id"].is_unique
+    summary = json.loads((tmp_path / "both" / "negatives.json").read_text())
+    assert summary["data_folders"] == [str(Path(images).resolve())] * 2
     # One folder serves every source; a count that matches neither is refused before the model loads.
     one = mine("one", images)
     assert one.exit_code == 0 and len(read_table(tmp_path / "one" / "negatives.csv")) == 10, one.output
