@@ -320,6 +320,19 @@ ROWS = [
         "7",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # the fast budget without bfloat16 units: the start-mined negatives row in fp32
+        "fp32, hard negatives mined by the start at share 0.1, SMOKE5K training scenes and other fires, "
+        "2x steps",
+        (
+            *TWICE_THE_STEPS,
+            "dataset.negative_dataframe={hard_start}",
+            "dataset.negative_share=0.1",
+            "environment.mixed_precision_training=false",
+            "environment.mixed_precision_inference=false",
+        ),
+        "7",
+        extra_frames=BOTH_SETS,
+    ),
     Row("60 epochs", ("training.epochs=60", "training.evaluation_epochs=60"), "7"),
     Row("EfficientNet-Lite1", ("architecture.backbone=efficientnet_lite1",), "4"),
     Row("EfficientNet-Lite2, context pass", ("architecture.backbone=efficientnet_lite2",), "4"),
