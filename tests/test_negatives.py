@@ -311,6 +311,33 @@ def test_training_draws_the_share_of_negatives_with_empty_masks(trained, tmp_pat
     assert f"Negatives: 10 smoke-free crops, share 0.25: {draws} drawn per epoch" in log
 
 
+def test_a_fold_trains_on_no_crop_of_its_own_validation_frames(trained, tmp_path: Path):
+    """Crops mined from every training frame: each fold leaves out those of the frames it validates on."""
+    config_path = trained[0]
+    result = _mine(trained, tmp_path / "all", "--random")
+    assert result.exit_code == 0, result.output
+    mined = read_table(tmp_path / "all" / "negatives.csv")
+    assert len(mined) == 8 and all(Path(source).is_absolute() for source in mined["source_image"])
+    overrides = [
+        *TINY,
+        "dataset.test_dataframe=None",
+        "dataset.negative_share=0.2",
+        f"dataset.negative_dataframe={tmp_path / 'all' / 'negatives.csv'}",
+    ]
+    config = load_config(config_path, overrides)
+    data = run.ExperimentData.load(config)
+    source_of = dict(zip(mined["image_id"], mined["source_image"], strict=True))
+    for fold in (0, 1):
+        fold_data = data.fold(config, fold)
+        validated = {str(Path(sample.image_location).resolve()) for sample in fold_data.validation}
+        trained_on = {source_of[crop.image_id] for crop in fold_data.negatives}
+        assert validated and not validated & trained_on, fold
+        assert len(fold_data.negatives) == 8 - len(validated)
+    # Trained on the validation frames too, a fold may draw their crops as well.
+    everything = load_config(config_path, [*overrides, "training.train_validation_data=true"])
+    assert len(run.ExperimentData.load(everything).fold(everything, 0).negatives) == 8
+
+
 def test_negative_settings_are_checked_and_paths_resolved(trained, tmp_path: Path):
     config_path, _ = trained
     missing = [*TINY, "dataset.negative_share=0.2", f"dataset.negative_dataframe={tmp_path / 'gone.csv'}"]

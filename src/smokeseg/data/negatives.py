@@ -13,6 +13,7 @@ them each epoch (``NegativeMix``) so that they make about ``dataset.negative_sha
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import Sample, check_table_exists, load_samples
+from smokeseg.data.formats import Sample, check_table_exists, load_samples, read_table
 from smokeseg.errors import ConfigError
 
 # Windows start every STRIDE pixels: finer steps give near-duplicate crops for many times the work.
@@ -182,6 +183,28 @@ def load_negatives(dataset_cfg: DatasetConfig) -> list[Sample]:
             "`smokeseg mine-negatives` writes."
         )
     return [dataclasses.replace(sample, rles=()) for sample in samples]
+
+
+def negative_sources(dataset_cfg: DatasetConfig) -> dict[str, str]:
+    """Each negative crop's source frame by image id (the ``source_image`` column mine-negatives writes),
+    as ``frame_location`` gives it, so each fold can leave out of training the crops of its own
+    validation frames; empty for a table without the column."""
+    table = check_negative_table(dataset_cfg)
+    if table is None:
+        return {}
+    frame = read_table(table)
+    if "source_image" not in frame:
+        return {}
+    return {
+        str(image_id): frame_location(str(source))
+        for image_id, source in zip(frame["image_id"], frame["source_image"], strict=True)
+        if isinstance(source, str) and source
+    }
+
+
+def frame_location(location: str) -> str:
+    """A frame's location as an absolute, normalised path (a zip member's too), to match it across runs."""
+    return os.path.abspath(location)
 
 
 def negative_draws(share: float, train_samples: int) -> int:

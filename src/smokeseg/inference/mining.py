@@ -23,7 +23,7 @@ import pandas as pd
 from smokeseg.data.dataset import fit_with_mask
 from smokeseg.data.formats import TABLE_SUFFIXES, Sample, split_zip_path
 from smokeseg.data.images import encode_png
-from smokeseg.data.negatives import MINING_RULES, Window, WindowSpec
+from smokeseg.data.negatives import MINING_RULES, Window, WindowSpec, frame_location
 from smokeseg.errors import DataError, OutputError, SmokesegError
 from smokeseg.inference.evaluate import labelled_samples
 from smokeseg.inference.predictor import Predictor
@@ -193,7 +193,7 @@ def _write_crops(
                 "image_id": name,
                 "class_id": CLASS_NAME,
                 "rle_mask": "",
-                "source_image": sample.image_location,
+                "source_image": frame_location(sample.image_location),
                 "x": window.x,
                 "y": window.y,
                 "probability_max": window.probability_max,

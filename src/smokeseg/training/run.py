@@ -31,7 +31,14 @@ from smokeseg.data.check import check_rle_order
 from smokeseg.data.dataset import SegmentationDataset, limit_opencv_threads
 from smokeseg.data.formats import Sample, check_table_exists, load_samples
 from smokeseg.data.groups import assign_groups
-from smokeseg.data.negatives import NegativeMix, check_negative_table, load_negatives, negative_draws
+from smokeseg.data.negatives import (
+    NegativeMix,
+    check_negative_table,
+    frame_location,
+    load_negatives,
+    negative_draws,
+    negative_sources,
+)
 from smokeseg.data.splits import resolve_seed, split_train_validation
 from smokeseg.errors import ConfigError, DataError, SmokesegError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
@@ -193,6 +200,7 @@ class ExperimentData:
     test: list[Sample]
     negatives: list[Sample] = field(default_factory=list)
     extra: list[Sample] = field(default_factory=list)
+    negative_sources: dict[str, str] = field(default_factory=dict)  # crop id -> its source frame
     _groups: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -216,7 +224,9 @@ class ExperimentData:
         train, validation, extra = samples("train"), samples("validation"), samples("extra")
         if dataset_cfg.extra_in_validation_groups == "validate":
             _refuse_shared_ids(train + validation, extra, tables)
-        return cls(train, validation, samples("test"), load_negatives(dataset_cfg), extra)
+        negatives = load_negatives(dataset_cfg)
+        sources = negative_sources(dataset_cfg) if negatives else {}
+        return cls(train, validation, samples("test"), negatives, extra, sources)
 
     def groups(self, rule: str) -> list[str]:
         """Fold groups of the train then validation samples, together so a look-alike frame in the
@@ -277,8 +287,23 @@ class ExperimentData:
         train = _subsample([self.train[i] for i in train_idx] + extra, config.dataset, "Train", seed)
         validation = _subsample(validation, config.dataset, "Validation", seed)
         if config.training.train_validation_data:
-            train = train + validation
-        return FoldData(train, validation, self.negatives)
+            return FoldData(train + validation, validation, self.negatives)
+        return FoldData(train, validation, self._negatives_outside(validation, fold))
+
+    def _negatives_outside(self, validation: list[Sample], fold: int) -> list[Sample]:
+        """The negatives not cut from one of the fold's validation frames: a crop of a frame the fold
+        validates on would teach the model that frame's look before it is scored."""
+        validated = {frame_location(sample.image_location) for sample in validation}
+        kept = [n for n in self.negatives if self.negative_sources.get(n.image_id) not in validated]
+        if len(kept) < len(self.negatives):
+            logger.info(
+                "dataset.negative_dataframe: %d of %d crops were cut from fold %d's validation frames: left "
+                "out of its training.",
+                len(self.negatives) - len(kept),
+                len(self.negatives),
+                fold,
+            )
+        return kept
 
 
 def _refuse_shared_ids(site: list[Sample], extra: list[Sample], tables: dict[str, RunTable]) -> None:
