@@ -556,10 +556,10 @@ def main() -> None:
         "seed": args.seed,
     }
     judges = Judges.load(args.crops.resolve(), workdir)
+    first_row = workdir / _folder_name(ROWS[0].name)  # whose fold 0 every row shares
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue
-        first_row = workdir / _folder_name(ROWS[0].name)
         if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
             placeholders.update(mine_negatives(first_row, first_row, workdir))
         if "_start}" in "".join(row.overrides):

@@ -153,14 +153,15 @@ def _folders_of(
     """Each source's image folder: the one given for all, or the one given for it by position."""
     if data_folder is None or isinstance(data_folder, str | Path):
         return [data_folder] * len(sources)
-    if len(data_folder) <= 1:
-        return [data_folder[0] if data_folder else None] * len(sources)
-    if len(data_folder) != len(sources):
+    folders: list[str | Path | None] = list(data_folder) or [None]
+    if len(folders) == 1:
+        return folders * len(sources)
+    if len(folders) != len(sources):
         raise DataError(
-            f"{len(data_folder)} data folders for {len(sources)} sources: give one --data-folder for "
+            f"{len(folders)} data folders for {len(sources)} sources: give one --data-folder for "
             "every source (in the same order), or one for all of them."
         )
-    return list(data_folder)
+    return folders
 
 
 def _windows(
