@@ -4,7 +4,8 @@ never slower than plain float32 (``benchmarks/precision.py`` measures it on the 
 On CUDA, float16 (Hydrogen Torch's meaning). On a CPU, bfloat16 where it has native bfloat16 units:
 - Intel AMX (2-core Xeon): a U-Net training step ran 2.2x faster, a 1280x960 frame scored 2.7x faster;
 - AVX512-BF16 (2-core AMD EPYC, family 26): a training step took 0.56x (ResNet34) and 0.40x
-  (EfficientNet-Lite0) the float32 time, a frame 0.63x and 0.56x;
+  (EfficientNet-Lite0) the float32 time, a frame 0.63x and 0.56x; on family 25, 0.38x and 0.59x, a
+  frame 0.38x and 0.27x;
 - AVX2 only: float32, since bfloat16 is emulated there.
 """
 
