@@ -92,6 +92,7 @@ def test_one_epoch_run_writes_every_output(tiny_dataset: Path, tmp_path: Path):
     metrics = json.loads((fold_dir / "metrics.json").read_text())
     assert metrics["train_observations"] + metrics["validation_observations"] == 12
     assert 0.0 <= metrics["validation_IoU"] <= 1.0 and 0.0 <= metrics["test_IoU"] <= 1.0
+    assert 0 < metrics["training_time_s"] <= metrics["wall_time_s"], "training, then scoring whole frames"
 
     validation = pd.read_parquet(fold_dir / "validation_predictions.parquet")
     assert len(validation) == metrics["validation_observations"]

@@ -70,6 +70,7 @@ METRICS = (
     MetricSpec("validation_observations", "validation images", "count"),
     MetricSpec("test_observations", "test images", "count"),
     MetricSpec("seed", "seed", "count"),
+    MetricSpec("training_time_s", "training time", "seconds"),
     MetricSpec("wall_time_s", "wall time", "seconds"),
 )
 

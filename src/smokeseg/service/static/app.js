@@ -53,6 +53,7 @@
     mean_image_IoU: "IoU, mean per image", mean_image_Dice: "Dice, mean per image", image_AUROC: "image AUROC",
     region_recall: "region recall (smoke frames found)", false_region_frames: "share of frames with a false region",
     false_regions_per_frame: "false regions per frame", observations: "images", wall_time_s: "wall time",
+    training_time_s: "training time (without the final scoring)",
   };
   function metricLabel(key) {
     const fold = /^fold(\d+)\.(.+)$/.exec(key);
@@ -317,7 +318,7 @@
     const keys = Array.from(new Set(folds.flatMap((f) => Object.keys(metrics[f])))).filter((k) => k !== "fold");
     const head = `<tr><th scope="col">metric</th>${folds.map((f) => `<th scope="col">${esc(f)}</th>`).join("")}</tr>`;
     const rows = keys.map((k) => `<tr><th scope="row" title="${esc(k)}">${esc(metricLabel(k))}</th>${folds.map((f) =>
-      `<td class="num">${k === "wall_time_s" ? duration(metrics[f][k]) : esc(number(metrics[f][k], SCORE.test(k) ? 4 : undefined))}</td>`).join("")}</tr>`);
+      `<td class="num">${k.endsWith("_time_s") ? duration(metrics[f][k]) : esc(number(metrics[f][k], SCORE.test(k) ? 4 : undefined))}</td>`).join("")}</tr>`);
     return `<table class="metrics" id="metrics-table">${head}${rows.join("")}</table>`;
   }
 
@@ -456,7 +457,7 @@
         const v = values[i];
         const differ = new Set(numbers).size > 1;
         const mark = best !== null && differ && v === best ? ' class="num best" title="best"' : ' class="num"';
-        return `<td${mark}>${metric.endsWith("wall_time_s") ? duration(v) : esc(number(v, SCORE.test(metric) ? 4 : undefined))}</td>`;
+        return `<td${mark}>${metric.endsWith("_time_s") ? duration(v) : esc(number(v, SCORE.test(metric) ? 4 : undefined))}</td>`;
       }).join("")}</tr>`;
     });
     $("#compare-metrics").innerHTML = `<table id="compare-metrics-table">${head}${metricRows.join("")}</table>`;
