@@ -24,8 +24,10 @@ from smokeseg.data.negatives import (
     NegativeMix,
     WindowSpec,
     clean_corners,
+    frame_on_disk,
     hard_windows,
     load_negatives,
+    negative_sources,
     smoke_free_windows,
 )
 from smokeseg.data.synthetic import generate_demo_dataset
@@ -336,6 +338,33 @@ def test_a_fold_trains_on_no_crop_of_its_own_validation_frames(trained, tmp_path
     # Trained on the validation frames too, a fold may draw their crops as well.
     everything = load_config(config_path, [*overrides, "training.train_validation_data=true"])
     assert len(run.ExperimentData.load(everything).fold(everything, 0).negatives) == 8
+
+
+def test_crops_of_frames_that_moved_since_mining_are_named(trained, tmp_path: Path, caplog):
+    """Fold-aware negatives match frames by path: a table mined before the frames moved is warned of."""
+    result = _mine(trained, tmp_path / "all", "--random")
+    assert result.exit_code == 0, result.output
+    table = tmp_path / "all" / "negatives.csv"
+    overrides = [*TINY, "dataset.negative_share=0.2", f"dataset.negative_dataframe={table}"]
+    config = load_config(trained[0], overrides)
+    with caplog.at_level(logging.WARNING, logger="smokeseg.data.negatives"):
+        assert len(negative_sources(config.dataset)) == 8
+    assert not caplog.records, "frames where the table says: nothing to warn of"
+    mined = read_table(table)
+    moved = [str(tmp_path / "moved" / Path(source).name) for source in mined["source_image"][:4]]
+    mined.loc[:3, "source_image"] = moved
+    mined.to_csv(table, index=False)
+    with caplog.at_level(logging.WARNING, logger="smokeseg.data.negatives"):
+        negative_sources(config.dataset)
+    assert "4 of 8 crops name a source frame that is not there" in caplog.text
+    assert str(tmp_path / "moved") in caplog.text and "mine the negatives again" in caplog.text
+
+
+def test_a_zip_member_is_on_disk_where_its_archive_is(tmp_path: Path):
+    archive = tmp_path / "frames.zip"
+    archive.write_bytes(b"PK")
+    assert frame_on_disk(str(archive / "images" / "a.jpg"))
+    assert not frame_on_disk(str(tmp_path / "gone.zip" / "a.jpg")) and not frame_on_disk(str(tmp_path))
 
 
 def test_negative_settings_are_checked_and_paths_resolved(trained, tmp_path: Path):

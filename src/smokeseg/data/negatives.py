@@ -13,6 +13,7 @@ them each epoch (``NegativeMix``) so that they make about ``dataset.negative_sha
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from torch.utils.data import Sampler
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, check_table_exists, load_samples, read_table
 from smokeseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # Windows start every STRIDE pixels: finer steps give near-duplicate crops for many times the work.
 STRIDE = 16
@@ -195,11 +198,32 @@ def negative_sources(dataset_cfg: DatasetConfig) -> dict[str, str]:
     frame = read_table(table)
     if "source_image" not in frame:
         return {}
-    return {
+    sources = {
         str(image_id): frame_location(str(source))
         for image_id, source in zip(frame["image_id"], frame["source_image"], strict=True)
         if isinstance(source, str) and source
     }
+    gone = [source for source in sources.values() if not frame_on_disk(source)]
+    if gone:
+        logger.warning(
+            "dataset.negative_dataframe %s: %d of %d crops name a source frame that is not there "
+            "(first: %s), so a fold cannot tell whether it validates on that frame and keeps its crops. If "
+            "the frames moved since mining, mine the negatives again from where they are now "
+            "(smokeseg mine-negatives).",
+            table,
+            len(gone),
+            len(sources),
+            gone[0],
+        )
+    return sources
+
+
+def frame_on_disk(location: str) -> bool:
+    """A frame's file exists, or the archive it is a member of does (``/data/set.zip/images/a.jpg``)."""
+    path = Path(location)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.is_file()
 
 
 def frame_location(location: str) -> str:
