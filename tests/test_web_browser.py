@@ -116,6 +116,33 @@ class Session:
         page.set_viewport_size({"width": 1280, "height": 800})
 
 
+def _false_alarm_filter_keeps_only_flagged_frames(session: Session, experiment_id: str, tiles: int) -> None:
+    """The trained model may put a false region on every validation frame or on none, where the filter
+    shows nothing; so the page is fed the real detail with one frame's count set and the rest cleared."""
+
+    def one_false_alarm(route) -> None:
+        response = route.fetch()
+        detail = response.json()
+        rows = [row for fold in detail["folds"] for row in fold["validation_predictions"]]
+        for row in rows:
+            row["false_regions"] = 0
+        rows[-1]["false_regions"] = 2
+        route.fulfill(response=response, json=detail)
+        marked.append(rows[-1]["image_id"])
+
+    marked: list[str] = []
+    page = session.new_page()
+    page.route(f"**/v1/experiments/{experiment_id}", one_false_alarm)
+    page.goto(f"/experiments/{experiment_id}")
+    sync_api.expect(page.locator("#gallery figure")).to_have_count(tiles)
+    page.check("#false-alarms-only")
+    sync_api.expect(page.locator("#gallery figure")).to_have_count(1)
+    caption = page.locator("#gallery figcaption")
+    sync_api.expect(caption).to_contain_text(marked[-1])
+    sync_api.expect(caption).to_contain_text("2 false regions ·")
+    page.close()
+
+
 def _images_loaded(page, selector: str) -> int:
     return page.eval_on_selector_all(
         selector, "images => images.filter(i => i.complete && i.naturalWidth > 0).length"
@@ -254,6 +281,7 @@ def test_import_train_watch_compare_and_score(
     page.uncheck("#false-alarms-only")
     sync_api.expect(page.locator("#gallery figure")).to_have_count(tiles)
     session.shoot("05-experiment-finished")
+    _false_alarm_filter_keeps_only_flagged_frames(session, first_id, tiles)
     checkpoint = httpx.get(server + page.get_attribute("#downloads a:has-text('Checkpoint')", "href"))
     assert checkpoint.status_code == 200 and len(checkpoint.content) > 1000
 
