@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-browser demo test test-slow lint benchmark
+.PHONY: setup setup-browser setup-postgres demo test test-slow lint benchmark
 
 # PyTorch's default x86_64 wheels carry CUDA libraries (~7 GB installed): a new .venv fails early, saying so,
 # on a full disk instead of pip's OSError halfway through.
@@ -29,15 +29,22 @@ setup-browser:
 		{ apt-get update -qq && apt-get install -y -qq chromium; } || \
 		echo "chromium could not be installed: the browser tests will be skipped"
 
+# The PostgreSQL tests start Debian's server on loopback (the service's catalogue as a team runs it); they
+# skip, saying so, where it cannot be installed.
+setup-postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq postgresql; } || \
+		echo "postgresql could not be installed: the PostgreSQL tests will be skipped"
+
 demo: setup
 	$(BIN)/smokeseg demo
 
-test: setup setup-browser
+test: setup setup-browser setup-postgres
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 	$(BIN)/python -m pytest
 
-test-slow: setup setup-browser
+test-slow: setup setup-browser setup-postgres
 	$(BIN)/python -m pytest -m slow
 
 # SUITE=accuracy INIT_FROM=output/smoke-pretrain-real for the recipes (see benchmarks/RESULTS.md).

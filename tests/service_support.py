@@ -68,6 +68,17 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60, **kwargs)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def wait_status(client: httpx.Client, experiment_id: str, wanted: set[str], timeout: float = 180) -> dict:
+    """Poll an experiment until its status is one of ``wanted``; returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment = client.get(f"/v1/experiments/{experiment_id}").json()
+        if experiment["status"] in wanted:
+            return experiment
+        time.sleep(0.5)
+    raise TimeoutError(f"{experiment_id} never reached {wanted}: {experiment['status']}")
+
+
 def start_server(workdir: Path, port: int, *extra: str, log: Path | None = None) -> subprocess.Popen:
     """``smokeseg serve`` as its own process on 127.0.0.1, as a user starts it."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}

@@ -19,7 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import TINY_CONFIG, free_port, png_bytes, start_server, tiny_demo, zip_folder
+from service_support import (
+    TINY_CONFIG,
+    free_port,
+    png_bytes,
+    start_server,
+    tiny_demo,
+    wait_status,
+    zip_folder,
+)
 from smokeseg.service.registry import DATABASE_NAME
 
 LONG_CONFIG = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "epochs": 50}}
@@ -33,16 +41,6 @@ def demo_folder(tmp_path_factory) -> Path:
 def _stop(process) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(30)
-
-
-def _wait_status(client: httpx.Client, experiment_id: str, wanted: set[str], timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        experiment = client.get(f"/v1/experiments/{experiment_id}").json()
-        if experiment["status"] in wanted:
-            return experiment
-        time.sleep(0.5)
-    raise TimeoutError(f"{experiment_id} never reached {wanted}: {experiment['status']}")
 
 
 def _events(client: httpx.Client, experiment_id: str) -> list[tuple[str, dict]]:
@@ -95,7 +93,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         with client.stream("GET", f"/v1/experiments/{b}/events") as stream:
             first_line = next(stream.iter_lines())  # then this client goes away mid-stream
         assert first_line.startswith("event: ")
-        _wait_status(client, b, {"succeeded"})
+        wait_status(client, b, {"succeeded"})
         detail = client.get(f"/v1/experiments/{a}").json()
         fold = detail["folds"][0]
         assert "validation_IoU" in fold["metrics"] and "train_loss" in fold["charts"]
@@ -137,7 +135,7 @@ def test_train_stream_compare_score_download_cancel(demo_folder: Path, tmp_path:
         long = client.post(
             "/v1/experiments", json={"name": "c", "dataset_id": dataset["id"], "config": LONG_CONFIG}
         ).json()
-        running = _wait_status(client, long["id"], {"running"})
+        running = wait_status(client, long["id"], {"running"})
         training = _wait_for_pid(tmp_path / "work", long["id"])
         cancelled = client.post(f"/v1/experiments/{running['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
@@ -168,7 +166,7 @@ def test_kill_9_resume_stop_restart_marks_the_job_failed(demo_folder: Path, tmp_
         _kill_9(server)
 
         server = start_server(workdir, port, "--resume-jobs")
-        resumed = _wait_status(client, experiment["id"], {"running"}, timeout=30)
+        resumed = wait_status(client, experiment["id"], {"running"}, timeout=30)
         assert resumed["error"] is None and not _alive(first_training), "the orphan was stopped"
         second_training = _wait_for_pid(workdir, experiment["id"])
         assert b"--resume" in Path(f"/proc/{second_training}/cmdline").read_bytes(), (

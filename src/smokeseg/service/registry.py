@@ -41,13 +41,16 @@ FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that comes back in UTC from every database: SQLite keeps no time zone, PostgreSQL does."""
+    """A timestamp that comes back in UTC from every database: SQLite keeps no time zone, PostgreSQL gives
+    the session's (its server's ``timezone`` setting, say Europe/Berlin)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 metadata = MetaData()
