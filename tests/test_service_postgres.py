@@ -46,7 +46,7 @@ def database_url() -> Iterator[str]:
             shutil.chown(folder, SERVER_USER)
         except LookupError:
             shutil.rmtree(folder)
-            pytest.skip(f"PostgreSQL's initdb refuses root, and there is no {SERVER_USER!r} user to run it as")
+            pytest.skip(f"initdb refuses root, and there is no {SERVER_USER!r} user to run it as")
         as_server_user = ["runuser", "-u", SERVER_USER, "--"]
     data, port = folder / "data", free_port()
     # A server in another time zone than UTC: timestamps must still come back in UTC.
