@@ -23,6 +23,7 @@ from smokeseg.data.synthetic import generate_demo_dataset
 from smokeseg.errors import ConfigError, DataError, TrainingInterrupted
 from smokeseg.inference.predictor import Predictor
 from smokeseg.inference.threshold import tune_threshold
+from smokeseg.model.precision import cpu_has_native_bfloat16
 from smokeseg.report.html import write_report
 from smokeseg.training import outputs, run
 from smokeseg.training.module import SmokeSegmentationModule, learning_rate_factor
@@ -634,17 +635,17 @@ def test_validated_extra_frames_may_not_share_an_image_id_with_the_site(tiny_dat
         run.ExperimentData.load(config)
 
 
-def test_cpu_training_runs_channels_last_when_asked_with_the_same_curve(
+def test_cpu_training_runs_channels_last_in_float32_with_the_same_curve(
     tiny_dataset: Path, tmp_path: Path, monkeypatch
 ):
-    plain_config = _config(
+    """Unset, ``environment.channels_last_training`` is on where the CPU trains in float32 and off where
+    it trains in bfloat16; set, it is what it says."""
+    fp32 = _config(
         tiny_dataset,
         "training.epochs=1",
         "dataset.test_dataframe=None",
         "environment.mixed_precision_training=false",
     )
-    environment = plain_config.environment.model_copy(update={"channels_last_training": True})
-    config = plain_config.model_copy(update={"environment": environment})
     layouts: list[tuple[bool, bool]] = []
     training_step = SmokeSegmentationModule.training_step
 
@@ -658,12 +659,20 @@ def test_cpu_training_runs_channels_last_when_asked_with_the_same_curve(
         )
         return training_step(module, batch, index)
 
+    def trained_layouts(config: ExperimentConfig, name: str, **environment) -> set[tuple[bool, bool]]:
+        config = config.model_copy(update={"environment": config.environment.model_copy(update=environment)})
+        layouts.clear()
+        run.train(config, tmp_path / name, progress=False)
+        return set(layouts)
+
     monkeypatch.setattr(SmokeSegmentationModule, "training_step", recording)
-    run.train(config, tmp_path / "channels_last", progress=False)
-    assert layouts and all(image and weight for image, weight in layouts)
-    layouts.clear()
-    run.train(plain_config, tmp_path / "contiguous", progress=False)
-    assert layouts and not any(image or weight for image, weight in layouts), "the default is contiguous"
+    assert fp32.environment.channels_last_training is None
+    assert trained_layouts(fp32, "channels_last") == {(True, True)}, "float32: channels-last by default"
+    assert trained_layouts(fp32, "contiguous", channels_last_training=False) == {(False, False)}
+    mixed = cpu_has_native_bfloat16()
+    assert trained_layouts(fp32, "mixed", mixed_precision_training=True) == {(not mixed, not mixed)}, (
+        "bfloat16 trains contiguous unless asked; a CPU without it trains float32, channels-last"
+    )
 
     def losses(name: str) -> list[float]:
         return json.loads((tmp_path / name / "fold0/charts.json").read_text())["train_loss"]["value"]

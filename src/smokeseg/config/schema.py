@@ -31,6 +31,7 @@ def _none_string_to_null(value: Any) -> Any:
 OptionalPath = Annotated[Path | None, BeforeValidator(_none_string_to_null)]
 OptionalInt = Annotated[int | None, BeforeValidator(_none_string_to_null)]
 OptionalFloat = Annotated[float | None, BeforeValidator(_none_string_to_null)]
+OptionalBool = Annotated[bool | None, BeforeValidator(_none_string_to_null)]
 
 
 def _listify(value: Any) -> Any:
@@ -258,12 +259,13 @@ class EnvironmentConfig(Section):
     number_of_gpus_per_run: OptionalInt = Field(
         None, ge=1, description="how many of gpus one run trains on (all by default); several: DDP"
     )
-    channels_last_training: bool = Field(
-        False,
+    channels_last_training: OptionalBool = Field(
+        None,
         description="on the CPU, train in the channels-last memory layout, which oneDNN's convolutions "
-        "run faster (epochs 0.63x in fp32, 0.76x in bfloat16 on an AMX CPU); off by default, since "
-        "runs trained so scored a lower mean per-image IoU on grouped validation on the three seeds "
-        "compared (benchmarks/RESULTS.md). GPU training is untouched",
+        "run faster (the best recipe's fp32 training 0.60x the time on an AVX512-BF16 CPU, bfloat16 "
+        "epochs 0.76x on an AMX CPU). Unset (the default): on where CPU training runs in float32, off "
+        "in bfloat16, where runs trained so scored a lower mean per-image IoU on grouped validation on "
+        "the three seeds compared (benchmarks/RESULTS.md). GPU training is untouched",
     )
 
     @field_validator("gpus")

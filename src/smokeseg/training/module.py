@@ -23,6 +23,7 @@ from smokeseg.inference.predictor import combine_context
 from smokeseg.metrics import OverlapScores
 from smokeseg.model.factory import build_model, split_outputs
 from smokeseg.model.losses import create_loss
+from smokeseg.model.precision import mixed_precision_dtype
 
 VALIDATION_LOSSES_KEY = "validation_losses"
 # Batch entries that are image tensors (N, C, H, W): training crops, validation frames, context views.
@@ -80,7 +81,7 @@ class SmokeSegmentationModule(L.LightningModule):
         self.mix_generator = torch.Generator().manual_seed(max(self.config.environment.seed, 0))
 
     def setup(self, stage: str) -> None:
-        """With ``environment.channels_last_training`` on CPU, channels-last weights: oneDNN's
+        """Channels-last weights where CPU training runs that layout (``_channels_last``): oneDNN's
         convolutions run faster on that layout (see ``on_after_batch_transfer``). Before the optimiser
         exists, which then holds the same parameters."""
         if self._channels_last():
@@ -96,8 +97,14 @@ class SmokeSegmentationModule(L.LightningModule):
         }
 
     def _channels_last(self) -> bool:
-        on_cpu = self.trainer.strategy.root_device.type == "cpu"
-        return on_cpu and self.config.environment.channels_last_training
+        if self.trainer.strategy.root_device.type != "cpu":
+            return False
+        asked = self.config.environment.channels_last_training
+        if asked is not None:
+            return asked
+        # Unset: channels-last where the CPU trains in float32, where it keeps the numbers (bfloat16's
+        # rounding differs by layout, and that cost grouped validation accuracy).
+        return mixed_precision_dtype(self.config.environment.mixed_precision_training, "cpu") is None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mask logits, image logits or None without a classification head), in float32 under any
