@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from smokeseg.config.schema import DatasetConfig
-from smokeseg.data.formats import Sample, check_table_exists, load_samples, read_table
+from smokeseg.data.formats import Sample, check_table_exists, load_samples, read_table, split_zip_path
 from smokeseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -220,10 +220,7 @@ def negative_sources(dataset_cfg: DatasetConfig) -> dict[str, str]:
 
 def frame_on_disk(location: str) -> bool:
     """A frame's file exists, or the archive it is a member of does (``/data/set.zip/images/a.jpg``)."""
-    path = Path(location)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path.is_file()
+    return Path(location).is_file() or split_zip_path(location) is not None
 
 
 def frame_location(location: str) -> str:
