@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import free_port, png_bytes, start_server, tiny_demo, zip_folder
+from service_support import TINY_CONFIG, free_port, png_bytes, start_server, tiny_demo, zip_folder
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
 
@@ -369,6 +369,68 @@ def test_keyboard_reaches_the_form_and_submits(browser, server: str, shots: list
     sync_api.expect(page.locator("#f-name-error")).to_be_visible()
     assert page.evaluate("document.activeElement.id") == "f-name"  # focus moves to the first error
     assert all("status of 422" in error for error in session.errors), session.errors
+
+
+def test_with_a_token_the_browser_signs_in_follows_a_run_and_signs_out(
+    browser, shots: list[Path], tmp_path: Path
+):
+    """A server started with --token: the browser is sent to sign in, a wrong token is refused beside
+    the field, the right one lands on the page asked for; the signed-in pages then import a dataset
+    (a POST), stream a run's log (an EventSource, which cannot send a header) and cancel it; signing
+    out sends the browser back to the sign-in page."""
+    port, token = free_port(), "a-long-random-token"
+    process = start_server(tmp_path / "work", port, "--token", token, log=tmp_path / "server.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        session = Session(browser, base, shots)
+        page = session.page
+        page.goto("/datasets")
+        page.wait_for_url(re.compile(r".*/login\?next=%2Fdatasets$"))
+        page.fill("#login-token", "wrong")
+        page.click("#login-form button[type=submit]")
+        sync_api.expect(page.locator("#login-error")).to_contain_text("not the token")
+        assert page.get_attribute("#login-token", "aria-invalid") == "true"
+        session.shoot("20-sign-in-refused")
+        page.fill("#login-token", token)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(re.compile(r".*/datasets$"))
+
+        archive = zip_folder(tiny_demo(tmp_path / "demo"), tmp_path / "demo.zip")
+        page.fill("#ds-name", "demo")
+        page.set_input_files("#ds-file", str(archive))
+        page.click("#import-form button[type=submit]")
+        page.wait_for_url(re.compile(r".*/datasets/[0-9a-f]+$"))
+        page.wait_for_function("document.querySelectorAll('#dataset-grid img').length === 8")
+        dataset_id = page.url.rsplit("/", 1)[1]
+
+        # A script starts a long run with the bearer token; the signed-in page follows it live.
+        config = {**TINY_CONFIG, "training": {**TINY_CONFIG["training"], "epochs": 500}}
+        created = httpx.post(
+            f"{base}/v1/experiments",
+            json={"name": "long", "dataset_id": dataset_id, "config": config},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+        page.goto(f"/experiments/{created.json()['id']}")
+        page.wait_for_function("document.querySelector('#log').textContent.length > 0", timeout=60_000)
+        sync_api.expect(page.locator("#live")).to_have_text("· live")
+        page.click("#cancel")
+        page.wait_for_function(
+            "['cancelled', 'failed'].includes(document.querySelector('#experiment').dataset.status)",
+            timeout=60_000,
+        )
+        assert page.get_attribute("#experiment", "data-status") == "cancelled"
+        session.shoot("21-signed-in-run-cancelled")
+
+        page.click("nav .nav-button")
+        page.wait_for_url(re.compile(r".*/login$"))
+        page.goto("/experiments")
+        page.wait_for_url(re.compile(r".*/login\?next=%2Fexperiments$"))
+        # Chromium logs the refused sign-in (401) as a failed resource; nothing else.
+        assert all("status of 401" in error for error in session.errors), session.errors
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
 
 
 @pytest.mark.shared

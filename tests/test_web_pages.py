@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pandas as pd
 import pytest
@@ -242,12 +243,59 @@ def test_server_images_only_below_the_allowed_roots(tmp_path: Path):
         assert escape.status_code == 403
 
 
-def test_with_a_token_the_pages_are_guarded_like_the_api(tmp_path: Path):
-    """--token guards the pages and /ui routes too (a browser cannot send it: the pages are for
-    servers without one); the static files hold no data and stay readable."""
+def test_with_a_token_a_browser_signs_in_once_and_the_cookie_opens_pages_and_api(
+    tmp_path: Path, demo_zip: Path
+):
+    """--token: pages send the browser to /login (the API and /ui answer 401), the right token sets an
+    HttpOnly SameSite=Strict cookie that is not the token and opens pages and API; a change made with the
+    cookie must come from the server's own origin; signing out closes it all again."""
     settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, token="s3cret")
     with TestClient(create_app(settings)) as client:
-        for url in ("/experiments", "/datasets", "/predict", "/ui/experiments/x/files"):
-            assert client.get(url).status_code == 401, url
+        for url in ("/experiments", "/datasets?x=1", "/predict"):
+            response = client.get(url, follow_redirects=False)
+            assert response.status_code == 303, url
+            assert response.headers["location"] == "/login?" + urlencode({"next": url})
+        assert client.get("/ui/experiments/x/files").status_code == 401
+        assert client.get("/v1/datasets").status_code == 401
+        assert client.get("/static/app.js").status_code == 200  # holds no data
         assert client.get("/experiments", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert client.get("/static/app.js").status_code == 200
+
+        login = client.get("/login", params={"next": "/datasets"})
+        assert login.status_code == 200 and 'type="password"' in login.text and "Sign out" not in login.text
+        wrong = client.post("/login", data={"token": "guess", "next": "/datasets"}, follow_redirects=False)
+        assert wrong.status_code == 401 and "not the token" in wrong.text and not client.cookies
+
+        signed = client.post("/login", data={"token": "s3cret", "next": "/datasets"}, follow_redirects=False)
+        assert signed.status_code == 303 and signed.headers["location"] == "/datasets"
+        cookie = signed.headers["set-cookie"]
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower() and "s3cret" not in cookie
+        page = client.get("/datasets")
+        assert page.status_code == 200 and "Sign out" in page.text
+        assert client.get("/v1/datasets").status_code == 200
+
+        upload = {"data": {"name": "demo"}, "files": {"file": demo_zip.read_bytes()}}
+        assert client.post("/v1/datasets", **upload).status_code == 403  # no Origin: not from a page
+        foreign = client.post("/v1/datasets", headers={"Origin": "http://127.0.0.1:9999"}, **upload)
+        assert foreign.status_code == 403 and "Bearer" in foreign.json()["detail"]
+        assert client.get("/v1/datasets").json() == []
+        own = client.post("/v1/datasets", headers={"Origin": "http://testserver"}, **upload)
+        assert own.status_code == 201, own.text
+
+        client.post("/logout")
+        assert not client.cookies
+        assert client.get("/datasets", follow_redirects=False).status_code == 303
+        assert client.get("/v1/datasets").status_code == 401
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", ""])
+def test_signing_in_never_redirects_off_the_server(tmp_path: Path, target: str):
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, token="s3cret")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/login", data={"token": "s3cret", "next": target}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/experiments"
+
+
+def test_without_a_token_there_is_nothing_to_sign_in_to(client: TestClient):
+    response = client.get("/login", params={"next": "/predict"}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/predict"
+    assert "Sign out" not in client.get("/experiments").text

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from smokeseg import __version__
 from smokeseg.errors import ConfigError, DataError, ModelError, SmokesegError
 from smokeseg.service.api import system, v1
+from smokeseg.service.auth import require_token
 from smokeseg.service.context import Service, ServiceSettings
 from smokeseg.service.errors import (
     ConflictError,
@@ -50,8 +49,6 @@ STATUS_BY_ERROR: dict[type[SmokesegError], int] = {
 # Event streams stay open until their job ends: without a limit, stopping the server would wait on them.
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
-_bearer = HTTPBearer(auto_error=False, description="Bearer token, when the server runs with --token")
-
 
 def status_for(error: SmokesegError) -> int:
     return next(STATUS_BY_ERROR[cls] for cls in type(error).__mro__ if cls in STATUS_BY_ERROR)
@@ -60,21 +57,6 @@ def status_for(error: SmokesegError) -> int:
 async def _smokeseg_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, SmokesegError)
     return JSONResponse({"detail": str(error)}, status_code=status_for(error))
-
-
-def require_token(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> None:
-    """With --token, every call needs ``Authorization: Bearer <token>``; compared in constant time."""
-    token = request.app.state.service.settings.token
-    if token is None:
-        return
-    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-        raise HTTPException(
-            status_code=401,
-            detail="This server needs 'Authorization: Bearer <token>' (the token it was started with).",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:

@@ -16,11 +16,12 @@ import typing
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 import yaml
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -43,6 +44,15 @@ from smokeseg.report import html as report_html
 from smokeseg.report.overlay import overlay_mask
 from smokeseg.service import experiments as experiment_store
 from smokeseg.service.api import ServiceDep
+from smokeseg.service.auth import (
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    clear_session,
+    local_target,
+    server_token,
+    set_session,
+    token_matches,
+)
 from smokeseg.service.context import DEFAULT_MODEL
 from smokeseg.service.datasets import smoke_share_histogram
 from smokeseg.service.errors import ForbiddenError, NotFoundError
@@ -54,7 +64,8 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 class PageRoute(APIRoute):
     """A page that fails (no such dataset, a recipe that does not exist) answers with an HTML page
-    holding the reason and a way back, instead of the API's JSON; /ui data routes keep the JSON."""
+    holding the reason and a way back, instead of the API's JSON, and a page the browser may not see yet
+    (``--token``, not signed in) sends it to the sign-in page; /ui data routes keep the JSON."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -70,6 +81,11 @@ class PageRoute(APIRoute):
                 response = _render(request, "error.html", message=str(error))
                 response.status_code = status_for(error)
                 return response
+            except HTTPException as error:
+                if error.status_code != 401 or request.method != "GET":
+                    raise
+                here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"{LOGIN_PATH}?{urlencode({'next': here})}", status_code=303)
 
         return page_handler
 
@@ -104,7 +120,9 @@ def mount(app: FastAPI) -> None:
 
 
 def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, {"page": template.removesuffix(".html"), **context})
+    page = template.removesuffix(".html")
+    signed_in = server_token(request) is not None and page != "login"  # the nav then offers to sign out
+    return templates.TemplateResponse(request, template, {"page": page, "signed_in": signed_in, **context})
 
 
 # --- schema-driven form fields ----------------------------------------------------------------------
@@ -207,6 +225,39 @@ def recipes() -> dict[str, Path]:
 @pages.get("/")
 def home() -> RedirectResponse:
     return RedirectResponse("/experiments")
+
+
+@pages.get(LOGIN_PATH, response_class=HTMLResponse)
+def login_page(request: Request, target: Annotated[str | None, Query(alias="next")] = None) -> Response:
+    if server_token(request) is None:  # nothing to sign in to
+        return RedirectResponse(local_target(target), status_code=303)
+    return _render(request, "login.html", target=local_target(target))
+
+
+@pages.post(LOGIN_PATH, response_class=HTMLResponse)
+def login(
+    request: Request,
+    token: Annotated[str, Form()],
+    target: Annotated[str | None, Form(alias="next")] = None,
+) -> Response:
+    """Check the token once and sign the browser in with a session cookie (``auth.set_session``)."""
+    if server_token(request) is None:
+        return RedirectResponse(local_target(target), status_code=303)
+    if not token_matches(request, token):
+        message = "That is not the token this server was started with (its --token or SMOKESEG_TOKEN)."
+        refused = _render(request, "login.html", target=local_target(target), error=message)
+        refused.status_code = 401
+        return refused
+    response = RedirectResponse(local_target(target), status_code=303)
+    set_session(request, response)
+    return response
+
+
+@pages.post(LOGOUT_PATH)
+def logout() -> RedirectResponse:
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    clear_session(response)
+    return response
 
 
 @pages.get("/datasets", response_class=HTMLResponse)
