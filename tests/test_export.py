@@ -39,7 +39,7 @@ from smokeseg.errors import ModelError, SmokesegError
 from smokeseg.export import EXPORT_FORMATS, build_package, export_model
 from smokeseg.export import onnx as onnx_export
 from smokeseg.export import package as package_module
-from smokeseg.export.package import scoring_settings
+from smokeseg.export.package import SETTINGS_NAME, scoring_settings
 from smokeseg.inference.inputs import collect_inputs
 from smokeseg.inference.predict import predict
 from smokeseg.inference.predictor import CONTEXT_PASSES, TEST_TIME_AUGMENTATIONS, Predictor
@@ -216,6 +216,29 @@ def test_cli_refuses_a_package_with_an_output_file(experiment: Path, tmp_path: P
     result = CliRunner().invoke(app, mixed)
     assert isinstance(result.exception, SmokesegError) and "--package" in str(result.exception)
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_packages_with_other_scoring_keys(experiment: Path, tmp_path: Path):
+    """export --set: the package scores with those keys (its settings and config), like predict --set;
+    the model's own folder keeps its own; a key that shaped the weights, or --set without --package,
+    is refused and writes nothing."""
+    keys = ["--set", "prediction.probability_threshold=0.3"]
+    keys += ["--set", "prediction.test_time_augmentations=[horizontal_flip]"]
+    result = CliRunner().invoke(app, ["export", str(experiment), "--package", str(tmp_path / "p"), *keys])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "p" / SETTINGS_NAME).read_text())
+    assert settings["probability_threshold"] == 0.3
+    assert settings["test_time_augmentations"] == ["horizontal_flip"]
+    assert load_config(tmp_path / "p" / "config.yaml").prediction.probability_threshold == 0.3
+    own = Predictor.from_path(experiment).config.prediction
+    assert own.probability_threshold != 0.3 and own.test_time_augmentations == ["rotate90"]
+
+    bare = CliRunner().invoke(app, ["export", str(experiment), "--output", str(tmp_path / "m.onnx"), *keys])
+    assert isinstance(bare.exception, SmokesegError) and "--package" in str(bare.exception)
+    shaped = ["export", str(experiment), "--package", str(tmp_path / "q"), "--set", "training.epochs=3"]
+    refused = CliRunner().invoke(app, shaped)
+    assert isinstance(refused.exception, SmokesegError) and "training.epochs" in str(refused.exception)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["p"]
 
 
 # --- the package's contents and its numpy re-implementations --------------------------------------

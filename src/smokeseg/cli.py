@@ -547,15 +547,22 @@ def export(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Write a self-contained scoring package (ONNX + score.py) to this folder."),
     ] = None,
+    scoring_overrides: ScoringOverrides = None,
 ) -> None:
-    """Export a model (an experiment folder: all folds as one graph) to ONNX or TorchScript, or a package."""
+    """Export a model (an experiment folder: all folds as one graph) to ONNX or TorchScript, or a package.
+    With --set the package scores with those scoring keys (as predict and evaluate do with --set)."""
     from smokeseg.export import build_package, export_model
 
     if package is not None and (output is not None or export_format != "onnx"):
         raise SmokesegError("--package always holds model.onnx: give it without --output and --format.")
     if package is not None:
-        console.print(f"Scoring package: {build_package(model, package)}")
+        console.print(f"Scoring package: {build_package(model, package, scoring_overrides or [])}")
         return
+    if scoring_overrides:
+        raise SmokesegError(
+            "--set changes how a scoring package scores (its settings.json); a bare model file holds the "
+            "graph only. Give --package FOLDER with it."
+        )
     console.print(f"Exported: {export_model(model, output, export_format)}")
 
 

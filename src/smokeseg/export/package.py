@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -126,8 +127,10 @@ def _pads_like_score_py(step: A.PadIfNeeded) -> bool:
     )
 
 
-def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the scoring package of a checkpoint, fold folder or experiment folder (all folds) to ``out_dir``.
+def build_package(model_path: str | Path, out_dir: str | Path, scoring_overrides: Sequence[str] = ()) -> Path:
+    """Write the scoring package of a checkpoint, fold folder or experiment folder (all folds) to ``out_dir``,
+    scoring as the model does at its stored operating point, with ``scoring_overrides`` (``SCORING_KEYS``
+    only, as ``Predictor.from_path`` takes them) on top.
 
     The package is built in a temporary folder beside ``out_dir`` and renamed into place, so ``out_dir``
     is either a whole package or untouched. An earlier package there is replaced; any other non-empty
@@ -137,7 +140,7 @@ def build_package(model_path: str | Path, out_dir: str | Path) -> Path:
     _check_target(out_dir)
     ensure_writable_folder(out_dir.parent)  # a read-only or full disk fails before the model loads
     _remove_abandoned_staging(out_dir)
-    predictor = Predictor.from_path(model_path)
+    predictor = Predictor.from_path(model_path, scoring_overrides=scoring_overrides)
     settings = scoring_settings(predictor)  # a model score.py cannot mirror fails before the export
     staging = _new_folder_beside(out_dir, "new")
     try:
