@@ -29,7 +29,8 @@ other fires (the smoke-pretraining frames), or of the fires and scenes of smoke-
 hold no test image; each fold leaves out those of its validation frames' scenes. Smoke-free crops count
 only when cut from frames of the test scenes (``Judges``).
 
-Hard and random negatives are mined once, after the first row, from that row's model
+Hard and random negatives are mined once, after the first row (trained first where a row needs it and
+it is not there yet; put at operating points only when named in ``--rows``), from that row's model
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
 ``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
@@ -579,6 +580,10 @@ def main() -> None:
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue
+        mines = any(tag in "".join(row.overrides) for tag in ("{hard", "{random"))
+        if mines and not (first_row / "fold0").is_dir():  # mining takes its training frames from it
+            done.append(run_row(ROWS[0], workdir, judges, placeholders))  # judged only when in --rows
+            write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
         if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
             placeholders.update(mine_negatives(first_row, first_row, workdir))
         for name, count_per_frame in START_MINING.items():
