@@ -560,7 +560,7 @@ def export(
         return
     if scoring_overrides:
         raise SmokesegError(
-            "--set changes how a scoring package scores (its settings.json); a bare model file holds the "
+            "--set changes how a scoring package scores (its scoring.json); a bare model file holds the "
             "graph only. Give --package FOLDER with it."
         )
     console.print(f"Exported: {export_model(model, output, export_format)}")
