@@ -580,14 +580,15 @@ def main() -> None:
     for row in ROWS:
         if (args.rows and row.name not in args.rows) or any(r["row"] == row.name for r in done):
             continue
-        mines = any(tag in "".join(row.overrides) for tag in ("{hard", "{random"))
+        overrides = "".join(row.overrides)
+        mines = "{hard" in overrides or "{random" in overrides
         if mines and not (first_row / "fold0").is_dir():  # mining takes its training frames from it
             done.append(run_row(ROWS[0], workdir, judges, placeholders))  # judged only when in --rows
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
-        if "{hard}" in "".join(row.overrides) or "{random}" in "".join(row.overrides):
+        if "{hard}" in overrides or "{random}" in overrides:
             placeholders.update(mine_negatives(first_row, first_row, workdir))
         for name, count_per_frame in START_MINING.items():
-            if name + "}" not in "".join(row.overrides):
+            if name + "}" not in overrides:
                 continue
             if not args.init_from:
                 sys.exit(f"row {row.name!r} mines with the start model: give --init-from")
