@@ -2,7 +2,8 @@
 
 Machines here differ in their bfloat16 units (Intel AMX, AVX512-BF16 alone, or AVX2 only), which decide
 whether mixed precision speeds a step up or slows it down, so each result carries the CPU's model, its
-flags and what torch itself detects.
+flags and what torch itself detects, with the instruction-set caps in force (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``): set to AVX2 they run a newer CPU on an AVX2-only machine's code paths.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 import subprocess
 
 import torch
+
+from smokeseg.model.precision import onednn_isa_cap
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -27,6 +30,8 @@ def cpu_description() -> dict[str, object]:
         "flags": {flag: flag in flags for flag in FLAGS},
         "torch_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "torch_avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": onednn_isa_cap() or "default",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }

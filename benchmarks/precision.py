@@ -9,6 +9,10 @@ one run compare: on a shared, busy machine a single pair can mislead (one such p
 bfloat16 1.9x slower; three alternating runs showed it 0.56x).
 
 usage: python benchmarks/precision.py [--repeats 3] [--encoders resnet34 tu-efficientnet_lite0] [--out F]
+
+An AVX2-only CPU's code paths on a newer one: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python
+benchmarks/precision.py`` (torch's kernels and oneDNN's convolutions then use AVX2 alone, bfloat16 runs
+emulated, and smokeseg chooses float32 as it would there).
 """
 
 from __future__ import annotations
@@ -102,8 +106,17 @@ def measure(encoder: str, repeats: int) -> dict[str, object]:
         },
         repeats,
     )
+    # smokeseg's defaults on this CPU: bfloat16 trains contiguous and float32 channels-last; scoring is
+    # always channels-last. Each must not be slower than plain float32 (contiguous, no autocast).
+    bfloat16 = mixed_precision_dtype(True, "cpu") is not None
+    default_training = "bf16" if bfloat16 else "fp32_channels_last"
+    default_scoring = "bf16_channels_last" if bfloat16 else "fp32_channels_last"
     return {
         "encoder": encoder,
+        "smokeseg_default_training": default_training,
+        "smokeseg_default_training_over_fp32": round(training[default_training] / training["fp32"], 2),
+        "smokeseg_default_scoring": default_scoring,
+        "smokeseg_default_scoring_over_fp32": round(scoring[default_scoring] / scoring["fp32"], 2),
         "training_step_s": training,
         "training_bf16_over_fp32": round(training["bf16"] / training["fp32"], 2),
         "training_fp32_channels_last_over_fp32": round(training["fp32_channels_last"] / training["fp32"], 2),

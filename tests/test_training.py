@@ -412,6 +412,25 @@ def test_mixed_precision_uses_what_the_device_computes_fast(
     assert run.lightning_precision(mixed, cuda) == expected
 
 
+@pytest.mark.parametrize(
+    ("variable", "cap", "expected"),
+    [
+        ("ONEDNN_MAX_CPU_ISA", "AVX2", "32-true"),  # bfloat16 would run emulated: slower than float32
+        ("DNNL_MAX_CPU_ISA", "avx512_core_vnni", "32-true"),  # oneDNN's older name, any case
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", "bf16-mixed"),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", "bf16-mixed"),
+        ("ONEDNN_MAX_CPU_ISA", "DEFAULT", "bf16-mixed"),
+    ],
+)
+def test_an_onednn_cap_below_bfloat16_trains_float32(monkeypatch, variable: str, cap: str, expected: str):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    assert run.lightning_precision(True, False) == expected
+
+
 CPU = {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
 
 
