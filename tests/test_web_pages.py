@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -18,6 +19,7 @@ from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folde
 from smokeseg.config.schema import AugmentationConfig, TrainingConfig
 from smokeseg.service import pages as page_module
 from smokeseg.service.app import create_app
+from smokeseg.service.auth import SESSION_COOKIE, SignInThrottle, session_value
 from smokeseg.service.context import ServiceSettings
 from smokeseg.service.pages import FORM_FIELDS, form_fields
 from smokeseg.service.registry import datasets
@@ -285,6 +287,68 @@ def test_with_a_token_a_browser_signs_in_once_and_the_cookie_opens_pages_and_api
         assert not client.cookies
         assert client.get("/datasets", follow_redirects=False).status_code == 303
         assert client.get("/v1/datasets").status_code == 401
+
+
+def test_a_session_cookie_expires_and_its_time_cannot_be_changed(tmp_path: Path):
+    """The cookie holds its issue time under the HMAC: past --session-hours, or with the time edited to
+    look younger, it opens nothing; a fresh one does."""
+    settings = ServiceSettings(
+        workdir=tmp_path / "work", max_running_jobs=0, token="s3cret", session_hours=12
+    )
+    now = int(time.time())
+    with TestClient(create_app(settings)) as client:
+        client.post("/login", data={"token": "s3cret"})
+        issued, mac = client.cookies[SESSION_COOKIE].split(".")
+        assert abs(int(issued) - now) <= 5 and client.get("/v1/datasets").status_code == 200
+
+        def opens(cookie: str) -> bool:
+            client.cookies.clear()  # the one sign-in set is not replaced by set(): its domain differs
+            client.cookies.set(SESSION_COOKIE, cookie)
+            return client.get("/v1/datasets").status_code == 200
+
+        assert opens(session_value("s3cret", now - 11 * 3600))
+        assert not opens(session_value("s3cret", now - 13 * 3600)), "older than the session lifetime"
+        assert not opens(f"{now - 60}.{mac}"), "an edited issue time no longer matches its HMAC"
+        assert not opens(session_value("other", now)), "signed with another token"
+        assert not opens(session_value("s3cret", now + 3600)), "issued in the future"
+        expired = client.get("/datasets", follow_redirects=False)
+        assert expired.status_code == 303 and expired.headers["location"].startswith("/login")
+
+
+def test_wrong_tokens_are_throttled_per_client_address(tmp_path: Path):
+    """After sign_in_attempts wrong tokens (bearer or form) an address gets 429 with Retry-After, the right
+    token included; requests without a token are not guesses; other addresses are not held up."""
+    settings = ServiceSettings(
+        workdir=tmp_path / "work", max_running_jobs=0, token="s3cret", sign_in_attempts=3
+    )
+    app = create_app(settings)
+    other = TestClient(app, client=("10.0.0.2", 1000))  # the same server (its lifespan runs once, below)
+    with TestClient(app, client=("10.0.0.1", 1000)) as guesser:
+        for _ in range(5):
+            assert guesser.get("/v1/datasets").status_code == 401  # no token: not counted
+        for guess in ("a", "b"):
+            assert (
+                guesser.get("/v1/datasets", headers={"Authorization": f"Bearer {guess}"}).status_code == 401
+            )
+        assert guesser.post("/login", data={"token": "c"}).status_code == 401
+        held = guesser.get("/v1/datasets", headers={"Authorization": "Bearer s3cret"})
+        assert held.status_code == 429 and 0 < int(held.headers["retry-after"]) <= 60
+        form = guesser.post("/login", data={"token": "s3cret"}, follow_redirects=False)
+        assert form.status_code == 429 and "Too many wrong tokens" in form.text and not guesser.cookies
+        assert other.get("/v1/datasets", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_the_throttle_lets_an_address_try_again_once_its_failures_age_out():
+    throttle = SignInThrottle(attempts=2, window_s=0.3, max_clients=2)
+    throttle.record_failure("a")
+    assert throttle.retry_after("a") is None
+    throttle.record_failure("a")
+    assert throttle.retry_after("a") == 1  # rounded up to whole seconds
+    time.sleep(0.35)
+    assert throttle.retry_after("a") is None
+    for client in ("b", "c", "d"):  # remembering more addresses than max_clients forgets the oldest
+        throttle.record_failure(client)
+    assert len(throttle._failures) <= 2 and "d" in throttle._failures
 
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", ""])

@@ -581,6 +581,9 @@ def serve(
         Optional[str],  # noqa: UP045
         typer.Option(envvar="SMOKESEG_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every call."),
     ] = None,
+    session_hours: Annotated[
+        float, typer.Option(min=0.01, help="With --token: a browser signs in again after this many hours.")
+    ] = 12.0,
     allow_root: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Option(help="A folder server-side path imports may read from (repeatable)."),
@@ -606,6 +609,7 @@ def serve(
         workdir=workdir,
         model=model,
         token=token,
+        session_hours=session_hours,
         database_url=database_url,
         max_running_jobs=max_jobs,
         resume_jobs=resume_jobs,

@@ -5,13 +5,22 @@ The cookie holds an HMAC of the token, not the token (the token may open other d
 HttpOnly and SameSite=Strict. SameSite does not tell ports apart, so another app on the same host could
 still send it: a change (POST, PUT, PATCH, DELETE) made with the cookie must also come from this
 server's own origin (the ``Origin`` header, else ``Referer``), OWASP's check for cookie sessions.
+A cookie carries the time it was issued inside its HMAC and is refused after the server's session
+lifetime, so a copied cookie does not open the server for good. Wrong tokens (sign-in form or bearer
+header) are counted per client address (``SignInThrottle``), so a short token cannot be guessed at
+network speed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, Response
@@ -32,9 +41,75 @@ def server_token(request: Request) -> str | None:
     return request.app.state.service.settings.token
 
 
-def session_value(token: str) -> str:
-    """What the session cookie holds for ``token``: derived from it, so the cookie does not reveal it."""
-    return hmac.new(token.encode(), b"smokeseg web session", hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int) -> str:
+    """What the session cookie holds for ``token``, signed in at ``issued`` (Unix seconds): the time and an
+    HMAC of it keyed by the token, so the cookie neither reveals the token nor can be made younger."""
+    mac = hmac.new(token.encode(), f"smokeseg web session {issued}".encode(), hashlib.sha256).hexdigest()
+    return f"{issued}.{mac}"
+
+
+def session_is_valid(cookie: str, token: str, lifetime_s: float, now: float) -> bool:
+    """Signed with ``token`` and issued within the last ``lifetime_s`` (not in the future beyond a
+    minute's clock skew)."""
+    issued, _, _ = cookie.partition(".")
+    if not issued.isdigit() or not _matches(cookie, session_value(token, int(issued))):
+        return False
+    return -60 <= now - int(issued) <= lifetime_s
+
+
+@dataclass
+class SignInThrottle:
+    """Wrong tokens per client address: after ``attempts`` of them within ``window_s`` the address is
+    refused (429) until the oldest ages out, the right token included (else the refusal would not slow a
+    guesser down). Thread-safe: FastAPI runs sync dependencies in a thread pool."""
+
+    attempts: int
+    window_s: float = 60.0
+    max_clients: int = 10_000  # addresses remembered at most, so a flood cannot grow memory
+    _failures: dict[str, deque[float]] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try a token again; None when it may now."""
+        with self._lock:
+            failures = self._failures.get(client)
+            if failures is None or len(failures) < self.attempts:
+                return None
+            wait = failures[0] + self.window_s - time.monotonic()
+        return math.ceil(wait) if wait > 0 else None
+
+    def record_failure(self, client: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if client not in self._failures and len(self._failures) >= self.max_clients:
+                self._forget_before(now - self.window_s)
+            self._failures.setdefault(client, deque(maxlen=self.attempts)).append(now)
+
+    def _forget_before(self, moment: float) -> None:
+        """Drop addresses whose last failure is older than ``moment``; then the oldest, if still full."""
+        for client in [client for client, times in self._failures.items() if times[-1] < moment]:
+            del self._failures[client]
+        while len(self._failures) >= self.max_clients:
+            del self._failures[next(iter(self._failures))]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def check_not_throttled(request: Request) -> None:
+    """429 while this client has used up its wrong tokens (``SignInThrottle``)."""
+    wait = request.app.state.service.sign_in.retry_after(client_address(request))
+    if wait is not None:
+        raise HTTPException(
+            status_code=429,
+            detail=f"Too many wrong tokens from this address: try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def record_wrong_token(request: Request) -> None:
+    request.app.state.service.sign_in.record_failure(client_address(request))
 
 
 def _matches(given: str, expected: str) -> bool:
@@ -42,8 +117,18 @@ def _matches(given: str, expected: str) -> bool:
 
 
 def token_matches(request: Request, given: str) -> bool:
+    """Whether ``given`` is the server's token; a wrong one counts against the client (429 once it has
+    used up its attempts, before the token is even compared)."""
+    check_not_throttled(request)
     token = server_token(request)
-    return token is not None and _matches(given, token)
+    if token is not None and _matches(given, token):
+        return True
+    record_wrong_token(request)
+    return False
+
+
+def _session_lifetime_s(request: Request) -> float:
+    return request.app.state.service.settings.session_hours * 3600
 
 
 def _same_origin(request: Request) -> bool:
@@ -58,15 +143,15 @@ def _same_origin(request: Request) -> bool:
 def require_token(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> None:
-    """With --token, every call needs the bearer token or a signed-in browser's session cookie;
+    """With --token, every call needs the bearer token or a signed-in browser's unexpired session cookie;
     compared in constant time."""
     token = server_token(request)
     if token is None or request.url.path in OPEN_PATHS:
         return
-    if credentials is not None and _matches(credentials.credentials, token):
+    if credentials is not None and token_matches(request, credentials.credentials):
         return
     cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie is not None and _matches(cookie, session_value(token)):
+    if cookie is not None and session_is_valid(cookie, token, _session_lifetime_s(request), time.time()):
         if request.method in SAFE_METHODS or _same_origin(request):
             return
         raise HTTPException(
@@ -77,18 +162,19 @@ def require_token(
     raise HTTPException(
         status_code=401,
         detail="This server needs 'Authorization: Bearer <token>' (the token it was started with); "
-        f"in a browser, sign in at {LOGIN_PATH}.",
+        f"in a browser, sign in at {LOGIN_PATH} (again, once a session has expired).",
         headers={"WWW-Authenticate": "Bearer"},
     )
 
 
 def set_session(request: Request, response: Response) -> None:
-    """Sign the browser in: the session cookie lasts until the browser closes."""
+    """Sign the browser in: the session cookie lasts until the browser closes or the server's session
+    lifetime (``--session-hours``) has passed, whichever comes first."""
     token = server_token(request)
     assert token is not None
     response.set_cookie(
         SESSION_COOKIE,
-        session_value(token),
+        session_value(token, int(time.time())),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import Request
 
+from smokeseg.service.auth import SignInThrottle
 from smokeseg.service.datasets import ImportLimits
 from smokeseg.service.errors import ConflictError, NotFoundError
 from smokeseg.service.jobs import JobRunner
@@ -24,6 +25,8 @@ class ServiceSettings:
     workdir: Path
     model: Path | None = None
     token: str | None = None
+    session_hours: float = 12.0  # a browser signs in again after this long
+    sign_in_attempts: int = 10  # wrong tokens a client address may send a minute
     database_url: str | None = None  # default: SQLite in the work folder
     max_running_jobs: int = 1
     resume_jobs: bool = False
@@ -48,11 +51,13 @@ class Service:
     telemetry: Telemetry
     runner: JobRunner
     models: ModelCache = field(init=False)
+    sign_in: SignInThrottle = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = ModelCache(
             self.model_path, self.telemetry, self.settings.model_cache_size, self.settings.device
         )
+        self.sign_in = SignInThrottle(self.settings.sign_in_attempts)
 
     def model_path(self, key: str) -> Path:
         """``default`` is the --model path; any other key is an experiment id whose training succeeded."""

@@ -243,14 +243,26 @@ def login(
     """Check the token once and sign the browser in with a session cookie (``auth.set_session``)."""
     if server_token(request) is None:
         return RedirectResponse(local_target(target), status_code=303)
-    if not token_matches(request, token):
+    try:
+        right = token_matches(request, token)
+    except HTTPException as throttled:  # too many wrong tokens: the form says so, with the wait
+        return _login_refused(request, target, throttled.detail, throttled.status_code, throttled.headers)
+    if not right:
         message = "That is not the token this server was started with (its --token or SMOKESEG_TOKEN)."
-        refused = _render(request, "login.html", target=local_target(target), error=message)
-        refused.status_code = 401
-        return refused
+        return _login_refused(request, target, message, 401)
     response = RedirectResponse(local_target(target), status_code=303)
     set_session(request, response)
     return response
+
+
+def _login_refused(
+    request: Request, target: str | None, error: str, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    """The sign-in form again, with why it refused."""
+    refused = _render(request, "login.html", target=local_target(target), error=error)
+    refused.status_code = status
+    refused.headers.update(headers or {})
+    return refused
 
 
 @pages.post(LOGOUT_PATH)
