@@ -13,7 +13,7 @@ import io
 import json
 import types
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -256,7 +256,7 @@ def login(
 
 
 def _login_refused(
-    request: Request, target: str | None, error: str, status: int, headers: dict[str, str] | None = None
+    request: Request, target: str | None, error: str, status: int, headers: Mapping[str, str] | None = None
 ) -> Response:
     """The sign-in form again, with why it refused."""
     refused = _render(request, "login.html", target=local_target(target), error=error)
