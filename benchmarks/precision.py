@@ -11,8 +11,9 @@ bfloat16 1.9x slower; three alternating runs showed it 0.56x).
 usage: python benchmarks/precision.py [--repeats 3] [--encoders resnet34 tu-efficientnet_lite0] [--out F]
 
 An AVX2-only CPU's code paths on a newer one: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python
-benchmarks/precision.py`` (torch's kernels and oneDNN's convolutions then use AVX2 alone, bfloat16 runs
-emulated, and smokeseg chooses float32 as it would there).
+benchmarks/precision.py`` (torch's kernels and oneDNN's convolutions then use AVX2 alone, and smokeseg
+chooses float32 as it would there). Where bfloat16 would run emulated its variants are left out (a
+training step took about 10x float32's); ``--emulated-bfloat16`` times them anyway.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import segmentation_models_pytorch as smp
 import torch
 from machine import cpu_description
 
-from smokeseg.model.precision import mixed_precision_dtype
+from smokeseg.model.precision import cpu_has_native_bfloat16, mixed_precision_dtype
 from smokeseg.storage import write_text_atomic
 
 TRAIN_BATCH = (8, 3, 256, 256)
@@ -84,28 +85,35 @@ def _timed_in_turns(variants: dict[str, Callable[[], None]], repeats: int) -> di
     return {name: round(statistics.median(values), 3) for name, values in times.items()}
 
 
-def measure(encoder: str, repeats: int) -> dict[str, object]:
+def _ratio(times: dict[str, float], variant: str, baseline: str) -> float | None:
+    """``variant``'s time over ``baseline``'s; None when either was not timed."""
+    if variant not in times or baseline not in times:
+        return None
+    return round(times[variant] / times[baseline], 2)
+
+
+def measure(encoder: str, repeats: int, with_bfloat16: bool) -> dict[str, object]:
     def model() -> torch.nn.Module:
         torch.manual_seed(0)
         return smp.Unet(encoder, encoder_weights=None, classes=1)
 
-    training = _timed_in_turns(
-        {
-            "fp32": _training_step(model(), None),
-            "fp32_channels_last": _training_step(model(), None, channels_last=True),
-            "bf16": _training_step(model(), torch.bfloat16),
-            "bf16_channels_last": _training_step(model(), torch.bfloat16, channels_last=True),
-        },
-        repeats,
-    )
-    scoring = _timed_in_turns(
-        {
-            "fp32": _scoring(model(), None, channels_last=False),
-            "fp32_channels_last": _scoring(model(), None, channels_last=True),
-            "bf16_channels_last": _scoring(model(), torch.bfloat16, channels_last=True),
-        },
-        repeats,
-    )
+    training_variants = {
+        "fp32": lambda: _training_step(model(), None),
+        "fp32_channels_last": lambda: _training_step(model(), None, channels_last=True),
+        "bf16": lambda: _training_step(model(), torch.bfloat16),
+        "bf16_channels_last": lambda: _training_step(model(), torch.bfloat16, channels_last=True),
+    }
+    scoring_variants = {
+        "fp32": lambda: _scoring(model(), None, channels_last=False),
+        "fp32_channels_last": lambda: _scoring(model(), None, channels_last=True),
+        "bf16_channels_last": lambda: _scoring(model(), torch.bfloat16, channels_last=True),
+    }
+
+    def timed(variants: dict[str, Callable[[], Callable[[], None]]]) -> dict[str, float]:
+        kept = {name: make() for name, make in variants.items() if with_bfloat16 or "bf16" not in name}
+        return _timed_in_turns(kept, repeats)
+
+    training, scoring = timed(training_variants), timed(scoring_variants)
     # smokeseg's defaults on this CPU: bfloat16 trains contiguous and float32 channels-last; scoring is
     # always channels-last. Each must not be slower than plain float32 (contiguous, no autocast).
     bfloat16 = mixed_precision_dtype(True, "cpu") is not None
@@ -114,16 +122,16 @@ def measure(encoder: str, repeats: int) -> dict[str, object]:
     return {
         "encoder": encoder,
         "smokeseg_default_training": default_training,
-        "smokeseg_default_training_over_fp32": round(training[default_training] / training["fp32"], 2),
+        "smokeseg_default_training_over_fp32": _ratio(training, default_training, "fp32"),
         "smokeseg_default_scoring": default_scoring,
-        "smokeseg_default_scoring_over_fp32": round(scoring[default_scoring] / scoring["fp32"], 2),
+        "smokeseg_default_scoring_over_fp32": _ratio(scoring, default_scoring, "fp32"),
         "training_step_s": training,
-        "training_bf16_over_fp32": round(training["bf16"] / training["fp32"], 2),
-        "training_fp32_channels_last_over_fp32": round(training["fp32_channels_last"] / training["fp32"], 2),
-        "training_bf16_channels_last_over_bf16": round(training["bf16_channels_last"] / training["bf16"], 2),
+        "training_bf16_over_fp32": _ratio(training, "bf16", "fp32"),
+        "training_fp32_channels_last_over_fp32": _ratio(training, "fp32_channels_last", "fp32"),
+        "training_bf16_channels_last_over_bf16": _ratio(training, "bf16_channels_last", "bf16"),
         "scoring_frame_s": scoring,
-        "scoring_fp32_channels_last_over_fp32": round(scoring["fp32_channels_last"] / scoring["fp32"], 2),
-        "scoring_bf16_channels_last_over_fp32": round(scoring["bf16_channels_last"] / scoring["fp32"], 2),
+        "scoring_fp32_channels_last_over_fp32": _ratio(scoring, "fp32_channels_last", "fp32"),
+        "scoring_bf16_channels_last_over_fp32": _ratio(scoring, "bf16_channels_last", "fp32"),
     }
 
 
@@ -134,13 +142,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--encoders", nargs="+", default=["resnet34", "tu-efficientnet_lite0"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--emulated-bfloat16",
+        action="store_true",
+        help="also time bfloat16 where the CPU (or an ISA cap) lacks bfloat16 units: about 10x float32 there",
+    )
     args = parser.parse_args()
     machine = cpu_description()
     print(json.dumps(machine, indent=1), flush=True)
     results = {
         "machine": machine,
         "smokeseg_mixed_precision_on_cpu": str(mixed_precision_dtype(True, "cpu")),
-        "encoders": [measure(encoder, args.repeats) for encoder in args.encoders],
+        "encoders": [
+            measure(encoder, args.repeats, cpu_has_native_bfloat16() or args.emulated_bfloat16)
+            for encoder in args.encoders
+        ],
     }
     text = json.dumps(results, indent=1)
     if args.out:
