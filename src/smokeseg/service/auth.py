@@ -52,7 +52,9 @@ def session_is_valid(cookie: str, token: str, lifetime_s: float, now: float) -> 
     """Signed with ``token`` and issued within the last ``lifetime_s`` (not in the future beyond a
     minute's clock skew)."""
     issued, _, _ = cookie.partition(".")
-    if not issued.isdigit() or not _matches(cookie, session_value(token, int(issued))):
+    if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):  # int() refuses "²", 5000 digits
+        return False
+    if not _matches(cookie, session_value(token, int(issued))):
         return False
     return -60 <= now - int(issued) <= lifetime_s
 
