@@ -51,12 +51,11 @@ def session_value(token: str, issued: int) -> str:
 def session_is_valid(cookie: str, token: str, lifetime_s: float, now: float) -> bool:
     """Signed with ``token`` and issued within the last ``lifetime_s`` (not in the future beyond a
     minute's clock skew)."""
-    issued, _, _ = cookie.partition(".")
-    if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):  # int() refuses "²", 5000 digits
+    text, _, _ = cookie.partition(".")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):  # int() refuses "²", 5000 digits
         return False
-    if not _matches(cookie, session_value(token, int(issued))):
-        return False
-    return -60 <= now - int(issued) <= lifetime_s
+    issued = int(text)
+    return _matches(cookie, session_value(token, issued)) and -60 <= now - issued <= lifetime_s
 
 
 @dataclass
