@@ -1,6 +1,7 @@
 """The web pages in-process (TestClient, no browser, no training): each page renders from the registry,
 the experiment form's fields come from the config schema, templates fill it, and the /ui data routes
-(dataset tiles, downloads) answer or 404 clearly. The browser flow is in test_web_browser.py."""
+(dataset tiles, downloads) answer or 404 clearly; one ``smokeseg serve`` process checks that the sign-in
+options reach the server. The browser flow is in test_web_browser.py."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pandas as pd
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from service_support import TINY_CONFIG, finish_experiment, tiny_demo, zip_folder
+from service_support import TINY_CONFIG, finish_experiment, free_port, start_server, tiny_demo, zip_folder
 from smokeseg.config.schema import AugmentationConfig, TrainingConfig
 from smokeseg.service import pages as page_module
 from smokeseg.service.app import create_app
-from smokeseg.service.auth import SESSION_COOKIE, SignInThrottle, session_value
+from smokeseg.service.auth import SESSION_COOKIE, SignedOutSessions, SignInThrottle, session_value
 from smokeseg.service.context import ServiceSettings
 from smokeseg.service.pages import FORM_FIELDS, form_fields
 from smokeseg.service.registry import datasets
@@ -283,10 +285,13 @@ def test_with_a_token_a_browser_signs_in_once_and_the_cookie_opens_pages_and_api
         own = client.post("/v1/datasets", headers={"Origin": "http://testserver"}, **upload)
         assert own.status_code == 201, own.text
 
+        copied = client.cookies[SESSION_COOKIE]
         client.post("/logout")
         assert not client.cookies
         assert client.get("/datasets", follow_redirects=False).status_code == 303
         assert client.get("/v1/datasets").status_code == 401
+        signed_out = client.get("/v1/datasets", headers={"Cookie": f"{SESSION_COOKIE}={copied}"})
+        assert signed_out.status_code == 401, "a copy of the cookie must not outlive the sign-out"
 
 
 def test_a_session_cookie_expires_and_its_time_cannot_be_changed(tmp_path: Path):
@@ -340,6 +345,29 @@ def test_wrong_tokens_are_throttled_per_client_address(tmp_path: Path):
         form = guesser.post("/login", data={"token": "s3cret"}, follow_redirects=False)
         assert form.status_code == 429 and "Too many wrong tokens" in form.text and not guesser.cookies
         assert other.get("/v1/datasets", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_serve_takes_the_sign_in_attempts_from_its_command_line(tmp_path: Path):
+    port = free_port()
+    server = start_server(tmp_path / "work", port, "--token", "s3cret", "--sign-in-attempts", "2")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/datasets"
+        statuses = [
+            httpx.get(url, headers={"Authorization": f"Bearer {guess}"}).status_code
+            for guess in ("a", "b", "s3cret")
+        ]
+        assert statuses == [401, 401, 429]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_signed_out_sessions_are_forgotten_once_they_would_have_expired():
+    signed_out = SignedOutSessions()
+    signed_out.sign_out("100.aa", expires=200.0, now=100.0)
+    assert "100.aa" in signed_out and "100.bb" not in signed_out
+    signed_out.sign_out("300.cc", expires=400.0, now=300.0)  # the first has expired by now: dropped
+    assert "100.aa" not in signed_out and "300.cc" in signed_out
 
 
 def test_the_throttle_lets_an_address_try_again_once_its_failures_age_out():

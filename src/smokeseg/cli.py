@@ -584,6 +584,12 @@ def serve(
     session_hours: Annotated[
         float, typer.Option(min=0.01, help="With --token: a browser signs in again after this many hours.")
     ] = 12.0,
+    sign_in_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1, help="With --token: wrong tokens a client address may send a minute before it gets 429."
+        ),
+    ] = 10,
     allow_root: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Option(help="A folder server-side path imports may read from (repeatable)."),
@@ -610,6 +616,7 @@ def serve(
         model=model,
         token=token,
         session_hours=session_hours,
+        sign_in_attempts=sign_in_attempts,
         database_url=database_url,
         max_running_jobs=max_jobs,
         resume_jobs=resume_jobs,

@@ -6,9 +6,10 @@ HttpOnly and SameSite=Strict. SameSite does not tell ports apart, so another app
 still send it: a change (POST, PUT, PATCH, DELETE) made with the cookie must also come from this
 server's own origin (the ``Origin`` header, else ``Referer``), OWASP's check for cookie sessions.
 A cookie carries the time it was issued inside its HMAC and is refused after the server's session
-lifetime, so a copied cookie does not open the server for good. Wrong tokens (sign-in form or bearer
-header) are counted per client address (``SignInThrottle``), so a short token cannot be guessed at
-network speed.
+lifetime, so a copied cookie does not open the server for good; signing out also ends it on the server
+(``SignedOutSessions``), so a copy taken before does not outlive the sign-out. Wrong tokens (sign-in form
+or bearer header) are counted per client address (``SignInThrottle``), so a short token cannot be
+guessed at network speed.
 """
 
 from __future__ import annotations
@@ -94,6 +95,26 @@ class SignInThrottle:
             del self._failures[next(iter(self._failures))]
 
 
+@dataclass
+class SignedOutSessions:
+    """Session cookies signed out before they expired: refused until their lifetime is over, then forgotten
+    (an expired cookie is refused anyway), so the memory held is the cookies of one session lifetime.
+    Only a valid cookie is recorded, and minting one needs the token. Thread-safe, as ``SignInThrottle``."""
+
+    _until: dict[str, float] = field(default_factory=dict, init=False)  # cookie -> when it expires
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def sign_out(self, cookie: str, expires: float, now: float) -> None:
+        with self._lock:
+            for ended in [value for value, until in self._until.items() if until < now]:
+                del self._until[ended]
+            self._until[cookie] = expires
+
+    def __contains__(self, cookie: str) -> bool:
+        with self._lock:
+            return cookie in self._until
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -132,6 +153,14 @@ def _session_lifetime_s(request: Request) -> float:
     return request.app.state.service.settings.session_hours * 3600
 
 
+def _valid_session(request: Request, token: str) -> str | None:
+    """The request's session cookie when it is signed with ``token``, unexpired and not signed out."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None or not session_is_valid(cookie, token, _session_lifetime_s(request), time.time()):
+        return None
+    return None if cookie in request.app.state.service.signed_out else cookie
+
+
 def _same_origin(request: Request) -> bool:
     """Whether the request was sent by a page of this server (scheme and host:port as it was called)."""
     sender = request.headers.get("origin") or request.headers.get("referer")
@@ -144,15 +173,14 @@ def _same_origin(request: Request) -> bool:
 def require_token(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> None:
-    """With --token, every call needs the bearer token or a signed-in browser's unexpired session cookie;
-    compared in constant time."""
+    """With --token, every call needs the bearer token or a signed-in browser's unexpired session cookie
+    that was not signed out; compared in constant time."""
     token = server_token(request)
     if token is None or request.url.path in OPEN_PATHS:
         return
     if credentials is not None and token_matches(request, credentials.credentials):
         return
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie is not None and session_is_valid(cookie, token, _session_lifetime_s(request), time.time()):
+    if _valid_session(request, token) is not None:
         if request.method in SAFE_METHODS or _same_origin(request):
             return
         raise HTTPException(
@@ -182,7 +210,16 @@ def set_session(request: Request, response: Response) -> None:
     )
 
 
-def clear_session(response: Response) -> None:
+def end_session(request: Request, response: Response) -> None:
+    """Sign the browser out: delete its cookie and refuse that cookie from now on, so a copy of it does not
+    stay valid until ``--session-hours``."""
+    token = server_token(request)
+    cookie = None if token is None else _valid_session(request, token)
+    if cookie is not None:
+        issued = int(cookie.partition(".")[0])
+        request.app.state.service.signed_out.sign_out(
+            cookie, issued + _session_lifetime_s(request), time.time()
+        )
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
 
 

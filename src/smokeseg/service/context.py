@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from smokeseg.service.auth import SignInThrottle
+from smokeseg.service.auth import SignedOutSessions, SignInThrottle
 from smokeseg.service.datasets import ImportLimits
 from smokeseg.service.errors import ConflictError, NotFoundError
 from smokeseg.service.jobs import JobRunner
@@ -52,6 +52,7 @@ class Service:
     runner: JobRunner
     models: ModelCache = field(init=False)
     sign_in: SignInThrottle = field(init=False)
+    signed_out: SignedOutSessions = field(default_factory=SignedOutSessions, init=False)
 
     def __post_init__(self) -> None:
         self.models = ModelCache(

@@ -47,7 +47,7 @@ from smokeseg.service.api import ServiceDep
 from smokeseg.service.auth import (
     LOGIN_PATH,
     LOGOUT_PATH,
-    clear_session,
+    end_session,
     local_target,
     server_token,
     set_session,
@@ -266,9 +266,9 @@ def _login_refused(
 
 
 @pages.post(LOGOUT_PATH)
-def logout() -> RedirectResponse:
+def logout(request: Request) -> RedirectResponse:
     response = RedirectResponse(LOGIN_PATH, status_code=303)
-    clear_session(response)
+    end_session(request, response)
     return response
 
 
