@@ -476,6 +476,13 @@ def test_an_edited_scoring_key_in_the_run_record_warns_where_it_goes(trained, tm
 def test_cli_scoring_commands_take_scoring_keys(trained, tmp_path: Path):
     config_path, original = trained
     experiment = shutil.copytree(original, tmp_path / "exp")
+    refused = CliRunner().invoke(
+        app, ["tune-threshold", str(experiment), "--set", "prediction.probability_threshold=0.3"]
+    )
+    assert isinstance(refused.exception, ConfigError) and "chooses prediction.probability_threshold" in str(
+        refused.exception
+    )
+    assert not (experiment / "fold0" / THRESHOLD_NAME).exists(), "a refused tuning stores nothing"
     tuned = CliRunner().invoke(app, ["tune-threshold", str(experiment), "--set", FLIP])
     assert tuned.exit_code == 0, tuned.output
     assert json.loads((experiment / "fold0" / THRESHOLD_NAME).read_text())["scoring_overrides"] == [FLIP]

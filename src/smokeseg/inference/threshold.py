@@ -52,6 +52,7 @@ from smokeseg.model.checkpoints import find_checkpoints
 from smokeseg.storage import write_text_atomic
 
 TUNING_METRICS = ("IoU", "Dice", "F-beta", "mean_image_IoU")
+THRESHOLD_KEY = "prediction.probability_threshold"
 REGION_RECALL = "region_recall"
 DEFAULT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 101), 2))
 # Region outcomes need connected regions per threshold and image, so they are found on this coarser step.
@@ -227,8 +228,15 @@ def tune_threshold(
     them, such as test-time augmentation. They are stored with the threshold, which holds only for a
     model that scores the same way, so predict, evaluate and export then score with them too. Each
     tuning starts from the checkpoint's config: an earlier tuning's overrides are replaced, not kept.
+    The threshold is what is tuned, so it cannot be one of them (ConfigError).
     """
     check_rule(metric, min_region_recall, alarm_budget)
+    chosen_here = [item for item in scoring_overrides if item.partition("=")[0].strip() == THRESHOLD_KEY]
+    if chosen_here:
+        raise ConfigError(
+            f"{chosen_here[0]!r}: tune-threshold chooses {THRESHOLD_KEY} itself, so --set cannot give it. "
+            "Leave it out here; to score at a threshold of your own, give it to predict or evaluate."
+        )
     if windows_alone and alarm_budget is None:
         raise ConfigError("windows_alone counts the alarm budget's windows: give alarm_budget with it.")
     metric = metric or "IoU"
