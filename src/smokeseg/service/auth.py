@@ -49,13 +49,19 @@ def session_value(token: str, issued: int) -> str:
     return f"{issued}.{mac}"
 
 
+def session_issued(cookie: str) -> int | None:
+    """The issue time a session cookie claims (Unix seconds); None unless it is a short ASCII number
+    (``int()`` would take "²" or parse 5000 digits). Not a proof: ``session_is_valid`` checks the HMAC."""
+    text, _, _ = cookie.partition(".")
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+
+
 def session_is_valid(cookie: str, token: str, lifetime_s: float, now: float) -> bool:
     """Signed with ``token`` and issued within the last ``lifetime_s`` (not in the future beyond a
     minute's clock skew)."""
-    text, _, _ = cookie.partition(".")
-    if not (text.isascii() and text.isdigit() and len(text) <= 12):  # int() refuses "²", 5000 digits
+    issued = session_issued(cookie)
+    if issued is None:
         return False
-    issued = int(text)
     return _matches(cookie, session_value(token, issued)) and -60 <= now - issued <= lifetime_s
 
 
@@ -215,8 +221,8 @@ def end_session(request: Request, response: Response) -> None:
     stay valid until ``--session-hours``."""
     token = server_token(request)
     cookie = None if token is None else _valid_session(request, token)
-    if cookie is not None:
-        issued = int(cookie.partition(".")[0])
+    issued = None if cookie is None else session_issued(cookie)
+    if cookie is not None and issued is not None:  # a valid cookie always has its issue time
         request.app.state.service.signed_out.sign_out(
             cookie, issued + _session_lifetime_s(request), time.time()
         )
