@@ -142,6 +142,11 @@ def scoring_values(config: ExperimentConfig) -> dict[str, Any]:
     return {**values, "image.context_pass": config.image.context_pass}
 
 
+def override_key(override: str) -> str:
+    """The ``section.key`` of a ``section.key=value`` override."""
+    return override.partition("=")[0].strip()
+
+
 def with_scoring_overrides(
     config: ExperimentConfig, overrides: Sequence[str], source: str
 ) -> ExperimentConfig:
@@ -150,7 +155,7 @@ def with_scoring_overrides(
     if not overrides:
         return config
     for override in overrides:
-        key = override.partition("=")[0].strip()
+        key = override_key(override)
         if not _is_scoring_key(key):
             raise ConfigError(
                 f"{source}: {override!r} cannot change on a trained model: only its scoring keys "

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from smokeseg.config.load import load_config, with_scoring_overrides
+from smokeseg.config.load import load_config, override_key, with_scoring_overrides
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.formats import Sample, validation_samples_by_id
 from smokeseg.data.negatives import WindowSpec, smoke_free_windows
@@ -231,7 +231,7 @@ def tune_threshold(
     The threshold is what is tuned, so it cannot be one of them (ConfigError).
     """
     check_rule(metric, min_region_recall, alarm_budget)
-    chosen_here = [item for item in scoring_overrides if item.partition("=")[0].strip() == THRESHOLD_KEY]
+    chosen_here = [item for item in scoring_overrides if override_key(item) == THRESHOLD_KEY]
     if chosen_here:
         raise ConfigError(
             f"{chosen_here[0]!r}: tune-threshold chooses {THRESHOLD_KEY} itself, so --set cannot give it. "
