@@ -324,6 +324,18 @@ ROWS = [
         "3",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # share 0.1 -> 0.15 at two a frame cut false regions and kept the best point: one step further
+        "Hard negatives mined by the start, 2 a frame, share 0.2, SMOKE5K training scenes and other fires, "
+        "2x steps, wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "dataset.negative_dataframe={hard_start_2}",
+            "dataset.negative_share=0.2",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "3",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # the two levers that each cut validation's false regions (Lite2; hard negatives), together
         "Lite2 + hard negatives 0.2, SMOKE5K training scenes and other fires, 2x steps, wider validation",
         (
