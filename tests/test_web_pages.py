@@ -24,7 +24,7 @@ from smokeseg.service.app import create_app
 from smokeseg.service.auth import SESSION_COOKIE, SignedOutSessions, SignInThrottle, session_value
 from smokeseg.service.context import ServiceSettings
 from smokeseg.service.pages import FORM_FIELDS, form_fields
-from smokeseg.service.registry import datasets
+from smokeseg.service.registry import Registry, datasets
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +294,29 @@ def test_with_a_token_a_browser_signs_in_once_and_the_cookie_opens_pages_and_api
         assert signed_out.status_code == 401, "a copy of the cookie must not outlive the sign-out"
 
 
+def test_a_sign_out_ends_only_its_own_session_and_outlives_a_restart(tmp_path: Path):
+    """Two browsers signed in within one second hold different cookies, so signing one out leaves the
+    other open; the sign-out is kept in the registry, so the same server started again still refuses it."""
+    settings = ServiceSettings(workdir=tmp_path / "work", max_running_jobs=0, token="s3cret")
+
+    def opens(client: TestClient, cookie: str) -> bool:
+        return client.get("/v1/datasets", headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}).status_code == 200
+
+    app = create_app(settings)
+    second = TestClient(app)  # the same server (its lifespan runs once, with the first)
+    with TestClient(app) as first:
+        cookies = []
+        for browser in (first, second):
+            browser.post("/login", data={"token": "s3cret"})
+            cookies.append(browser.cookies[SESSION_COOKIE])
+        assert cookies[0] != cookies[1]
+        first.post("/logout")
+        assert not opens(second, cookies[0]) and opens(second, cookies[1])
+    with TestClient(create_app(settings)) as restarted:
+        assert not opens(restarted, cookies[0]), "the restart forgot the sign-out"
+        assert opens(restarted, cookies[1])
+
+
 def test_a_session_cookie_expires_and_its_time_cannot_be_changed(tmp_path: Path):
     """The cookie holds its issue time under the HMAC: past --session-hours, or with the time edited to
     look younger, it opens nothing; a fresh one does."""
@@ -303,7 +326,7 @@ def test_a_session_cookie_expires_and_its_time_cannot_be_changed(tmp_path: Path)
     now = int(time.time())
     with TestClient(create_app(settings)) as client:
         client.post("/login", data={"token": "s3cret"})
-        issued, mac = client.cookies[SESSION_COOKIE].split(".")
+        issued, nonce, mac = client.cookies[SESSION_COOKIE].split(".")
         assert abs(int(issued) - now) <= 5 and client.get("/v1/datasets").status_code == 200
 
         client.cookies.clear()  # each check below sends its own cookie header, as a browser could
@@ -312,14 +335,14 @@ def test_a_session_cookie_expires_and_its_time_cannot_be_changed(tmp_path: Path)
             header = f"{SESSION_COOKIE}={cookie}".encode("latin-1")  # what a header can carry
             return client.get("/v1/datasets", headers={"Cookie": header}).status_code == 200
 
-        assert opens(session_value("s3cret", now - 11 * 3600))
-        assert not opens(session_value("s3cret", now - 13 * 3600)), "older than the session lifetime"
-        assert not opens(f"{now - 60}.{mac}"), "an edited issue time no longer matches its HMAC"
-        assert not opens(session_value("other", now)), "signed with another token"
-        assert not opens(session_value("s3cret", now + 3600)), "issued in the future"
-        for garbage in ("", "abc", "\u00b2.abc", "9" * 5000 + ".abc", f".{mac}"):
+        assert opens(session_value("s3cret", now - 11 * 3600, nonce))
+        assert not opens(session_value("s3cret", now - 13 * 3600, nonce)), "older than the session lifetime"
+        assert not opens(f"{now - 60}.{nonce}.{mac}"), "an edited issue time no longer matches its HMAC"
+        assert not opens(session_value("other", now, nonce)), "signed with another token"
+        assert not opens(session_value("s3cret", now + 3600, nonce)), "issued in the future"
+        for garbage in ("", "abc", "\u00b2.abc", "9" * 5000 + ".abc", f".{mac}", f"{issued}.{mac}"):
             assert not opens(garbage)
-        old = f"{SESSION_COOKIE}={session_value('s3cret', now - 13 * 3600)}"
+        old = f"{SESSION_COOKIE}={session_value('s3cret', now - 13 * 3600, nonce)}"
         expired = client.get("/datasets", headers={"Cookie": old}, follow_redirects=False)
         assert expired.status_code == 303 and expired.headers["location"].startswith("/login")
 
@@ -362,9 +385,10 @@ def test_serve_takes_the_sign_in_attempts_from_its_command_line(tmp_path: Path):
         server.wait(timeout=30)
 
 
-def test_signed_out_sessions_are_forgotten_once_they_would_have_expired():
-    signed_out = SignedOutSessions()
+def test_signed_out_sessions_are_forgotten_once_they_would_have_expired(tmp_path: Path):
+    signed_out = SignedOutSessions(Registry.in_folder(tmp_path))
     signed_out.sign_out("100.aa", expires=200.0, now=100.0)
+    signed_out.sign_out("100.aa", expires=200.0, now=150.0)  # signed out twice: still one row, no error
     assert "100.aa" in signed_out and "100.bb" not in signed_out
     signed_out.sign_out("300.cc", expires=400.0, now=300.0)  # the first has expired by now: dropped
     assert "100.aa" not in signed_out and "300.cc" in signed_out

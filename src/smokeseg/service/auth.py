@@ -7,7 +7,9 @@ still send it: a change (POST, PUT, PATCH, DELETE) made with the cookie must als
 server's own origin (the ``Origin`` header, else ``Referer``), OWASP's check for cookie sessions.
 A cookie carries the time it was issued inside its HMAC and is refused after the server's session
 lifetime, so a copied cookie does not open the server for good; signing out also ends it on the server
-(``SignedOutSessions``), so a copy taken before does not outlive the sign-out. Wrong tokens (sign-in form
+(``SignedOutSessions``, in the registry's database, so a restart does not forget it), so a copy taken
+before does not outlive the sign-out. Each sign-in gets its own cookie (a random nonce under the HMAC), so
+signing one browser out leaves another signed in. Wrong tokens (sign-in form
 or bearer header) are counted per client address (``SignInThrottle``), so a short token cannot be
 guessed at network speed.
 """
@@ -21,11 +23,16 @@ import secrets
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
+
+from smokeseg.service.registry import Registry, signed_out_sessions
 
 SESSION_COOKIE = "smokeseg_session"
 LOGIN_PATH = "/login"
@@ -34,6 +41,7 @@ LOGOUT_PATH = "/logout"
 OPEN_PATHS = frozenset({LOGIN_PATH, LOGOUT_PATH})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_LANDING = "/experiments"
+NONCE_BYTES = 8  # per sign-in, so two browsers signed in within one second get different cookies
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token, when the server runs with --token")
 
@@ -42,11 +50,17 @@ def server_token(request: Request) -> str | None:
     return request.app.state.service.settings.token
 
 
-def session_value(token: str, issued: int) -> str:
-    """What the session cookie holds for ``token``, signed in at ``issued`` (Unix seconds): the time and an
-    HMAC of it keyed by the token, so the cookie neither reveals the token nor can be made younger."""
-    mac = hmac.new(token.encode(), f"smokeseg web session {issued}".encode(), hashlib.sha256).hexdigest()
-    return f"{issued}.{mac}"
+def session_value(token: str, issued: int, nonce: str) -> str:
+    """What the session cookie holds for ``token``, signed in at ``issued`` (Unix seconds) with ``nonce``
+    (a new one per sign-in): the time, the nonce and an HMAC of both keyed by the token, so the cookie
+    neither reveals the token nor can be made younger."""
+    message = f"smokeseg web session {issued} {nonce}".encode()
+    mac = hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+    return f"{issued}.{nonce}.{mac}"
+
+
+def new_session_value(token: str) -> str:
+    return session_value(token, int(time.time()), secrets.token_hex(NONCE_BYTES))
 
 
 def session_issued(cookie: str) -> int | None:
@@ -60,9 +74,10 @@ def session_is_valid(cookie: str, token: str, lifetime_s: float, now: float) -> 
     """Signed with ``token`` and issued within the last ``lifetime_s`` (not in the future beyond a
     minute's clock skew)."""
     issued = session_issued(cookie)
-    if issued is None:
+    parts = cookie.split(".")
+    if issued is None or len(parts) != 3:
         return False
-    return _matches(cookie, session_value(token, issued)) and -60 <= now - issued <= lifetime_s
+    return _matches(cookie, session_value(token, issued, parts[1])) and -60 <= now - issued <= lifetime_s
 
 
 @dataclass
@@ -104,21 +119,29 @@ class SignInThrottle:
 @dataclass
 class SignedOutSessions:
     """Session cookies signed out before they expired: refused until their lifetime is over, then forgotten
-    (an expired cookie is refused anyway), so the memory held is the cookies of one session lifetime.
-    Only a valid cookie is recorded, and minting one needs the token. Thread-safe, as ``SignInThrottle``."""
+    (an expired cookie is refused anyway), so the rows held are the sign-outs of one session lifetime.
+    Kept in the registry's database as SHA-256 digests: a restart still refuses them. Only a valid cookie
+    is recorded, and minting one needs the token."""
 
-    _until: dict[str, float] = field(default_factory=dict, init=False)  # cookie -> when it expires
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    registry: Registry
 
     def sign_out(self, cookie: str, expires: float, now: float) -> None:
-        with self._lock:
-            for ended in [value for value, until in self._until.items() if until < now]:
-                del self._until[ended]
-            self._until[cookie] = expires
+        table = signed_out_sessions
+        # IntegrityError: the same cookie signed out twice at once, and the first sign-out's row stands
+        with suppress(IntegrityError), self.registry.transaction() as connection:
+            connection.execute(table.delete().where(table.c.expires_at < _utc(now)))
+            connection.execute(table.insert().values(id=_digest(cookie), expires_at=_utc(expires)))
 
     def __contains__(self, cookie: str) -> bool:
-        with self._lock:
-            return cookie in self._until
+        return self.registry.get(signed_out_sessions, _digest(cookie)) is not None
+
+
+def _digest(cookie: str) -> str:
+    return hashlib.sha256(cookie.encode()).hexdigest()
+
+
+def _utc(unix_seconds: float) -> datetime:
+    return datetime.fromtimestamp(unix_seconds, timezone.utc)
 
 
 def client_address(request: Request) -> str:
@@ -209,7 +232,7 @@ def set_session(request: Request, response: Response) -> None:
     assert token is not None
     response.set_cookie(
         SESSION_COOKIE,
-        session_value(token, int(time.time())),
+        new_session_value(token),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

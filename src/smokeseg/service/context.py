@@ -52,13 +52,14 @@ class Service:
     runner: JobRunner
     models: ModelCache = field(init=False)
     sign_in: SignInThrottle = field(init=False)
-    signed_out: SignedOutSessions = field(default_factory=SignedOutSessions, init=False)
+    signed_out: SignedOutSessions = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = ModelCache(
             self.model_path, self.telemetry, self.settings.model_cache_size, self.settings.device
         )
         self.sign_in = SignInThrottle(self.settings.sign_in_attempts)
+        self.signed_out = SignedOutSessions(self.registry)
 
     def model_path(self, key: str) -> Path:
         """``default`` is the --model path; any other key is an experiment id whose training succeeded."""

@@ -84,6 +84,15 @@ experiments = Table(
     Column("finished_at", UTCDateTime),
 )
 
+# Session cookies signed out before they expired (service/auth.py), kept here so that a restart, or another
+# server on the same database, still refuses them.
+signed_out_sessions = Table(
+    "signed_out_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the cookie, not the cookie itself
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
