@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from service_support import TINY_CONFIG, free_port, start_server, tiny_demo, wait_status
+from smokeseg.service.auth import SignedOutSessions
 from smokeseg.service.registry import QUEUED, RUNNING, SUCCEEDED, Registry, datasets, experiments, now
 
 SERVER_USER = "postgres"  # initdb refuses to run as root: Debian's package makes this user
@@ -121,6 +122,17 @@ def test_postgresql_keeps_the_registry_guarantees(database_url: str):
     ]
     assert dataset["created_at"].tzinfo == timezone.utc
     assert dataset["dataset_config"] == {"data_folder": "/data"}, "JSON columns round-trip"
+
+
+def test_sign_outs_are_kept_and_forgotten_on_postgresql(database_url: str):
+    """Signing a cookie out twice keeps one row (the second insert's conflict is swallowed), and expiry is
+    compared in UTC although the server's time zone is Berlin's."""
+    signed_out = SignedOutSessions(Registry(database_url))
+    signed_out.sign_out("100.a.mac", expires=200.0, now=100.0)
+    signed_out.sign_out("100.a.mac", expires=200.0, now=150.0)
+    assert "100.a.mac" in signed_out and "100.b.mac" not in signed_out
+    signed_out.sign_out("300.c.mac", expires=400.0, now=200.5)  # half a second past the first's expiry
+    assert "100.a.mac" not in signed_out and "300.c.mac" in signed_out
 
 
 def _experiment(name: str, dataset_id: str) -> dict:
