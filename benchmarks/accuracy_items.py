@@ -34,8 +34,8 @@ it is not there yet; put at operating points only when named in ``--rows``), fro
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
 ``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
-start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}``: up to two
-crops a frame).
+start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}``, ``{hard_start_3}``:
+up to two, three crops a frame).
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
        [--seed 0] [--out benchmarks/results-items.json]
@@ -336,6 +336,18 @@ ROWS = [
         "3",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # more distinct crops at the recipe's share: a third window of each frame the start gets wrong
+        "Hard negatives mined by the start, 3 a frame, share 0.15, SMOKE5K training scenes and other fires, "
+        "2x steps, wider validation",
+        (
+            *TWICE_THE_STEPS,
+            "dataset.negative_dataframe={hard_start_3}",
+            "dataset.negative_share=0.15",
+            "dataset.extra_in_validation_groups=validate",
+        ),
+        "3",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # the two levers that each cut validation's false regions (Lite2; hard negatives), together
         "Lite2 + hard negatives 0.2, SMOKE5K training scenes and other fires, 2x steps, wider validation",
         (
@@ -381,7 +393,7 @@ ROWS = [
     ),
 ]
 # Tables mined by the ``--init-from`` model: placeholder suffix -> most crops cut from one frame.
-START_MINING = {"_start": 1, "_start_2": 2}
+START_MINING = {"_start": 1, "_start_2": 2, "_start_3": 3}
 # Operating points chosen on grouped validation: name -> `smokeseg tune-threshold` options.
 OPERATING_POINTS = {
     "best mean per-image IoU": ("--metric", "mean_image_IoU"),
