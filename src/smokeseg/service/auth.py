@@ -8,10 +8,9 @@ server's own origin (the ``Origin`` header, else ``Referer``), OWASP's check for
 A cookie carries the time it was issued inside its HMAC and is refused after the server's session
 lifetime, so a copied cookie does not open the server for good; signing out also ends it on the server
 (``SignedOutSessions``, in the registry's database, so a restart does not forget it), so a copy taken
-before does not outlive the sign-out. Each sign-in gets its own cookie (a random nonce under the HMAC), so
-signing one browser out leaves another signed in. Wrong tokens (sign-in form
-or bearer header) are counted per client address (``SignInThrottle``), so a short token cannot be
-guessed at network speed.
+before does not outlive the sign-out. Each sign-in gets its own cookie (a random nonce under the HMAC),
+so signing one browser out leaves another signed in. Wrong tokens (sign-in form or bearer header) are
+counted per client address (``SignInThrottle``), so a short token cannot be guessed at network speed.
 """
 
 from __future__ import annotations
