@@ -34,8 +34,8 @@ it is not there yet; put at operating points only when named in ``--rows``), fro
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
 ``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
-start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}``, ``{hard_start_3}``:
-up to two, three crops a frame).
+start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}`` and
+``{hard_start_3}``: up to two and three crops a frame).
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
        [--seed 0] [--out benchmarks/results-items.json]
