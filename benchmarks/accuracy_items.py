@@ -35,7 +35,8 @@ it is not there yet; put at operating points only when named in ``--rows``), fro
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
 ``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
 start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}`` and
-``{hard_start_3}``: up to two and three crops a frame).
+``{hard_start_3}``: up to two and three crops a frame). A WORKDIR keeps the tables of one start: rows
+from another ``--init-from`` need a WORKDIR of their own (the run stops rather than reuse them).
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
        [--seed 0] [--out benchmarks/results-items.json]
@@ -64,6 +65,7 @@ from test_scenes import TestScenes, score_test_scenes
 from smokeseg.config.schema import DatasetConfig
 from smokeseg.data.formats import Sample, load_samples
 from smokeseg.inference.evaluate import evaluate_at_thresholds
+from smokeseg.inference.mining import SUMMARY_NAME
 from smokeseg.inference.predictor import Predictor
 from smokeseg.layout import TEST_PREDICTIONS_NAME, THRESHOLD_NAME, VALIDATION_PREDICTIONS_NAME
 from smokeseg.metrics import scores_by_size
@@ -466,6 +468,9 @@ def mine_negatives(
             _timed(
                 [SMOKESEG, "mine-negatives", str(miner), *sources, *folders, "-o", str(out), *flag], workdir
             )
+        mined_by = json.loads((out / SUMMARY_NAME).read_text())["model"]
+        if mined_by != str(miner.resolve()):  # the folder is named by count, not by model
+            sys.exit(f"{out} was mined by {mined_by}, not {miner.resolve()}: give each start its own WORKDIR")
         tables[rule + name] = out / "negatives.csv"
     return tables
 
