@@ -33,10 +33,11 @@ Hard and random negatives are mined once, after the first row (trained first whe
 it is not there yet; put at operating points only when named in ``--rows``), from that row's model
 (``smokeseg mine-negatives``): from fold 0's training frames and from the SMOKE5K real frames outside
 every smoke-ht fire (``smoke_pretrain_table.py``), never from validation or test frames. Rows with
-``{hard_start}`` use crops mined the same way by the ``--init-from`` model itself: a table mined once per
-start and fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}`` and
-``{hard_start_3}``: up to two and three crops a frame). A WORKDIR keeps the tables of one start: rows
-from another ``--init-from`` need a WORKDIR of their own (the run stops rather than reuse them).
+``{hard_start}`` use crops mined the same way by their start itself: a table mined once per start and
+fold, no model trained first, so it costs no fine-tuning time (``{hard_start_2}`` and ``{hard_start_3}``:
+up to two and three crops a frame). A row's start is its ``start`` (a start other than the recipe's,
+whose crops go to folders named after it), else ``--init-from``; a WORKDIR keeps the tables of one
+``--init-from`` (the run stops rather than reuse another's).
 
 usage: python benchmarks/accuracy_items.py WORKDIR CROPS_DIR [--rows NAME ...] [--init-from DIR]
        [--seed 0] [--out benchmarks/results-items.json]
@@ -99,6 +100,9 @@ class Row:
     config: Path = FAST
     # SMOKE5K real frames that only train (``smoke_pretrain_table.py --real`` choices).
     extra_frames: tuple[str, ...] = ()
+    # The row's own start, an experiment folder under the repository root, instead of --init-from's: it
+    # also mines the row's ``{hard_start*}`` crops (into folders named after it).
+    start: str = ""
 
 
 ROWS = [
@@ -352,19 +356,29 @@ ROWS = [
         "3",
         extra_frames=BOTH_SETS,
     ),
-    Row(  # the recipe from a start that trained on negatives too: --init-from output/smoke-pretrain-negatives
+    Row(  # the recipe from a start that trained on negatives too (a third pretraining stage)
         "Start with a negatives stage, 2 a frame, share 0.15, SMOKE5K training scenes and other fires, "
         "2x steps, wider validation",
         RECIPE,
         "3",
         extra_frames=BOTH_SETS,
+        start="output/smoke-pretrain-negatives",
     ),
-    Row(  # the same, from the negatives stage at learning rate 3e-4 (--init-from its output)
+    Row(  # the same, from the negatives stage at learning rate 3e-4
         "Start with a gentler negatives stage, 2 a frame, share 0.15, SMOKE5K training scenes and other "
         "fires, 2x steps, wider validation",
         RECIPE,
         "3",
         extra_frames=BOTH_SETS,
+        start="output/smoke-pretrain-negatives-lr3e-4",
+    ),
+    Row(  # the recipe from a stronger pretraining: stage one goes on over all 4,000 synthetic images
+        "Start with all 4,000 synthetic images in stage one, 2 a frame, share 0.15, SMOKE5K training "
+        "scenes and other fires, 2x steps, wider validation",
+        RECIPE,
+        "3",
+        extra_frames=BOTH_SETS,
+        start="output/smoke-pretrain-all-real",
     ),
     Row(  # the two levers that each cut validation's false regions (Lite2; hard negatives), together
         "Lite2 + hard negatives 0.2, SMOKE5K training scenes and other fires, 2x steps, wider validation",
@@ -444,11 +458,12 @@ def test_by_size(fold: Path) -> dict[str, dict[str, float | int]]:
 
 
 def mine_negatives(
-    miner: Path, folds_of: Path, workdir: Path, name: str = "", count_per_frame: int = 1
+    miner: Path, folds_of: Path, workdir: Path, name: str = "", count_per_frame: int = 1, tag: str = ""
 ) -> dict[str, Path]:
     """Hard and random smoke-free crops, mined by ``miner`` from fold 0's training frames (the folds of
     the row in ``folds_of``) and the SMOKE5K frames outside smoke-ht's fires, at most ``count_per_frame``
-    from a frame; returns each table's path under the placeholder ``hard{name}`` / ``random{name}``."""
+    from a frame; returns each table's path under the placeholder ``hard{name}`` / ``random{name}``.
+    ``tag`` ends the tables' folder names, so that crops of several miners can share a WORKDIR."""
     validation = set(pd.read_parquet(folds_of / "fold0" / VALIDATION_PREDICTIONS_NAME)["image_id"])
     train = pd.read_parquet(SMOKE_HT / "train.pq")
     fold_train = workdir / "fold0_train.pq"
@@ -463,14 +478,14 @@ def mine_negatives(
     tables = {}
     count = ["--count-per-frame", str(count_per_frame)]
     for rule, flag in (("hard", count), ("random", ["--random", *count])):
-        out = workdir / f"negatives-{rule}{name.replace('_', '-')}"
+        out = workdir / f"negatives-{rule}{name.replace('_', '-')}{tag}"
         if not out.is_dir():
             _timed(
                 [SMOKESEG, "mine-negatives", str(miner), *sources, *folders, "-o", str(out), *flag], workdir
             )
         mined_by = json.loads((out / SUMMARY_NAME).read_text())["model"]
         if mined_by != str(miner.resolve()):  # the folder is named by count, not by model
-            sys.exit(f"{out} was mined by {mined_by}, not {miner.resolve()}: give each start its own WORKDIR")
+            sys.exit(f"{out} was mined by {mined_by}, not {miner.resolve()}: give this start its own WORKDIR")
         tables[rule + name] = out / "negatives.csv"
     return tables
 
@@ -644,16 +659,20 @@ def main() -> None:
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
         if "{hard}" in overrides or "{random}" in overrides:
             placeholders.update(mine_negatives(first_row, first_row, workdir))
+        row_placeholders = dict(placeholders)
+        if row.start:
+            row_placeholders["init"] = (ROOT / row.start).resolve()
         for name, count_per_frame in START_MINING.items():
             if name + "}" not in overrides:
                 continue
-            if not args.init_from:
+            if not row_placeholders["init"]:
                 sys.exit(f"row {row.name!r} mines with the start model: give --init-from")
-            placeholders.update(
-                mine_negatives(args.init_from.resolve(), first_row, workdir, name, count_per_frame)
+            tag = "-" + Path(row.start).name if row.start else ""
+            row_placeholders.update(
+                mine_negatives(row_placeholders["init"], first_row, workdir, name, count_per_frame, tag)
             )
         started = time.perf_counter()
-        done.append(run_row(row, workdir, judges, placeholders))
+        done.append(run_row(row, workdir, judges, row_placeholders))
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
         write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
     for row in done:
