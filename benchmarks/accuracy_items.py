@@ -659,18 +659,15 @@ def main() -> None:
             write_text_atomic(args.out, json.dumps({"machine": machine, "rows": done}, indent=1) + "\n")
         if "{hard}" in overrides or "{random}" in overrides:
             placeholders.update(mine_negatives(first_row, first_row, workdir))
-        row_placeholders = dict(placeholders)
-        if row.start:
-            row_placeholders["init"] = (ROOT / row.start).resolve()
+        start = (ROOT / row.start).resolve() if row.start else placeholders["init"]
+        row_placeholders = {**placeholders, "init": start}
         for name, count_per_frame in START_MINING.items():
             if name + "}" not in overrides:
                 continue
-            if not row_placeholders["init"]:
+            if not isinstance(start, Path):
                 sys.exit(f"row {row.name!r} mines with the start model: give --init-from")
             tag = "-" + Path(row.start).name if row.start else ""
-            row_placeholders.update(
-                mine_negatives(row_placeholders["init"], first_row, workdir, name, count_per_frame, tag)
-            )
+            row_placeholders.update(mine_negatives(start, first_row, workdir, name, count_per_frame, tag))
         started = time.perf_counter()
         done.append(run_row(row, workdir, judges, row_placeholders))
         print(json.dumps(done[-1], indent=1), f"({time.perf_counter() - started:.0f} s)", flush=True)
