@@ -74,7 +74,7 @@ from smokeseg.storage import write_text_atomic
 
 GROUPED = ("dataset.group_rule=fire_sequence", "environment.seed={seed}")
 # smoke_pretrain_table.py --real choices -> the file each is written to in WORKDIR (several: smoke5k-A-B.pq).
-SMOKE5K_TABLES = {
+SMOKE5K_TABLES: dict[tuple[str, ...], str] = {
     ("outside",): "smoke5k_outside_test_fires.pq",
     ("training-scenes",): "smoke5k_training_scenes.pq",
 }

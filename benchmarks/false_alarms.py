@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -108,9 +109,9 @@ def alarm_rates(
     negatives: list[Scored],
     positives: list[Scored],
     threshold: float,
-    min_area,
+    min_area: int | None,
     image_threshold: float | None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The rule's settings with the share of negatives and of positives that raise an alarm by
     ``predict``'s rule (the head's veto included, where the model has one and ``image_threshold`` is set)."""
 

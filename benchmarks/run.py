@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from machine import cpu_description
@@ -90,7 +91,7 @@ def _test_detection(table: Path) -> dict[str, float]:
     return {"test_F_beta": f_beta, "test_image_recall": float(rows["smoke"].mean())}
 
 
-def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, object]:
+def run_one(run: Run, workdir: Path, init_from: Path | None) -> dict[str, Any]:
     out = workdir / run.name.replace(" ", "_").replace(",", "")
     if run.config is None:
         seconds = _timed([sys.executable, str(BASELINE), *run.baseline_args, f"{out}.json"], workdir)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from false_alarms import TABLE_NAME
@@ -67,9 +68,7 @@ class TestScenes:
 RECIPE_THRESHOLD = "the recipe's threshold"
 
 
-def score_test_scenes(
-    model: Path, operating_points: dict[str, float], scenes: TestScenes
-) -> dict[str, object]:
+def score_test_scenes(model: Path, operating_points: dict[str, float], scenes: TestScenes) -> dict[str, Any]:
     """The model at its own threshold and at each operating point (name -> threshold), judged on the whole
     frames and their crop windows; the model scores every frame once."""
     predictor = Predictor.from_path(model, "auto")
