@@ -41,7 +41,7 @@ demo: setup
 
 test: setup setup-browser setup-postgres
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/mypy src
+	$(BIN)/mypy src benchmarks
 	$(BIN)/python -m pytest
 
 test-slow: setup setup-browser setup-postgres

@@ -61,7 +61,7 @@ def measure(name: str, steps: int) -> dict[str, object]:
     wall, cpu = zip(*step_seconds(model, steps), strict=True)
     return {
         "encoder": name,
-        "encoder_parameters": sum(p.numel() for p in model.encoder.parameters()),
+        "encoder_parameters": sum(p.numel() for p in model.get_submodule("encoder").parameters()),
         "unet_parameters": sum(p.numel() for p in model.parameters()),
         "forward_gflop": round(flops.get_total_flops() / 1e9, 1),
         "step_wall_s_median": round(statistics.median(wall), 3),

@@ -60,7 +60,7 @@ def write_crops(folder: Path, size: int, margin: int, per_frame: int, seed: int)
     def crops_of(item: tuple[int, Sample]) -> list[dict[str, object]]:
         index, sample = item
         image = sample.load_image()
-        mask = sample.load_mask(*image.shape[:2])
+        mask = sample.load_true_mask(*image.shape[:2])
         rng = np.random.default_rng([seed, index])
         rows = []
         for k, (y, x) in enumerate(smoke_free_windows(mask, size, margin, per_frame, rng)):
@@ -169,7 +169,7 @@ def score_model(
     recall = operating_point["recall"]
     at_equal_recall = [operating_point, *(g for g in grid if g["recall"] >= recall)]
     best = min(at_equal_recall, key=lambda g: (g["false_positive_rate"], -g["recall"]))
-    scores = [frame_score(float(m.max()), p) for m, p in (*negative_scores, *positive_scores)]
+    scores = [float(frame_score(float(m.max()), p)) for m, p in (*negative_scores, *positive_scores)]
     labels = [False] * len(negative_scores) + [True] * len(positive_scores)
     return {
         "model": model,
