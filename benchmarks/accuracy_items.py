@@ -484,7 +484,7 @@ def mine_negatives(
                 [SMOKESEG, "mine-negatives", str(miner), *sources, *folders, "-o", str(out), *flag], workdir
             )
         mined_by = json.loads((out / SUMMARY_NAME).read_text())["model"]
-        if mined_by != str(miner.resolve()):  # the folder is named by count, not by model
+        if mined_by != str(miner.resolve()):  # named by count (and a Row.start), not by --init-from
             sys.exit(f"{out} was mined by {mined_by}, not {miner.resolve()}: give this start its own WORKDIR")
         tables[rule + name] = out / "negatives.csv"
     return tables
