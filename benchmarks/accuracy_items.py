@@ -332,6 +332,28 @@ ROWS = [
         "3",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # discriminative fine-tuning: the smoke-pretrained encoder moves less than the decoder
+        "Encoder at 0.1x the learning rate (1e-4), the recipe's negatives, SMOKE5K training scenes and "
+        "other fires, 2x steps, wider validation",
+        (
+            *RECIPE,
+            "training.differential_learning_rate_layers=[encoder]",
+            "training.differential_learning_rate=0.0001",
+        ),
+        "3",
+        extra_frames=BOTH_SETS,
+    ),
+    Row(
+        "Encoder at 0.3x the learning rate (3e-4), the recipe's negatives, SMOKE5K training scenes and "
+        "other fires, 2x steps, wider validation",
+        (
+            *RECIPE,
+            "training.differential_learning_rate_layers=[encoder]",
+            "training.differential_learning_rate=0.0003",
+        ),
+        "3",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # share 0.1 -> 0.15 at two a frame cut false regions and kept the best point: one step further
         "Hard negatives mined by the start, 2 a frame, share 0.2, SMOKE5K training scenes and other fires, "
         "2x steps, wider validation",
