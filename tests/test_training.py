@@ -350,6 +350,12 @@ def test_differential_learning_rate_trains_the_named_layers_at_their_rate(
     assert any(not torch.equal(before[name], after[name]) for name in before if name not in encoder)
 
 
+def test_differential_learning_rate_layers_must_name_a_layer(tiny_dataset: Path):
+    config = _config(tiny_dataset, "training.differential_learning_rate_layers=[encoders]")
+    with pytest.raises(ConfigError, match=r"\['encoders'\] names no layer of this Unet.*encoder, decoder"):
+        SmokeSegmentationModule(config.model_dump(mode="json"))
+
+
 def test_gradient_clip_bounds_each_step(tiny_dataset: Path, tmp_path: Path, monkeypatch):
     clip, learning_rate = 1e-6, 0.1
     config = _config(

@@ -400,7 +400,12 @@ class TrainingConfig(Section):
     build_scoring_pipelines: bool = True
     calculate_train_metric: bool = False
     differential_learning_rate: float = Field(0.001, ge=0)
-    differential_learning_rate_layers: StrList = []
+    differential_learning_rate_layers: StrList = Field(
+        [],
+        description="layers (their parameters' name prefixes: encoder, decoder, segmentation_head) trained "
+        "at differential_learning_rate instead of learning_rate; on the fast recipe from the smoke-"
+        "pretrained start a slower encoder (0.1x, 0.3x) drew more false regions (RESULTS.md)",
+    )
     drop_last_batch: bool = True
     ema_decay: float = Field(
         0.0,

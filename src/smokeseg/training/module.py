@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from smokeseg import __version__
 from smokeseg.config.schema import ExperimentConfig
 from smokeseg.data.augment import mix_batch
+from smokeseg.errors import ConfigError
 from smokeseg.inference.predictor import combine_context
 from smokeseg.metrics import OverlapScores
 from smokeseg.model.factory import build_model, split_outputs
@@ -71,6 +72,7 @@ class SmokeSegmentationModule(L.LightningModule):
         # Bare: a fresh run's starting weights come from run.py (initialize_weights), a resumed one's from
         # its checkpoint, so building the module never reads init_from or downloads weights.
         self.model = build_model(self.config.architecture)
+        self._check_differential_layers()
         self.loss = create_loss(self.config.training)
         threshold = self.config.prediction.probability_threshold
         self.validation_scores = OverlapScores(threshold)
@@ -200,6 +202,23 @@ class SmokeSegmentationModule(L.LightningModule):
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _check_differential_layers(self) -> None:
+        """A name in ``differential_learning_rate_layers`` that starts no parameter's name would leave every
+        layer at the main rate without a word; stop before training instead."""
+        names = [name for name, _ in self.model.named_parameters()]
+        unmatched = [
+            prefix
+            for prefix in self.config.training.differential_learning_rate_layers
+            if not any(name.startswith(prefix) for name in names)
+        ]
+        if unmatched:
+            layers = ", ".join(dict.fromkeys(name.split(".")[0] for name in names))
+            raise ConfigError(
+                f"training.differential_learning_rate_layers: {unmatched} names no layer of this "
+                f"{self.config.architecture.architecture}; its parameters' names start with {layers} "
+                "(e.g. [encoder] trains the encoder at training.differential_learning_rate)."
+            )
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """Layers named in ``differential_learning_rate_layers`` train at their own learning rate."""
