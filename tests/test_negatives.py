@@ -31,7 +31,7 @@ from smokeseg.data.negatives import (
     smoke_free_windows,
 )
 from smokeseg.data.synthetic import generate_demo_dataset
-from smokeseg.errors import ConfigError, DataError, OutputError
+from smokeseg.errors import ConfigError, DataError, OutputError, SmokesegError
 from smokeseg.inference import mining
 from smokeseg.inference.predictor import Predictor
 from smokeseg.training import run
@@ -134,17 +134,15 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return config_path, root / "exp"
 
 
-def _mine(trained, out: Path, *options: str, threshold: float | None = None, monkeypatch=None):
+def _mine(trained, out: Path, *options: str):
     config_path, experiment = trained
-    if threshold is not None:
-        monkeypatch.setattr(Predictor, "threshold", property(lambda self: threshold))
     arguments = ["mine-negatives", str(experiment), str(config_path.parent / "train.pq"), "--out", str(out)]
     return CliRunner().invoke(app, [*arguments, "--size", "64", "--margin", "4", "--device", "cpu", *options])
 
 
-def test_mined_crops_are_a_dataset_at_the_model_scale(trained, tmp_path: Path, monkeypatch):
+def test_mined_crops_are_a_dataset_at_the_model_scale(trained, tmp_path: Path):
     out = tmp_path / "hard"
-    result = _mine(trained, out, "--count-per-frame", "2", threshold=0.0, monkeypatch=monkeypatch)
+    result = _mine(trained, out, "--count-per-frame", "2", "--threshold", "0")
     assert result.exit_code == 0, result.output
     table = read_table(out / "negatives.csv")
     assert {"image_id", "class_id", "rle_mask", "source_image", "x", "y", "probability_max"} <= set(table)
@@ -168,13 +166,35 @@ def test_mined_crops_are_a_dataset_at_the_model_scale(trained, tmp_path: Path, m
     assert not list(tmp_path.glob(".*tmp")), "no temporary folder is left behind"
 
 
-def test_mining_with_nothing_wrong_writes_an_empty_table(trained, tmp_path: Path, monkeypatch):
+def test_mining_with_nothing_wrong_writes_an_empty_table(trained, tmp_path: Path):
     out = tmp_path / "none"
-    result = _mine(trained, out, threshold=1.0, monkeypatch=monkeypatch)
+    result = _mine(trained, out, "--threshold", "1")
     assert result.exit_code == 0, result.output
     assert "No window qualified" in result.output
     assert len(pd.read_csv(out / "negatives.csv")) == 0 and not list((out / "images").iterdir())
     assert json.loads((out / "negatives.json").read_text())["crops"] == 0
+
+
+def test_mining_threshold_is_the_models_unless_given(trained, tmp_path: Path, monkeypatch):
+    """A model's own threshold mines where it alarms; a lower one (a tuned operating point's, or 0 for
+    each frame's most smoke-like windows) mines more, and the summary says which was used."""
+    monkeypatch.setattr(Predictor, "threshold", property(lambda self: 0.999))
+    own = _mine(trained, tmp_path / "own", "--count-per-frame", "2")
+    lowered = _mine(trained, tmp_path / "lowered", "--count-per-frame", "2", "--threshold", "0")
+    assert own.exit_code == lowered.exit_code == 0, own.output + lowered.output
+    own_summary = json.loads((tmp_path / "own" / "negatives.json").read_text())
+    lowered_summary = json.loads((tmp_path / "lowered" / "negatives.json").read_text())
+    assert own_summary["threshold"] == 0.999 and lowered_summary["threshold"] == 0.0
+    assert lowered_summary["crops"] > own_summary["crops"]
+    mined = read_table(tmp_path / "own" / "negatives.csv")
+    assert (mined["probability_max"] > 0.999).all()
+
+
+def test_random_crops_take_no_threshold(trained, tmp_path: Path):
+    out = tmp_path / "random"
+    result = _mine(trained, out, "--random", "--threshold", "0.3")
+    assert isinstance(result.exception, SmokesegError) and "threshold" in str(result.exception)
+    assert not out.exists()
 
 
 def test_random_mining_scores_nothing(trained, tmp_path: Path, monkeypatch):

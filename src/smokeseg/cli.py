@@ -421,6 +421,16 @@ def mine_negatives(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random crops.")] = 0,
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Mine windows whose highest smoke probability is above this (default: the model's "
+            "threshold, where it would alarm; a lower operating point's mines its fainter alarms too; 0: "
+            "each frame's most smoke-like windows whatever their score). Not with --random.",
+        ),
+    ] = None,
     data_folder: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Option(
@@ -445,6 +455,7 @@ def mine_negatives(
             rule=rule,
             spec=WindowSpec(size=size, margin=margin, count=count_per_frame),
             seed=seed,
+            threshold=threshold,
             data_folder=data_folder,
             device=device,
             progress=progress,
@@ -456,8 +467,9 @@ def mine_negatives(
     )
     if run.crops == 0:
         console.print(
-            "No window qualified (smoke-free and, for hard negatives, above the model's threshold): "
-            "the table is empty. Lower --margin or --size, or give more frames.",
+            f"No window qualified (smoke-free and, for hard negatives, above the threshold "
+            f"{summary['threshold']}): the table is empty. Lower --margin, --size or --threshold, or give "
+            "more frames.",
             style="yellow",
         )
 
