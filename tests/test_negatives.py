@@ -170,7 +170,7 @@ def test_mining_with_nothing_wrong_writes_an_empty_table(trained, tmp_path: Path
     out = tmp_path / "none"
     result = _mine(trained, out, "--threshold", "1")
     assert result.exit_code == 0, result.output
-    assert "No window qualified" in result.output
+    assert "No window qualified (smoke-free, above the threshold 1.0)" in result.output
     assert len(pd.read_csv(out / "negatives.csv")) == 0 and not list((out / "images").iterdir())
     assert json.loads((out / "negatives.json").read_text())["crops"] == 0
 

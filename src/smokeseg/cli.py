@@ -466,10 +466,15 @@ def mine_negatives(
         f"({len(summary['frames_skipped'])} skipped): {run.folder / TABLE_NAME}"
     )
     if run.crops == 0:
+        threshold_used = summary["threshold"]
+        above, knobs = (
+            (f", above the threshold {threshold_used}", "--margin, --size or --threshold")
+            if threshold_used is not None
+            else ("", "--margin or --size")
+        )
         console.print(
-            f"No window qualified (smoke-free and, for hard negatives, above the threshold "
-            f"{summary['threshold']}): the table is empty. Lower --margin, --size or --threshold, or give "
-            "more frames.",
+            f"No window qualified (smoke-free{above}): the table is empty. Lower {knobs}, or give more "
+            "frames.",
             style="yellow",
         )
 
