@@ -361,6 +361,13 @@ ROWS = [
         "5",
         extra_frames=BOTH_SETS,
     ),
+    Row(  # Medium led at two points of three: one step further, with fog, blur, noise and JPEG
+        "Hard augmentation, the recipe's negatives, SMOKE5K training scenes and other fires, 2x steps, "
+        "wider validation",
+        (*RECIPE, "augmentation.augmentations_strategy=Hard"),
+        "5",
+        extra_frames=BOTH_SETS,
+    ),
     Row(  # share 0.1 -> 0.15 at two a frame cut false regions and kept the best point: one step further
         "Hard negatives mined by the start, 2 a frame, share 0.2, SMOKE5K training scenes and other fires, "
         "2x steps, wider validation",
