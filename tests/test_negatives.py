@@ -197,6 +197,13 @@ def test_random_crops_take_no_threshold(trained, tmp_path: Path):
     assert not out.exists()
 
 
+def test_a_mining_threshold_outside_0_1_is_refused_before_the_model_loads(tmp_path: Path):
+    out = tmp_path / "out"
+    with pytest.raises(SmokesegError, match=r"between 0 and 1; got 1\.5"):
+        mining.mine_negatives(tmp_path / "no-model", [tmp_path / "no-table.pq"], out, threshold=1.5)
+    assert not out.exists()
+
+
 def test_random_mining_scores_nothing(trained, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(Predictor, "predict_images", lambda *args: pytest.fail("random mining scored"))
     out = tmp_path / "random"
