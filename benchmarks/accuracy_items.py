@@ -358,14 +358,14 @@ ROWS = [
         "Medium augmentation, the recipe's negatives, SMOKE5K training scenes and other fires, 2x steps, "
         "wider validation",
         (*RECIPE, "augmentation.augmentations_strategy=Medium"),
-        "5",
+        "cameras",
         extra_frames=BOTH_SETS,
     ),
     Row(  # Medium led at two points of three: one step further, with fog, blur, noise and JPEG
         "Hard augmentation, the recipe's negatives, SMOKE5K training scenes and other fires, 2x steps, "
         "wider validation",
         (*RECIPE, "augmentation.augmentations_strategy=Hard"),
-        "5",
+        "cameras",
         extra_frames=BOTH_SETS,
     ),
     Row(  # share 0.1 -> 0.15 at two a frame cut false regions and kept the best point: one step further
