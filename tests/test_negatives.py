@@ -200,7 +200,9 @@ def test_random_crops_take_no_threshold(trained, tmp_path: Path):
 def test_a_mining_threshold_outside_0_1_is_refused_before_the_model_loads(tmp_path: Path):
     out = tmp_path / "out"
     with pytest.raises(SmokesegError, match=r"between 0 and 1; got 1\.5"):
-        mining.mine_negatives(tmp_path / "no-model", [tmp_path / "no-table.pq"], out, threshold=1.5)
+        mining.mine_negatives(
+            tmp_path / "no-model", [tmp_path / "no-table.pq"], out, spec=WindowSpec(threshold=1.5)
+        )
     assert not out.exists()
 
 

@@ -37,15 +37,17 @@ STRIDE = 16
 class WindowSpec:
     """``size`` x ``size`` windows, ``margin`` pixels clear of smoke, up to ``count`` per frame.
 
-    ``threshold``: hard windows are those where the model's highest probability is above it (the model's
-    own threshold: there it would raise an alarm). ``max_overlap``: the share of a window's area that
+    ``threshold``: hard windows are those where the model's highest probability is above it; None, mining's
+    default, takes the mining model's own threshold (there it would raise an alarm), a tuned operating
+    point's lower one also mines the fainter alarms raised there, and 0 each frame's most smoke-like
+    windows whatever their score. ``max_overlap``: the share of a window's area that
     may overlap an already chosen hard window, so that one false alarm does not fill a frame's quota.
     """
 
     size: int = 256
     margin: int = 32
     count: int = 1
-    threshold: float = 0.5
+    threshold: float | None = None
     max_overlap: float = 0.25
 
 
@@ -99,6 +101,7 @@ def hard_windows(probabilities: np.ndarray, mask: np.ndarray, spec: WindowSpec) 
     probability inside (ties, common around one false alarm, by the mean, so the window holding most of
     it wins), only those above ``spec.threshold``, each overlapping the ones before by at most
     ``spec.max_overlap`` of its area."""
+    assert spec.threshold is not None, "hard windows need a threshold: mining gives the model's own"
     size = spec.size
     corners = clean_corners(mask, size, spec.margin)
     if not len(corners):

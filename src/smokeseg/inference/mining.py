@@ -58,7 +58,6 @@ def mine_negatives(
     rule: str = "hard",
     spec: WindowSpec = WindowSpec(),
     seed: int = 0,
-    threshold: float | None = None,
     data_folder: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -67,16 +66,15 @@ def mine_negatives(
 
     ``data_folder``: the images of every table, or one folder per source in order (sources from
     different datasets keep their images apart); ``None`` finds them beside each table.
-    ``rule``: a name from ``MINING_RULES``. ``threshold``: the hard rule's, a window qualifying when the
-    model's highest probability in it is above it; None takes the model's own (where it would alarm), a
-    tuned operating point's lower one also mines the fainter alarms raised there, and 0 the frame's
-    most smoke-like windows whatever their score. A frame that
+    ``rule``: a name from ``MINING_RULES``; the hard rule takes ``spec.threshold``, or where that is None
+    the model's own. A frame that
     cannot be read, or whose mask does not fit it, is skipped with a warning naming it; a source
     without masks is a DataError, since its frames cannot be known to be smoke-free.
     ``progress(done, total)`` is called after each frame.
     """
     if rule not in MINING_RULES:
         raise SmokesegError(f"Unknown mining rule {rule!r}: choose from {', '.join(MINING_RULES)}.")
+    threshold = spec.threshold
     if threshold is not None and not MINING_RULES[rule].scored:
         raise SmokesegError(f"The {rule} rule scores nothing, so a threshold has no effect: leave it out.")
     if threshold is not None and not 0 <= threshold <= 1:
@@ -90,7 +88,8 @@ def mine_negatives(
         )
     ensure_writable_folder(out.parent)
     predictor = Predictor.from_path(model, device)
-    spec = replace(spec, threshold=predictor.threshold if threshold is None else threshold)
+    if threshold is None:
+        spec = replace(spec, threshold=predictor.threshold)
     dataset_cfg = predictor.config.dataset
     samples = [
         sample
